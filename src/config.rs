@@ -1,0 +1,583 @@
+//! Configuration: the TOML file, parsed once at start into typed, validated settings.
+//!
+//! Two layers: [`raw`] mirrors the file key for key (serde, `deny_unknown_fields`, every value
+//! optional and spanned); this module turns it into [`Config`] with real types, applying the
+//! precedence route > `[defaults]` > the `DEFAULT_*` constants. Every error names the file, the
+//! line, the section and the key.
+
+mod error;
+mod raw;
+mod value;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderName, Uri};
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use error::ConfigError;
+use error::Source;
+use raw::{RawConfig, RawDefaults, RawRoute};
+pub use value::{format_duration, format_size, format_toggle, parse_duration, parse_size};
+
+/// Where ssegate listens when `listen` is not set.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// The `retry:` sent to clients.
+pub const DEFAULT_RETRY: Duration = Duration::from_secs(3);
+/// Idle time after which a heartbeat comment is written.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(15);
+/// Events kept per stream for resume.
+pub const DEFAULT_BUFFER_EVENTS: usize = 1000;
+/// Bytes kept per stream for resume.
+pub const DEFAULT_BUFFER_BYTES: u64 = 8 << 20;
+/// How long an event stays resumable.
+pub const DEFAULT_BUFFER_AGE: Duration = Duration::from_secs(600);
+/// Bytes kept for resume across all streams together.
+pub const DEFAULT_BUFFER_TOTAL_BYTES: u64 = 256 << 20;
+/// How long a stream stays open after its last client left.
+pub const DEFAULT_LINGER: Duration = Duration::from_secs(30);
+/// The largest event (or line) accepted from an upstream.
+pub const DEFAULT_MAX_EVENT_BYTES: u64 = 1 << 20;
+/// First upstream reconnect delay.
+pub const DEFAULT_RECONNECT_INITIAL: Duration = Duration::from_millis(250);
+/// Largest upstream reconnect delay.
+pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(30);
+/// Upstream TCP connect timeout.
+pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long subscribers are kept waiting (with heartbeats) for an upstream that is down.
+pub const DEFAULT_UPSTREAM_DOWN_GRACE: Duration = Duration::from_secs(60);
+/// How long a stop waits for requests in flight.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// The stream key when a route sets none: one user's stream is never served to another.
+pub const DEFAULT_STREAM_KEY: &[&str] = &["path", "query", "header:authorization", "header:cookie"];
+
+/// Which GET requests of a route are SSE subscriptions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SseMode {
+    /// GET requests whose `Accept` includes `text/event-stream`.
+    Auto,
+    /// Every GET request.
+    Always,
+    /// None: everything is passed through.
+    Never,
+}
+
+/// Where event ids come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IdMode {
+    /// ssegate gives every event without an id the id `<epoch>-<seq>`.
+    Inject,
+    /// The app's ids are kept and resumed by.
+    Passthrough,
+}
+
+/// How subscriptions map to upstream requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StreamMode {
+    /// One upstream request per stream key, shared by all its clients.
+    Shared,
+    /// One upstream request per client.
+    PerClient,
+}
+
+/// What a client resuming from an id the buffer does not hold gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnGap {
+    /// The whole buffer.
+    Replay,
+    /// Only new events.
+    Live,
+    /// An event of type `gap` with the requested id as data, then new events.
+    Event,
+}
+
+/// One part of a stream key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPart {
+    /// The request path.
+    Path,
+    /// The query string, without `lastEventId`.
+    Query,
+    /// The values of a request header.
+    Header(HeaderName),
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Public listener address.
+    pub listen: SocketAddr,
+    /// Admin listener address, if any.
+    pub admin_listen: Option<SocketAddr>,
+    /// Cap on bytes buffered for resume across all streams.
+    pub buffer_total_bytes: u64,
+    /// How long a stop waits for requests in flight.
+    pub shutdown_grace: Duration,
+    /// Routes, in file order.
+    pub routes: Vec<Route>,
+}
+
+/// One `[[route]]` with its effective settings.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Path prefix, without a trailing slash (except the root, `/`).
+    pub path: String,
+    /// Where requests go.
+    pub upstream: Upstream,
+    /// Which requests are SSE subscriptions.
+    pub sse: SseMode,
+    /// Effective SSE settings.
+    pub settings: Settings,
+}
+
+/// An upstream base URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    scheme: Scheme,
+    authority: Authority,
+    /// Path prefix put before every request path; empty or starting with `/`, no trailing `/`.
+    base_path: String,
+}
+
+/// Effective per-route SSE settings (route > `[defaults]` > built-in default).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// `retry:` sent first to clients; `None` sends none.
+    pub retry: Option<Duration>,
+    /// Idle time before a heartbeat comment; `None` sends none.
+    pub heartbeat: Option<Duration>,
+    /// Where ids come from.
+    pub ids: IdMode,
+    /// Shared or per-client upstream requests.
+    pub mode: StreamMode,
+    /// What makes two subscriptions the same stream.
+    pub stream_key: Vec<KeyPart>,
+    /// Events kept per stream.
+    pub buffer_events: usize,
+    /// Bytes kept per stream.
+    pub buffer_bytes: usize,
+    /// Longest time an event is kept; `None` keeps it until evicted by count or size.
+    pub buffer_age: Option<Duration>,
+    /// Resume from an id not in the buffer.
+    pub on_gap: OnGap,
+    /// How long a stream outlives its last client.
+    pub linger: Duration,
+    /// Largest accepted event.
+    pub max_event_bytes: usize,
+    /// First reconnect delay.
+    pub reconnect_initial: Duration,
+    /// Largest reconnect delay.
+    pub reconnect_max: Duration,
+    /// Upstream TCP connect timeout.
+    pub upstream_connect_timeout: Duration,
+    /// How long to keep subscribers of an unreachable upstream; `None`: forever.
+    pub upstream_down_grace: Option<Duration>,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates `text`; `origin` names it in errors (usually the file path).
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let source = Source { origin, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| source.from_toml(&e))?;
+        let defaults = raw.defaults.unwrap_or_default();
+        let listen = match &raw.listen {
+            Some(addr) => parse_addr(&source, addr, "listen")?,
+            None => DEFAULT_LISTEN
+                .parse()
+                .map_err(|_| source.error(0..0, "bad built-in listen"))?,
+        };
+        let admin_listen = match &raw.admin_listen {
+            Some(addr) => {
+                let parsed = parse_addr(&source, addr, "admin_listen")?;
+                if parsed == listen {
+                    return Err(source.error(addr.span(), "`admin_listen` must differ from `listen`"));
+                }
+                Some(parsed)
+            }
+            None => None,
+        };
+        if raw.routes.is_empty() {
+            return Err(source.error(
+                text.len()..text.len(),
+                "no [[route]]: add at least one, with `path` and `upstream`",
+            ));
+        }
+        let mut routes: Vec<(Route, std::ops::Range<usize>)> = Vec::new();
+        for raw_route in &raw.routes {
+            let route = resolve_route(&source, raw_route.get_ref(), &defaults)?;
+            if let Some((_, first)) = routes.iter().find(|(r, _)| r.path == route.path) {
+                let line = text[..first.start].matches('\n').count() + 1;
+                return Err(source.error(
+                    raw_route.get_ref().path.span(),
+                    format!("key `path` in [[route]]: duplicate route path {:?}, already used by the route on line {line}", route.path),
+                ));
+            }
+            routes.push((route, raw_route.span()));
+        }
+        Ok(Config {
+            listen,
+            admin_listen,
+            buffer_total_bytes: raw
+                .buffer_total_bytes
+                .map_or(DEFAULT_BUFFER_TOTAL_BYTES, |v| v.into_inner().0),
+            shutdown_grace: raw
+                .shutdown_grace
+                .map_or(DEFAULT_SHUTDOWN_GRACE, |v| v.into_inner().0),
+            routes: routes.into_iter().map(|(route, _)| route).collect(),
+        })
+    }
+}
+
+fn parse_addr(source: &Source<'_>, addr: &Spanned<String>, key: &str) -> Result<SocketAddr, ConfigError> {
+    addr.get_ref().parse().map_err(|_| {
+        source.error(
+            addr.span(),
+            format!(
+                "key `{key}`: {:?} is not an address:port such as \"127.0.0.1:8080\"",
+                addr.get_ref()
+            ),
+        )
+    })
+}
+
+fn resolve_route(
+    source: &Source<'_>,
+    route: &RawRoute,
+    defaults: &RawDefaults,
+) -> Result<Route, ConfigError> {
+    let path = normalise_path(route.path.get_ref())
+        .map_err(|why| source.error(route.path.span(), format!("key `path` in [[route]]: {why}")))?;
+    let here = format!("[[route]] {path:?}");
+    let fail = |span: std::ops::Range<usize>, key: &str, why: String| {
+        source.error(span, format!("key `{key}` in {here}: {why}"))
+    };
+    let upstream = Upstream::parse(route.upstream.get_ref())
+        .map_err(|why| fail(route.upstream.span(), "upstream", why))?;
+
+    // Route > [defaults] > built-in: `pick!(key)` is the spanned value in force, if set anywhere.
+    macro_rules! pick {
+        ($key:ident) => {
+            route.$key.as_ref().or(defaults.$key.as_ref())
+        };
+    }
+    let ids = pick!(ids).map(|v| *v.get_ref());
+    let mode = pick!(mode).map_or(StreamMode::Shared, |v| *v.get_ref());
+    let ids = match (ids, mode) {
+        (Some(IdMode::Inject), StreamMode::PerClient) => {
+            let span = pick!(ids).map_or(0..0, Spanned::span);
+            return Err(fail(
+                span,
+                "ids",
+                "ids = \"inject\" cannot be used with mode = \"per-client\": every client has its own upstream request and no shared buffer, so an injected id could never be resumed from; use ids = \"passthrough\"".to_owned(),
+            ));
+        }
+        (Some(ids), _) => ids,
+        (None, StreamMode::PerClient) => IdMode::Passthrough,
+        (None, StreamMode::Shared) => IdMode::Inject,
+    };
+    let stream_key = match pick!(stream_key) {
+        Some(parts) => parts
+            .get_ref()
+            .iter()
+            .map(|part| parse_key_part(part.get_ref()).map_err(|why| fail(part.span(), "stream_key", why)))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => DEFAULT_STREAM_KEY
+            .iter()
+            .map(|part| parse_key_part(part).map_err(|why| fail(0..0, "stream_key", why)))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let size = |value: Option<&Spanned<value::SizeValue>>,
+                key: &str,
+                default: u64,
+                min: u64|
+     -> Result<usize, ConfigError> {
+        let bytes = value.map_or(default, |v| v.get_ref().0);
+        if bytes < min {
+            return Err(fail(
+                value.map_or(0..0, Spanned::span),
+                key,
+                format!("must be at least {min}"),
+            ));
+        }
+        usize::try_from(bytes)
+            .map_err(|_| fail(value.map_or(0..0, Spanned::span), key, "too large".to_owned()))
+    };
+    let max_event_bytes = size(
+        pick!(max_event_bytes),
+        "max_event_bytes",
+        DEFAULT_MAX_EVENT_BYTES,
+        16,
+    )?;
+    let buffer_bytes = size(pick!(buffer_bytes), "buffer_bytes", DEFAULT_BUFFER_BYTES, 1)?;
+    if buffer_bytes < max_event_bytes {
+        let span = pick!(buffer_bytes)
+            .or(pick!(max_event_bytes))
+            .map_or(0..0, Spanned::span);
+        return Err(fail(
+            span,
+            "buffer_bytes",
+            format!(
+                "buffer_bytes ({}) is smaller than max_event_bytes ({}): an event that large could never be kept for resume",
+                format_size(buffer_bytes as u64),
+                format_size(max_event_bytes as u64)
+            ),
+        ));
+    }
+    let buffer_events = match pick!(buffer_events) {
+        Some(v) if *v.get_ref() == 0 => {
+            return Err(fail(v.span(), "buffer_events", "must be at least 1".to_owned()));
+        }
+        Some(v) => usize::try_from(*v.get_ref())
+            .map_err(|_| fail(v.span(), "buffer_events", "too large".to_owned()))?,
+        None => DEFAULT_BUFFER_EVENTS,
+    };
+    let duration = |value: Option<&Spanned<value::DurationValue>>, default: Duration| {
+        value.map_or(default, |v| v.get_ref().0)
+    };
+    let toggle = |value: Option<&Spanned<value::Toggle>>, default: Duration| {
+        value.map_or(Some(default), |v| v.get_ref().0)
+    };
+    let reconnect_initial = duration(pick!(reconnect_initial), DEFAULT_RECONNECT_INITIAL);
+    let reconnect_max = duration(pick!(reconnect_max), DEFAULT_RECONNECT_MAX);
+    if reconnect_initial.is_zero() || reconnect_initial > reconnect_max {
+        let span = pick!(reconnect_initial)
+            .or(pick!(reconnect_max))
+            .map_or(0..0, Spanned::span);
+        return Err(fail(
+            span,
+            "reconnect_initial",
+            format!(
+                "must be above zero and at most reconnect_max ({} > {})",
+                format_duration(reconnect_initial),
+                format_duration(reconnect_max)
+            ),
+        ));
+    }
+    let upstream_connect_timeout =
+        duration(pick!(upstream_connect_timeout), DEFAULT_UPSTREAM_CONNECT_TIMEOUT);
+    if upstream_connect_timeout.is_zero() {
+        let span = pick!(upstream_connect_timeout).map_or(0..0, Spanned::span);
+        return Err(fail(
+            span,
+            "upstream_connect_timeout",
+            "must be above zero".to_owned(),
+        ));
+    }
+    let settings = Settings {
+        retry: toggle(pick!(retry), DEFAULT_RETRY),
+        heartbeat: toggle(pick!(heartbeat), DEFAULT_HEARTBEAT),
+        ids,
+        mode,
+        stream_key,
+        buffer_events,
+        buffer_bytes,
+        buffer_age: toggle(pick!(buffer_age), DEFAULT_BUFFER_AGE),
+        on_gap: pick!(on_gap).map_or(OnGap::Replay, |v| *v.get_ref()),
+        linger: duration(pick!(linger), DEFAULT_LINGER),
+        max_event_bytes,
+        reconnect_initial,
+        reconnect_max,
+        upstream_connect_timeout,
+        upstream_down_grace: toggle(pick!(upstream_down_grace), DEFAULT_UPSTREAM_DOWN_GRACE),
+    };
+    Ok(Route {
+        path,
+        upstream,
+        sse: route.sse.as_ref().map_or(SseMode::Auto, |v| *v.get_ref()),
+        settings,
+    })
+}
+
+/// Checks a route path and drops its trailing slash, so `/events/` and `/events` are one prefix.
+fn normalise_path(path: &str) -> Result<String, String> {
+    if !path.starts_with('/') {
+        return Err(format!("{path:?} must start with \"/\""));
+    }
+    if path.contains(['?', '#']) || path.chars().any(|c| c.is_ascii_control() || c == ' ') {
+        return Err(format!(
+            "{path:?} must be a plain path prefix, without query, fragment or spaces"
+        ));
+    }
+    let trimmed = path.trim_end_matches('/');
+    Ok(if trimmed.is_empty() {
+        "/".to_owned()
+    } else {
+        trimmed.to_owned()
+    })
+}
+
+fn parse_key_part(part: &str) -> Result<KeyPart, String> {
+    match part {
+        "path" => Ok(KeyPart::Path),
+        "query" => Ok(KeyPart::Query),
+        _ => {
+            let name = part.strip_prefix("header:").ok_or_else(|| {
+                format!("{part:?} is not a key part; use \"path\", \"query\" or \"header:<name>\"")
+            })?;
+            HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes())
+                .map(KeyPart::Header)
+                .map_err(|_| format!("{name:?} is not a valid header name"))
+        }
+    }
+}
+
+impl Upstream {
+    /// Parses a base URL such as `http://127.0.0.1:3000` or `http://app:8000/api`.
+    pub fn parse(text: &str) -> Result<Upstream, String> {
+        let uri: Uri = text.parse().map_err(|e| format!("{text:?} is not a URL ({e})"))?;
+        let scheme = uri
+            .scheme()
+            .cloned()
+            .ok_or_else(|| format!("{text:?} has no scheme; write it like \"http://127.0.0.1:3000\""))?;
+        if scheme != Scheme::HTTP {
+            return Err(format!(
+                "{text:?}: only http:// upstreams are supported; ssegate speaks plain HTTP to an app on loopback or a private network"
+            ));
+        }
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("{text:?} has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(format!("{text:?}: credentials in the URL are not supported"));
+        }
+        if uri.query().is_some() {
+            return Err(format!("{text:?}: an upstream base URL cannot have a query"));
+        }
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+        Ok(Upstream {
+            scheme,
+            authority,
+            base_path,
+        })
+    }
+
+    /// The upstream URL for a request: the base path, then the request's path and query.
+    pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        let mut joined = String::with_capacity(self.base_path.len() + path_and_query.len());
+        joined.push_str(&self.base_path);
+        joined.push_str(path_and_query);
+        if !joined.starts_with('/') {
+            joined.insert(0, '/');
+        }
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(joined)
+            .build()
+    }
+
+    /// `host:port` of the upstream.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}{}", self.scheme, self.authority, self.base_path)
+    }
+}
+
+impl fmt::Display for KeyPart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyPart::Path => f.write_str("path"),
+            KeyPart::Query => f.write_str("query"),
+            KeyPart::Header(name) => write!(f, "header:{name}"),
+        }
+    }
+}
+
+fn name_of<T: fmt::Debug>(value: T) -> String {
+    // Enum names as the file writes them: `PerClient` → `per-client`.
+    let debug = format!("{value:?}");
+    let mut out = String::new();
+    for (i, c) in debug.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('-');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The effective configuration as TOML: what `ssegate check` prints.
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "listen = \"{}\"", self.listen)?;
+        if let Some(admin) = self.admin_listen {
+            writeln!(f, "admin_listen = \"{admin}\"")?;
+        }
+        writeln!(
+            f,
+            "buffer_total_bytes = \"{}\"",
+            format_size(self.buffer_total_bytes)
+        )?;
+        writeln!(f, "shutdown_grace = \"{}\"", format_duration(self.shutdown_grace))?;
+        for route in &self.routes {
+            let s = &route.settings;
+            writeln!(f, "\n[[route]]")?;
+            writeln!(f, "path = {:?}", route.path)?;
+            writeln!(f, "upstream = \"{}\"", route.upstream)?;
+            writeln!(f, "sse = \"{}\"", name_of(route.sse))?;
+            writeln!(f, "retry = \"{}\"", format_toggle(s.retry))?;
+            writeln!(f, "heartbeat = \"{}\"", format_toggle(s.heartbeat))?;
+            writeln!(f, "ids = \"{}\"", name_of(s.ids))?;
+            writeln!(f, "mode = \"{}\"", name_of(s.mode))?;
+            let key: Vec<String> = s.stream_key.iter().map(|p| format!("\"{p}\"")).collect();
+            writeln!(f, "stream_key = [{}]", key.join(", "))?;
+            writeln!(f, "buffer_events = {}", s.buffer_events)?;
+            writeln!(f, "buffer_bytes = \"{}\"", format_size(s.buffer_bytes as u64))?;
+            writeln!(f, "buffer_age = \"{}\"", format_toggle(s.buffer_age))?;
+            writeln!(f, "on_gap = \"{}\"", name_of(s.on_gap))?;
+            writeln!(f, "linger = \"{}\"", format_duration(s.linger))?;
+            writeln!(
+                f,
+                "max_event_bytes = \"{}\"",
+                format_size(s.max_event_bytes as u64)
+            )?;
+            writeln!(
+                f,
+                "reconnect_initial = \"{}\"",
+                format_duration(s.reconnect_initial)
+            )?;
+            writeln!(f, "reconnect_max = \"{}\"", format_duration(s.reconnect_max))?;
+            writeln!(
+                f,
+                "upstream_connect_timeout = \"{}\"",
+                format_duration(s.upstream_connect_timeout)
+            )?;
+            writeln!(
+                f,
+                "upstream_down_grace = \"{}\"",
+                format_toggle(s.upstream_down_grace)
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

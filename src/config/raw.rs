@@ -1,0 +1,65 @@
+//! Serde structs that mirror the TOML file, key for key. No logic lives here: every value is
+//! optional and keeps its span, so validation can name the line of anything it rejects.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::value::{DurationValue, SizeValue, Toggle};
+use super::{IdMode, OnGap, SseMode, StreamMode};
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<Spanned<String>>,
+    pub admin_listen: Option<Spanned<String>>,
+    pub buffer_total_bytes: Option<Spanned<SizeValue>>,
+    pub shutdown_grace: Option<Spanned<DurationValue>>,
+    pub defaults: Option<RawDefaults>,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<Spanned<RawRoute>>,
+}
+
+/// Declares a struct holding every per-route setting (plus `$extra` fields), so `[defaults]` and
+/// `[[route]]` accept exactly the same settings without `flatten`, which serde cannot combine
+/// with `deny_unknown_fields`.
+macro_rules! with_settings {
+    ($(#[$meta:meta])* pub struct $name:ident { $($extra:tt)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            $($extra)*
+            pub retry: Option<Spanned<Toggle>>,
+            pub heartbeat: Option<Spanned<Toggle>>,
+            pub ids: Option<Spanned<IdMode>>,
+            pub mode: Option<Spanned<StreamMode>>,
+            pub stream_key: Option<Spanned<Vec<Spanned<String>>>>,
+            pub buffer_events: Option<Spanned<u64>>,
+            pub buffer_bytes: Option<Spanned<SizeValue>>,
+            pub buffer_age: Option<Spanned<Toggle>>,
+            pub on_gap: Option<Spanned<OnGap>>,
+            pub linger: Option<Spanned<DurationValue>>,
+            pub max_event_bytes: Option<Spanned<SizeValue>>,
+            pub reconnect_initial: Option<Spanned<DurationValue>>,
+            pub reconnect_max: Option<Spanned<DurationValue>>,
+            pub upstream_connect_timeout: Option<Spanned<DurationValue>>,
+            pub upstream_down_grace: Option<Spanned<Toggle>>,
+        }
+    };
+}
+
+with_settings! {
+    /// `[defaults]`: settings for every route that does not set its own.
+    #[derive(Default)]
+    pub struct RawDefaults {}
+}
+
+with_settings! {
+    /// One `[[route]]`.
+    pub struct RawRoute {
+        pub path: Spanned<String>,
+        pub upstream: Spanned<String>,
+        pub sse: Option<Spanned<SseMode>>,
+    }
+}

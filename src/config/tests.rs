@@ -1,0 +1,127 @@
+//! Config parsing, precedence and errors.
+
+use super::*;
+
+fn load(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(text, "test.toml")
+}
+
+fn error(text: &str) -> (usize, String) {
+    match load(text) {
+        Err(ConfigError::Invalid { line, message, .. }) => (line, message),
+        other => panic!("expected an error for {text:?}, got {other:?}"),
+    }
+}
+
+const MINIMAL: &str = "[[route]]\npath = \"/events\"\nupstream = \"http://127.0.0.1:3000\"\n";
+
+#[test]
+fn example_file_parses_and_documents_every_key() {
+    let text = include_str!("../../config.example.toml");
+    let config = load(text).expect("config.example.toml is valid");
+    assert_eq!(config.routes.len(), 2);
+    assert_eq!(config.routes[0].settings.heartbeat, Some(Duration::from_secs(10)));
+    // Every key the effective config prints is mentioned in the example.
+    for line in config.to_string().lines() {
+        if let Some((key, _)) = line.split_once(" = ") {
+            assert!(
+                text.contains(&format!("\n{key} = ")),
+                "config.example.toml does not document `{key}`"
+            );
+        }
+    }
+}
+
+#[test]
+fn built_in_defaults() {
+    let config = load(MINIMAL).expect("valid");
+    assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+    let route = &config.routes[0];
+    assert_eq!(route.sse, SseMode::Auto);
+    let s = &route.settings;
+    assert_eq!(s.retry, Some(DEFAULT_RETRY));
+    assert_eq!(s.ids, IdMode::Inject);
+    assert_eq!(s.mode, StreamMode::Shared);
+    assert_eq!(s.buffer_bytes, 8 << 20);
+    assert_eq!(s.stream_key.len(), 4);
+    assert_eq!(s.upstream_down_grace, Some(DEFAULT_UPSTREAM_DOWN_GRACE));
+}
+
+#[test]
+fn route_overrides_defaults_overrides_built_in() {
+    let config = load(
+        "[defaults]\nheartbeat = \"5s\"\nretry = \"off\"\nbuffer_bytes = 4096\nmax_event_bytes = 1024\n\
+         [[route]]\npath = \"/a\"\nupstream = \"http://127.0.0.1:1\"\nheartbeat = \"1s\"\n\
+         [[route]]\npath = \"/b/\"\nupstream = \"http://127.0.0.1:1/base/\"\n",
+    )
+    .expect("valid");
+    let (a, b) = (&config.routes[0], &config.routes[1]);
+    assert_eq!(a.settings.heartbeat, Some(Duration::from_secs(1)));
+    assert_eq!(b.settings.heartbeat, Some(Duration::from_secs(5)));
+    assert_eq!(b.settings.retry, None);
+    assert_eq!(b.settings.buffer_bytes, 4096);
+    assert_eq!(b.path, "/b");
+    assert_eq!(
+        b.upstream.uri_for("/b/x?y=1").expect("uri").to_string(),
+        "http://127.0.0.1:1/base/b/x?y=1"
+    );
+    assert_eq!(a.settings.linger, DEFAULT_LINGER);
+}
+
+#[test]
+fn per_client_mode_defaults_to_passthrough_ids_and_rejects_inject() {
+    let ok = load(&format!("{MINIMAL}mode = \"per-client\"\n")).expect("valid");
+    assert_eq!(ok.routes[0].settings.ids, IdMode::Passthrough);
+    let (line, message) = error(&format!("{MINIMAL}mode = \"per-client\"\nids = \"inject\"\n"));
+    assert_eq!(line, 5);
+    assert!(
+        message.contains("`ids`") && message.contains("resumed"),
+        "{message}"
+    );
+}
+
+#[test]
+fn errors_name_the_key_and_line() {
+    let cases: &[(&str, &str, usize, &[&str])] = &[
+        ("unknown key with suggestion", "[defaults]\nhearbeat = \"1s\"\n", 2, &["unknown key `hearbeat`", "did you mean `heartbeat`", "[defaults]"]),
+        ("unknown top-level key", "lisen = \"1.2.3.4:5\"\n", 1, &["`lisen`", "did you mean `listen`"]),
+        ("unknown route key", "[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\nstrem_key = []\n", 4, &["`strem_key`", "`stream_key`", "[[route]]"]),
+        ("bad duration", "[defaults]\nretry = \"3\"\n", 2, &["`retry`", "invalid duration", "\"3\""]),
+        ("duration as number", "[defaults]\nlinger = 30\n", 2, &["`linger`", "duration"]),
+        ("off where not allowed", "[defaults]\nlinger = \"off\"\n", 2, &["`linger`", "cannot be \"off\""]),
+        ("bad size", "[defaults]\nbuffer_bytes = \"8 megs\"\n", 2, &["`buffer_bytes`", "invalid size"]),
+        ("bad enum", "[defaults]\nids = \"random\"\n", 2, &["`ids`", "random"]),
+        ("bad url", "[[route]]\npath = \"/\"\nupstream = \"not a url\"\n", 3, &["`upstream`", "not a URL"]),
+        ("https upstream", "[[route]]\npath = \"/\"\nupstream = \"https://a:1\"\n", 3, &["`upstream`", "only http://"]),
+        ("path without slash", "[[route]]\npath = \"events\"\nupstream = \"http://a:1\"\n", 2, &["`path`", "start with"]),
+        ("missing upstream", "[[route]]\npath = \"/\"\n", 1, &["upstream"]),
+        ("duplicate path", "[[route]]\npath = \"/a\"\nupstream = \"http://a:1\"\n[[route]]\npath = \"/a/\"\nupstream = \"http://b:1\"\n", 5, &["duplicate route path \"/a\"", "line 1"]),
+        ("bad listen", "listen = \"localhost\"\n[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\n", 1, &["`listen`"]),
+        ("bad stream key", "[defaults]\nstream_key = [\"path\", \"cookies\"]\n[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\n", 2, &["`stream_key`", "\"cookies\""]),
+        ("buffer smaller than an event", "[defaults]\nbuffer_bytes = \"1KiB\"\n[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\n", 2, &["`buffer_bytes`", "max_event_bytes"]),
+        ("zero buffer events", "[defaults]\nbuffer_events = 0\n[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\n", 2, &["`buffer_events`"]),
+        ("backoff upside down", "[defaults]\nreconnect_initial = \"1m\"\nreconnect_max = \"1s\"\n[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\n", 2, &["`reconnect_initial`"]),
+        ("no routes", "listen = \"127.0.0.1:1\"\n", 2, &["no [[route]]"]),
+        ("toml syntax", "listen = \n", 1, &["listen"]),
+    ];
+    for (name, text, line, needles) in cases {
+        let (got_line, message) = error(text);
+        assert_eq!(got_line, *line, "case {name}: wrong line in {message:?}");
+        for needle in *needles {
+            assert!(
+                message.contains(needle),
+                "case {name}: {message:?} lacks {needle:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn effective_config_is_itself_a_valid_config_with_the_same_settings() {
+    let text = include_str!("../../config.example.toml");
+    let config = load(text).expect("valid");
+    let printed = config.to_string();
+    let again = load(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+    assert_eq!(again.to_string(), printed);
+    assert_eq!(again.routes[0].settings, config.routes[0].settings);
+}

@@ -1,0 +1,163 @@
+//! The value syntaxes of the config file: durations, sizes, and "off".
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+/// A duration written as a string: `"250ms"`, `"15s"`, `"10m"`, `"1h 30m"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurationValue(pub Duration);
+
+/// A duration, or `"off"` where the feature can be disabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Toggle(pub Option<Duration>);
+
+/// A size in bytes: an integer, or a string such as `"8MiB"`, `"512KiB"`, `"64kB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeValue(pub u64);
+
+/// Parses a duration string; the error says what was expected.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("invalid duration {text:?} ({e}); write it like \"250ms\", \"15s\" or \"10m\""))
+}
+
+/// Parses a size string; the error says what was expected.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let bad = || format!("invalid size {text:?}; write bytes as an integer or like \"512KiB\", \"8MiB\"");
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: u64 = digits.parse().map_err(|_| bad())?;
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return Err(bad()),
+    };
+    number.checked_mul(multiplier).ok_or_else(bad)
+}
+
+/// Formats a duration the way the config file writes it.
+pub fn format_duration(duration: Duration) -> String {
+    if duration.is_zero() {
+        return "0s".to_owned();
+    }
+    humantime::format_duration(duration).to_string()
+}
+
+/// Formats a duration or `off`.
+pub fn format_toggle(duration: Option<Duration>) -> String {
+    duration.map_or_else(|| "off".to_owned(), format_duration)
+}
+
+/// Formats a size with the largest binary unit that divides it.
+pub fn format_size(bytes: u64) -> String {
+    for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
+impl<'de> Deserialize<'de> for DurationValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = deserializer.deserialize_any(StringVisitor("a duration such as \"15s\""))?;
+        if text == "off" {
+            return Err(de::Error::custom("this setting cannot be \"off\""));
+        }
+        parse_duration(&text)
+            .map(DurationValue)
+            .map_err(de::Error::custom)
+    }
+}
+
+impl<'de> Deserialize<'de> for Toggle {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = deserializer.deserialize_any(StringVisitor("a duration such as \"15s\", or \"off\""))?;
+        if text == "off" {
+            return Ok(Toggle(None));
+        }
+        let duration = parse_duration(&text).map_err(de::Error::custom)?;
+        if duration.is_zero() {
+            return Err(de::Error::custom(
+                "a zero duration here means nothing; write \"off\" to disable",
+            ));
+        }
+        Ok(Toggle(Some(duration)))
+    }
+}
+
+impl<'de> Deserialize<'de> for SizeValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SizeVisitor;
+        impl Visitor<'_> for SizeVisitor {
+            type Value = SizeValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size: an integer of bytes, or a string such as \"8MiB\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<SizeValue, E> {
+                u64::try_from(v)
+                    .map(SizeValue)
+                    .map_err(|_| E::custom(format!("invalid size {v}: a size cannot be negative")))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<SizeValue, E> {
+                Ok(SizeValue(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<SizeValue, E> {
+                parse_size(v).map(SizeValue).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(SizeVisitor)
+    }
+}
+
+/// Accepts only a string, with an error that names what the string should hold.
+struct StringVisitor(&'static str);
+
+impl Visitor<'_> for StringVisitor {
+    type Value = String;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
+        Ok(v.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert!(parse_duration("15").is_err());
+        assert!(parse_duration("fast").is_err());
+        assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(format_duration(Duration::from_secs(600)), "10m");
+        assert_eq!(format_toggle(None), "off");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("64kB"), Ok(64_000));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("8 megs").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("99999999999999GiB").is_err());
+        assert_eq!(format_size(8 << 20), "8MiB");
+        assert_eq!(format_size(1000), "1000");
+    }
+}

@@ -1,0 +1,3 @@
+//! ssegate library.
+pub mod config;
+pub mod sse;
