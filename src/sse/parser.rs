@@ -33,8 +33,9 @@ pub struct Parser {
     line_overflow: bool,
     /// The previous chunk ended with CR: an LF at the start of the next one belongs to it.
     skip_lf: bool,
-    /// Nothing has been read yet, so a BOM may still start the stream.
-    first_line: bool,
+    /// How many bytes of a leading BOM have been seen, while the stream start is undecided;
+    /// `None` once it is decided. Those bytes are held here, not in `line`.
+    bom_matched: Option<usize>,
     data: String,
     event_type: String,
     block_id: Option<String>,
@@ -54,7 +55,7 @@ impl Parser {
             line: Vec::new(),
             line_overflow: false,
             skip_lf: false,
-            first_line: true,
+            bom_matched: Some(0),
             data: String::new(),
             event_type: String::new(),
             block_id: None,
@@ -84,6 +85,23 @@ impl Parser {
     /// Parses `chunk`, calling `emit` for every item completed by it.
     pub fn feed(&mut self, chunk: &[u8], mut emit: impl FnMut(Item)) {
         let mut rest = chunk;
+        if let Some(mut matched) = self.bom_matched {
+            // "One leading U+FEFF BYTE ORDER MARK character must be ignored if any are present."
+            // The BOM may arrive split over chunks, so its bytes are matched one at a time.
+            while matched < BOM.len() && rest.first() == Some(&BOM[matched]) {
+                matched += 1;
+                rest = &rest[1..];
+            }
+            if matched < BOM.len() && rest.is_empty() {
+                self.bom_matched = Some(matched);
+                return;
+            }
+            self.bom_matched = None;
+            if matched < BOM.len() {
+                // Not a BOM after all: the bytes matched so far start the first line.
+                self.append_partial(&BOM[..matched]);
+            }
+        }
         if self.skip_lf && !rest.is_empty() {
             // "Lines must be separated by either a U+000D CARRIAGE RETURN U+000A LINE FEED (CRLF)
             // character pair, a single U+000A LINE FEED (LF) character, or a single U+000D
@@ -129,7 +147,7 @@ impl Parser {
         self.line.clear();
         self.line_overflow = false;
         self.skip_lf = false;
-        self.first_line = true;
+        self.bom_matched = Some(0);
         self.reset_block();
     }
 
@@ -152,11 +170,6 @@ impl Parser {
     }
 
     fn complete_line(&mut self, line: &[u8], emit: &mut impl FnMut(Item)) {
-        let mut line = line;
-        if std::mem::take(&mut self.first_line) {
-            // "One leading U+FEFF BYTE ORDER MARK character must be ignored if any are present."
-            line = line.strip_prefix(BOM).unwrap_or(line);
-        }
         if std::mem::take(&mut self.line_overflow) {
             return;
         }
