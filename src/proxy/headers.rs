@@ -1,0 +1,132 @@
+//! Header rules of a proxy: hop-by-hop removal and the `X-Forwarded-*` family.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that describe one connection, not the message, and so stop at a proxy.
+///
+/// RFC 9110 §7.6.1: "Intermediaries MUST parse a received Connection header field before a
+/// message is forwarded and, for each connection-option in this field, remove any header or
+/// trailer field(s) from the message with the same name as the connection-option, and then remove
+/// the Connection header field itself (or replace it with the intermediary's own control options
+/// for the forwarded message)." And: "a proxy or gateway MUST remove or replace any received
+/// connection-specific fields before forwarding the message. [...] Proxy-Connection, Keep-Alive,
+/// TE, Transfer-Encoding, and Upgrade." Proxy-Authenticate and Proxy-Authorization (§11.7) are
+/// meant for the proxy itself.
+///
+/// `Trailer` is deliberately kept: RFC 9110 §6.6.2 makes it end-to-end (the list in RFC 2616
+/// named "Trailers", the TE token, not this field), and the HTTP/1.1 encoder writes only the
+/// trailer fields that `Trailer` announces, so removing it would silently drop trailers.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Removes hop-by-hop headers: those named by `Connection`, then the fixed set, then `TE` —
+/// except that `TE: trailers` is passed on, as it asks the next hop to keep trailers.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    let wants_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|coding| coding.split(';').next().is_some_and(|c| c.trim().eq_ignore_ascii_case("trailers")));
+    headers.remove(header::TE);
+    if wants_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Adds the client's address to `X-Forwarded-For` (after any addresses already there) and sets
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` (from `host`, the Host the client asked for).
+pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str, host: Option<HeaderValue>) {
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let mut chain: Vec<u8> = Vec::new();
+    for value in headers.get_all(&xff) {
+        chain.extend_from_slice(value.as_bytes());
+        chain.extend_from_slice(b", ");
+    }
+    chain.extend_from_slice(client.to_string().as_bytes());
+    match HeaderValue::from_bytes(&chain) {
+        Ok(value) => {
+            headers.insert(xff, value);
+        }
+        Err(_) => {
+            // An earlier hop wrote bytes a header cannot hold; start the chain afresh.
+            headers.insert(xff, HeaderValue::from_str(&client.to_string()).unwrap_or(HeaderValue::from_static("unknown")));
+        }
+    }
+    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(proto));
+    match host {
+        Some(host) => headers.insert(HeaderName::from_static("x-forwarded-host"), host),
+        None => headers.remove(HeaderName::from_static("x-forwarded-host")),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_str(value).expect("value"),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut headers = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-authenticate", "Basic"),
+            ("te", "gzip"),
+            ("trailer", "x-checksum"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, vec!["trailer", "x-kept"]);
+    }
+
+    #[test]
+    fn te_trailers_is_kept() {
+        let mut headers = map(&[("te", "gzip, trailers;q=1")]);
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.get("te").map(|v| v.as_bytes()), Some(&b"trailers"[..]));
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let mut headers = map(&[("x-forwarded-for", "10.0.0.1"), ("x-forwarded-for", "10.0.0.2")]);
+        add_forwarded(&mut headers, "127.0.0.9".parse().expect("ip"), "http", Some(HeaderValue::from_static("app.test")));
+        assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.9");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["x-forwarded-host"], "app.test");
+    }
+}
