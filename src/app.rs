@@ -34,11 +34,19 @@ pub struct App {
 impl App {
     /// Binds the listener of `config`.
     pub async fn bind(config: Config) -> Result<App, AppError> {
-        let bind_error = |source| AppError::Bind { addr: config.listen, source };
+        let bind_error = |source| AppError::Bind {
+            addr: config.listen,
+            source,
+        };
         let listener = TcpListener::bind(config.listen).await.map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
         let proxy = Proxy::new(&config);
-        Ok(App { config, listener, local_addr, proxy })
+        Ok(App {
+            config,
+            listener,
+            local_addr,
+            proxy,
+        })
     }
 
     /// The address actually bound (useful when `listen` has port 0).
@@ -52,7 +60,14 @@ impl App {
         for route in &self.config.routes {
             tracing::info!(path = %route.path, upstream = %route.upstream, "route");
         }
-        crate::server::serve(self.listener, self.proxy, shutdown, || {}, self.config.shutdown_grace).await;
+        crate::server::serve(
+            self.listener,
+            self.proxy,
+            shutdown,
+            || {},
+            self.config.shutdown_grace,
+        )
+        .await;
         tracing::info!("stopped");
     }
 }

@@ -195,7 +195,7 @@ impl Config {
     /// Parses and validates `text`; `origin` names it in errors (usually the file path).
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let source = Source { origin, text };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| source.from_toml(&e))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| source.toml_error(&e))?;
         let defaults = raw.defaults.unwrap_or_default();
         let listen = match &raw.listen {
             Some(addr) => parse_addr(&source, addr, "listen")?,

@@ -43,7 +43,11 @@ fn check(path: &std::path::Path) -> ExitCode {
             use std::io::Write;
             // A closed stdout (`| head`) is not an error of the config.
             let mut out = std::io::stdout().lock();
-            let _ = write!(out, "# {}: valid. Effective settings:\n\n{config}", path.display());
+            let _ = write!(
+                out,
+                "# {}: valid. Effective settings:\n\n{config}",
+                path.display()
+            );
             ExitCode::SUCCESS
         }
         Err(error) => {

@@ -53,7 +53,9 @@ impl Proxy {
             (route.path.clone(), Arc::new(entry))
         });
         Proxy {
-            inner: Arc::new(Inner { router: Router::new(routes) }),
+            inner: Arc::new(Inner {
+                router: Router::new(routes),
+            }),
         }
     }
 
@@ -63,13 +65,21 @@ impl Proxy {
             return error_response(StatusCode::NOT_FOUND, "ssegate: no route for this path\n");
         };
         if request.method() == Method::CONNECT {
-            return error_response(StatusCode::METHOD_NOT_ALLOWED, "ssegate: CONNECT is not proxied\n");
+            return error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "ssegate: CONNECT is not proxied\n",
+            );
         }
         let _subscription = is_subscription(route.config.sse, &request);
         self.pass_through(&route, request, remote).await
     }
 
-    async fn pass_through(&self, route: &RouteEntry, request: Request<Incoming>, remote: SocketAddr) -> Response<ProxyBody> {
+    async fn pass_through(
+        &self,
+        route: &RouteEntry,
+        request: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Response<ProxyBody> {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         let request = route.client.prepare(request.map(Either::Left), remote);
@@ -118,7 +128,10 @@ pub fn is_subscription<B>(mode: SseMode, request: &Request<B>) -> bool {
             .filter_map(|value| value.to_str().ok())
             .flat_map(|value| value.split(','))
             .any(|media| {
-                media.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
+                media
+                    .split(';')
+                    .next()
+                    .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
             }),
     }
 }
@@ -127,8 +140,9 @@ pub fn is_subscription<B>(mode: SseMode, request: &Request<B>) -> bool {
 pub fn error_response(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::full(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }

@@ -58,7 +58,9 @@ pub async fn serve(
             let proxy = proxy.clone();
             async move { Ok::<_, std::convert::Infallible>(proxy.handle(request, remote).await) }
         });
-        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(error) = connection.await {

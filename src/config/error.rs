@@ -50,7 +50,7 @@ impl Source<'_> {
     }
 
     /// Turns a TOML or serde error into one that names the key and section it happened in.
-    pub fn from_toml(&self, error: &toml::de::Error) -> ConfigError {
+    pub fn toml_error(&self, error: &toml::de::Error) -> ConfigError {
         let span = error.span().unwrap_or(0..0);
         let raw = error.message().trim().replace('\n', "; ");
         let raw = raw.as_str();
@@ -119,8 +119,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, row) in rows.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        rows[0][j] = j;
+    for (j, cell) in rows[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {

@@ -31,12 +31,18 @@ pin_project! {
 impl ProxyBody {
     /// The upstream's body, streamed through frame by frame (trailers included).
     pub fn upstream(body: Incoming) -> Self {
-        ProxyBody { kind: Inner::Upstream { body } }
+        ProxyBody {
+            kind: Inner::Upstream { body },
+        }
     }
 
     /// A complete body.
     pub fn full(bytes: Bytes) -> Self {
-        ProxyBody { kind: Inner::Full { body: Full::new(bytes) } }
+        ProxyBody {
+            kind: Inner::Full {
+                body: Full::new(bytes),
+            },
+        }
     }
 }
 
@@ -44,7 +50,10 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
             InnerProj::Upstream { body } => body.poll_frame(cx).map_err(Into::into),
             InnerProj::Full { body } => body.poll_frame(cx).map_err(|never| match never {}),

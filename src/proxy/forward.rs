@@ -55,7 +55,11 @@ impl UpstreamClient {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(TokioTimer::new())
             .build(connector);
-        UpstreamClient { client, upstream, connect_timeout }
+        UpstreamClient {
+            client,
+            upstream,
+            connect_timeout,
+        }
     }
 
     /// The upstream base URL.
@@ -108,7 +112,9 @@ impl UpstreamClient {
 fn is_timeout(error: &(dyn StdError + 'static)) -> bool {
     let mut next = Some(error);
     while let Some(e) = next {
-        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
             return true;
         }
         next = e.source();

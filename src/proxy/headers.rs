@@ -46,7 +46,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
-        .any(|coding| coding.split(';').next().is_some_and(|c| c.trim().eq_ignore_ascii_case("trailers")));
+        .any(|coding| {
+            coding
+                .split(';')
+                .next()
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case("trailers"))
+        });
     headers.remove(header::TE);
     if wants_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -55,7 +60,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Adds the client's address to `X-Forwarded-For` (after any addresses already there) and sets
 /// `X-Forwarded-Proto` and `X-Forwarded-Host` (from `host`, the Host the client asked for).
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str, host: Option<HeaderValue>) {
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    proto: &'static str,
+    host: Option<HeaderValue>,
+) {
     let xff = HeaderName::from_static("x-forwarded-for");
     let mut chain: Vec<u8> = Vec::new();
     for value in headers.get_all(&xff) {
@@ -69,10 +79,16 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static st
         }
         Err(_) => {
             // An earlier hop wrote bytes a header cannot hold; start the chain afresh.
-            headers.insert(xff, HeaderValue::from_str(&client.to_string()).unwrap_or(HeaderValue::from_static("unknown")));
+            headers.insert(
+                xff,
+                HeaderValue::from_str(&client.to_string()).unwrap_or(HeaderValue::from_static("unknown")),
+            );
         }
     }
-    headers.insert(HeaderName::from_static("x-forwarded-proto"), HeaderValue::from_static(proto));
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(proto),
+    );
     match host {
         Some(host) => headers.insert(HeaderName::from_static("x-forwarded-host"), host),
         None => headers.remove(HeaderName::from_static("x-forwarded-host")),
@@ -124,7 +140,12 @@ mod tests {
     #[test]
     fn forwarded_for_is_appended() {
         let mut headers = map(&[("x-forwarded-for", "10.0.0.1"), ("x-forwarded-for", "10.0.0.2")]);
-        add_forwarded(&mut headers, "127.0.0.9".parse().expect("ip"), "http", Some(HeaderValue::from_static("app.test")));
+        add_forwarded(
+            &mut headers,
+            "127.0.0.9".parse().expect("ip"),
+            "http",
+            Some(HeaderValue::from_static("app.test")),
+        );
         assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.9");
         assert_eq!(headers["x-forwarded-proto"], "http");
         assert_eq!(headers["x-forwarded-host"], "app.test");

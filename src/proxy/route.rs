@@ -13,14 +13,17 @@ impl<R> Router<R> {
     /// A router over `(prefix, route)` pairs. Prefixes have no trailing slash except `/` itself.
     pub fn new(routes: impl IntoIterator<Item = (String, Arc<R>)>) -> Self {
         let mut routes: Vec<_> = routes.into_iter().collect();
-        routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         Router { routes }
     }
 
     /// The route whose prefix is the longest one matching `path` on a segment boundary:
     /// `/events` matches `/events` and `/events/x`, never `/eventsfoo`.
     pub fn find(&self, path: &str) -> Option<&Arc<R>> {
-        self.routes.iter().find(|(prefix, _)| matches(prefix, path)).map(|(_, route)| route)
+        self.routes
+            .iter()
+            .find(|(prefix, _)| matches(prefix, path))
+            .map(|(_, route)| route)
     }
 }
 

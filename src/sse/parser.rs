@@ -219,19 +219,15 @@ impl Parser {
             }
             // "If the field value does not contain U+0000 NULL, then set the last event ID buffer
             // to the field value. Otherwise, ignore the field."
-            b"id" => {
-                if !value.contains(&0) {
-                    self.block_id = Some(String::from_utf8_lossy(value).into_owned());
-                }
+            b"id" if !value.contains(&0) => {
+                self.block_id = Some(String::from_utf8_lossy(value).into_owned());
             }
             // "If the field value consists of only ASCII digits, then interpret the field value
             // as an integer in base ten, and set the event stream's reconnection time to that
             // integer. Otherwise, ignore the field." (A value too large for u64 is ignored too.)
-            b"retry" => {
-                if !value.is_empty() && value.iter().all(u8::is_ascii_digit) {
-                    if let Some(ms) = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok()) {
-                        emit(Item::Retry(ms));
-                    }
+            b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
+                if let Some(ms) = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok()) {
+                    emit(Item::Retry(ms));
                 }
             }
             // "Otherwise: The field is ignored."
