@@ -2,11 +2,14 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::hub::{Counter, Hub};
 use crate::proxy::Proxy;
+use crate::server;
 
 /// Why ssegate could not start.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +32,8 @@ pub struct App {
     listener: TcpListener,
     local_addr: SocketAddr,
     proxy: Proxy,
+    hub: Hub,
+    write_stalls: Arc<Counter>,
 }
 
 impl App {
@@ -40,12 +45,15 @@ impl App {
         };
         let listener = TcpListener::bind(config.listen).await.map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
-        let proxy = Proxy::new(&config);
+        let hub = Hub::new(config.buffer_total_bytes);
+        let proxy = Proxy::new(&config, hub.clone());
         Ok(App {
             config,
             listener,
             local_addr,
             proxy,
+            hub,
+            write_stalls: Arc::default(),
         })
     }
 
@@ -54,18 +62,35 @@ impl App {
         self.local_addr
     }
 
-    /// Serves until `shutdown` resolves, then drains within `shutdown_grace`.
+    /// The hub of SSE streams, with its counters.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Connections closed because the client stopped reading.
+    pub fn write_stalls(&self) -> Arc<Counter> {
+        self.write_stalls.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then ends every SSE response and drains the
+    /// connections within `shutdown_grace`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         tracing::info!(listen = %self.local_addr, routes = self.config.routes.len(), "ssegate listening");
         for route in &self.config.routes {
             tracing::info!(path = %route.path, upstream = %route.upstream, "route");
         }
-        crate::server::serve(
+        let settings = server::Settings {
+            grace: self.config.shutdown_grace,
+            write_timeout: self.config.client_write_timeout,
+            stalls: self.write_stalls,
+        };
+        let hub = self.hub;
+        server::serve(
             self.listener,
             self.proxy,
             shutdown,
-            || {},
-            self.config.shutdown_grace,
+            move || hub.shutdown(),
+            settings,
         )
         .await;
         tracing::info!("stopped");

@@ -52,6 +52,8 @@ pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_UPSTREAM_DOWN_GRACE: Duration = Duration::from_secs(60);
 /// How long a stop waits for requests in flight.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long a client's socket may stay unwritable before the connection is closed.
+pub const DEFAULT_CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The stream key when a route sets none: one user's stream is never served to another.
 pub const DEFAULT_STREAM_KEY: &[&str] = &["path", "query", "header:authorization", "header:cookie"];
 
@@ -121,6 +123,8 @@ pub struct Config {
     pub buffer_total_bytes: u64,
     /// How long a stop waits for requests in flight.
     pub shutdown_grace: Duration,
+    /// How long a client's socket may stay unwritable (a client that stopped reading).
+    pub client_write_timeout: Duration,
     /// Routes, in file order.
     pub routes: Vec<Route>,
 }
@@ -219,6 +223,14 @@ impl Config {
                 "no [[route]]: add at least one, with `path` and `upstream`",
             ));
         }
+        let client_write_timeout = raw
+            .client_write_timeout
+            .as_ref()
+            .map_or(DEFAULT_CLIENT_WRITE_TIMEOUT, |v| v.get_ref().0);
+        if client_write_timeout.is_zero() {
+            let span = raw.client_write_timeout.as_ref().map_or(0..0, Spanned::span);
+            return Err(source.error(span, "key `client_write_timeout`: must be above zero"));
+        }
         let mut routes: Vec<(Route, std::ops::Range<usize>)> = Vec::new();
         for raw_route in &raw.routes {
             let route = resolve_route(&source, raw_route.get_ref(), &defaults)?;
@@ -240,6 +252,7 @@ impl Config {
             shutdown_grace: raw
                 .shutdown_grace
                 .map_or(DEFAULT_SHUTDOWN_GRACE, |v| v.into_inner().0),
+            client_write_timeout,
             routes: routes.into_iter().map(|(route, _)| route).collect(),
         })
     }
@@ -536,6 +549,11 @@ impl fmt::Display for Config {
             format_size(self.buffer_total_bytes)
         )?;
         writeln!(f, "shutdown_grace = \"{}\"", format_duration(self.shutdown_grace))?;
+        writeln!(
+            f,
+            "client_write_timeout = \"{}\"",
+            format_duration(self.client_write_timeout)
+        )?;
         for route in &self.routes {
             let s = &route.settings;
             writeln!(f, "\n[[route]]")?;

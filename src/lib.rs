@@ -21,9 +21,12 @@
 
 pub mod app;
 pub mod config;
+pub mod hub;
 pub mod proxy;
+pub mod route;
 pub mod server;
 pub mod sse;
+pub mod upstream;
 
 pub use app::{App, AppError};
 pub use config::Config;

@@ -1,7 +1,12 @@
 //! The accept loop: HTTP/1.1 and HTTP/2 cleartext on one port, graceful stop.
 
+mod stall;
+
+pub use stall::StallGuard;
+
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -10,7 +15,19 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use crate::hub::Counter;
 use crate::proxy::Proxy;
+
+/// How connections are served.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long open connections may take to finish after a stop.
+    pub grace: Duration,
+    /// How long a client's socket may stay unwritable.
+    pub write_timeout: Duration,
+    /// Counts connections closed because the client stopped reading.
+    pub stalls: Arc<Counter>,
+}
 
 /// Largest request head (request line and headers) accepted from a client, in bytes.
 pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
@@ -18,15 +35,17 @@ pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves `listener` with `proxy` until `shutdown` resolves, then stops accepting and gives the
-/// open connections `grace` to finish. `before_drain` runs between the two: the hub uses it to
-/// end SSE responses, which never end by themselves and would otherwise hold the drain open.
+/// open connections `settings.grace` to finish. `before_drain` runs between the two: the hub
+/// uses it to end SSE responses, which never end by themselves and would otherwise hold the
+/// drain open.
 pub async fn serve(
     listener: TcpListener,
     proxy: Proxy,
     shutdown: impl Future<Output = ()>,
     before_drain: impl FnOnce(),
-    grace: Duration,
+    settings: Settings,
 ) {
+    let grace = settings.grace;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -80,5 +99,5 @@ pub async fn serve(
 /// A connection that ended with an error: the client's doing (bad request, reset) and worth a
 /// debug line, never more.
 fn log_connection_error(remote: SocketAddr, error: &(dyn std::error::Error + 'static)) {
-    tracing::debug!(%remote, fault = "client", error = %crate::proxy::chain(error), "connection ended with an error");
+    tracing::debug!(%remote, fault = "client", error = %crate::upstream::chain(error), "connection ended with an error");
 }

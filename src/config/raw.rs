@@ -15,6 +15,7 @@ pub struct RawConfig {
     pub admin_listen: Option<Spanned<String>>,
     pub buffer_total_bytes: Option<Spanned<SizeValue>>,
     pub shutdown_grace: Option<Spanned<DurationValue>>,
+    pub client_write_timeout: Option<Spanned<DurationValue>>,
     pub defaults: Option<RawDefaults>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<RawRoute>>,

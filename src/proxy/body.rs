@@ -9,10 +9,12 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
-use super::BoxError;
+use crate::hub::SubscriberBody;
+use crate::upstream::BoxError;
 
 pin_project! {
-    /// A response body: streamed from the upstream, or a short one made by ssegate.
+    /// A response body: streamed from the upstream, an SSE subscriber's, or a short one made by
+    /// ssegate.
     #[project = Kind]
     pub struct ProxyBody {
         #[pin]
@@ -25,6 +27,7 @@ pin_project! {
     enum Inner {
         Upstream { #[pin] body: Incoming },
         Full { #[pin] body: Full<Bytes> },
+        Sse { body: SubscriberBody },
     }
 }
 
@@ -33,6 +36,13 @@ impl ProxyBody {
     pub fn upstream(body: Incoming) -> Self {
         ProxyBody {
             kind: Inner::Upstream { body },
+        }
+    }
+
+    /// An SSE subscriber's body.
+    pub fn sse(body: SubscriberBody) -> Self {
+        ProxyBody {
+            kind: Inner::Sse { body },
         }
     }
 
@@ -57,6 +67,7 @@ impl Body for ProxyBody {
         match self.project().kind.project() {
             InnerProj::Upstream { body } => body.poll_frame(cx).map_err(Into::into),
             InnerProj::Full { body } => body.poll_frame(cx).map_err(|never| match never {}),
+            InnerProj::Sse { body } => Pin::new(body).poll_frame(cx).map_err(Into::into),
         }
     }
 
@@ -64,6 +75,7 @@ impl Body for ProxyBody {
         match &self.kind {
             Inner::Upstream { body } => body.is_end_stream(),
             Inner::Full { body } => body.is_end_stream(),
+            Inner::Sse { body } => body.is_end_stream(),
         }
     }
 
@@ -71,6 +83,7 @@ impl Body for ProxyBody {
         match &self.kind {
             Inner::Upstream { body } => body.size_hint(),
             Inner::Full { body } => body.size_hint(),
+            Inner::Sse { body } => body.size_hint(),
         }
     }
 }

@@ -1,6 +1,39 @@
-//! The router: longest path-prefix match on segment boundaries.
+//! Routes ready to serve, and the router that picks one: longest path-prefix match on segment
+//! boundaries.
 
 use std::sync::Arc;
+
+use crate::config::{Config, Route};
+use crate::upstream::UpstreamClient;
+
+/// One route, ready to serve: its settings and its pooled upstream client.
+#[derive(Debug)]
+pub struct RouteEntry {
+    /// The route's validated config.
+    pub config: Route,
+    /// The pooled client to its upstream.
+    pub client: UpstreamClient,
+}
+
+impl RouteEntry {
+    /// A route with a fresh client for its upstream.
+    pub fn new(config: Route) -> RouteEntry {
+        RouteEntry {
+            client: UpstreamClient::new(config.upstream.clone(), config.settings.upstream_connect_timeout),
+            config,
+        }
+    }
+
+    /// A router over the routes of `config`.
+    pub fn router(config: &Config) -> Router<RouteEntry> {
+        Router::new(
+            config
+                .routes
+                .iter()
+                .map(|route| (route.path.clone(), Arc::new(RouteEntry::new(route.clone())))),
+        )
+    }
+}
 
 /// Finds the route for a request path among routes of type `R`, each with a path prefix.
 #[derive(Debug)]

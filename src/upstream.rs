@@ -1,21 +1,23 @@
-//! Faithful pass-through: a request goes to the route's upstream and the response comes back,
-//! bodies streamed both ways frame by frame, only hop-by-hop headers changed.
+//! The way to an app: a pooled HTTP/1.1 client per route, the rewriting of a client request into
+//! an upstream request, and the errors an upstream exchange can end in.
+
+pub mod headers;
 
 use std::error::Error as StdError;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::{Request, Response, Version};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, Uri, Version};
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::headers::{add_forwarded, strip_hop_by_hop};
 use crate::config::Upstream;
+use headers::{add_forwarded, strip_hop_by_hop};
 
 /// A request body bound upstream: the client's streamed body, or nothing (SSE subscriptions).
 pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
@@ -40,6 +42,9 @@ pub enum UpstreamError {
     /// The upstream refused the connection or could not be reached: 502.
     #[error("upstream unreachable: {}", chain(.0.as_ref()))]
     Unreachable(BoxError),
+    /// The upstream accepted the connection but sent no response head in time: 504.
+    #[error("upstream sent no response head within {}", crate::config::format_duration(*.0))]
+    ResponseTimeout(Duration),
     /// The connection broke, or the upstream answered something that is not HTTP: 502.
     #[error("upstream failed: {}", chain(.0.as_ref()))]
     Failed(BoxError),
@@ -87,23 +92,40 @@ impl UpstreamClient {
     /// hop-by-hop headers removed, `X-Forwarded-*` added, the client's Host kept.
     pub fn prepare<B>(&self, request: Request<B>, client: SocketAddr) -> Request<B> {
         let (mut parts, body) = request.into_parts();
-        // An HTTP/2 client names the host in :authority, not in a Host header.
-        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            let authority = parts.uri.authority()?;
-            HeaderValue::from_str(authority.as_str()).ok()
-        });
-        let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        // The request line was valid, and so is the base URL: the join is a valid URI.
-        if let Ok(uri) = self.upstream.uri_for(path_and_query) {
-            parts.uri = uri;
-        }
-        strip_hop_by_hop(&mut parts.headers);
-        add_forwarded(&mut parts.headers, client.ip(), "http", host.clone());
-        if let Some(host) = host {
-            parts.headers.insert(header::HOST, host);
-        }
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_owned();
+        parts.uri = self.rewrite(&parts.uri, &mut parts.headers, &path_and_query, client);
         parts.version = Version::HTTP_11;
         Request::from_parts(parts, body)
+    }
+
+    /// The upstream URL for `path_and_query`, with `headers` (those of a request for `uri`)
+    /// made ready for the upstream.
+    pub fn rewrite(
+        &self,
+        uri: &Uri,
+        headers: &mut HeaderMap,
+        path_and_query: &str,
+        client: SocketAddr,
+    ) -> Uri {
+        // An HTTP/2 client names the host in :authority, not in a Host header.
+        let host = headers.get(header::HOST).cloned().or_else(|| {
+            let authority = uri.authority()?;
+            HeaderValue::from_str(authority.as_str()).ok()
+        });
+        strip_hop_by_hop(headers);
+        add_forwarded(headers, client.ip(), "http", host.clone());
+        if let Some(host) = host {
+            headers.insert(header::HOST, host);
+        }
+        // The request line was valid, and so is the base URL: the join is a valid URI. Should it
+        // not be, the base URL alone still reaches the right upstream.
+        self.upstream
+            .uri_for(path_and_query)
+            .unwrap_or_else(|_| self.upstream.uri_for("/").unwrap_or_default())
     }
 }
 

@@ -1,0 +1,325 @@
+//! The resume buffer of one stream: encoded events in order, bounded by count, bytes and age.
+//!
+//! Every event gets a sequence number, rising by one from 1. A subscriber's cursor is the
+//! sequence number of the next event it should get, so replay and live delivery are one and the
+//! same read: `get(cursor)`, then `cursor + 1`. Nothing is copied per subscriber.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+/// One buffered event: its wire bytes (id included), encoded once for every subscriber.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Position in the stream.
+    pub seq: u64,
+    /// The app's id, when the event came with one (injected ids are derived from `seq`).
+    pub app_id: Option<Box<str>>,
+    /// The encoded event.
+    pub bytes: Bytes,
+    /// When it was buffered.
+    pub at: Instant,
+}
+
+/// Limits of one ring.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most events kept.
+    pub events: usize,
+    /// Most bytes kept (of encoded events).
+    pub bytes: usize,
+    /// Longest time an event is kept, if limited.
+    pub age: Option<Duration>,
+}
+
+/// Where a resuming client starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// The id is known: deliver from this sequence number on.
+    At(u64),
+    /// The id is not (or no longer) known: a gap.
+    Gap,
+}
+
+/// The bounded buffer of a stream.
+#[derive(Debug)]
+pub struct Ring {
+    epoch: Box<str>,
+    inject: bool,
+    limits: Limits,
+    entries: VecDeque<Entry>,
+    bytes: usize,
+    next_seq: u64,
+    /// App ids of buffered events, for resume and for dropping an upstream's repeats.
+    ids: HashMap<Box<str>, u64>,
+    /// The newest evicted event's app id and sequence number: resuming from exactly it is no
+    /// gap, since everything after it is still here.
+    evicted_tail: Option<(Box<str>, u64)>,
+}
+
+impl Ring {
+    /// An empty ring with a fresh epoch. `inject` says ids are `<epoch>-<seq>`.
+    pub fn new(limits: Limits, inject: bool) -> Ring {
+        Ring {
+            epoch: new_epoch(),
+            inject,
+            limits,
+            entries: VecDeque::new(),
+            bytes: 0,
+            next_seq: 1,
+            ids: HashMap::new(),
+            evicted_tail: None,
+        }
+    }
+
+    /// This buffer's epoch: new for every ring, so ids of an earlier life are recognised.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// The injected id of sequence number `seq`.
+    pub fn injected_id(&self, seq: u64) -> String {
+        let mut id = String::with_capacity(self.epoch.len() + 12);
+        let _ = write!(id, "{}-{seq}", self.epoch);
+        id
+    }
+
+    /// The sequence number the next event will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The sequence number of the oldest buffered event (`next_seq` when empty).
+    pub fn first_seq(&self) -> u64 {
+        self.entries.front().map_or(self.next_seq, |e| e.seq)
+    }
+
+    /// Bytes of encoded events held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Events held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no event is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The event at `seq`, if still buffered.
+    pub fn get(&self, seq: u64) -> Option<&Entry> {
+        let index = seq.checked_sub(self.first_seq())?;
+        self.entries.get(usize::try_from(index).ok()?)
+    }
+
+    /// Whether an event with this app id is buffered (an upstream repeating itself).
+    pub fn contains_app_id(&self, id: &str) -> bool {
+        self.ids.contains_key(id)
+    }
+
+    /// The id of the newest event: what a new subscriber is primed with. In inject mode there
+    /// always is one (`<epoch>-0` before the first event), so even a client that leaves before
+    /// its first event resumes from the right place.
+    pub fn newest_id(&self) -> Option<String> {
+        match self.entries.back() {
+            Some(Entry { app_id: Some(id), .. }) => Some(id.to_string()),
+            Some(entry) if self.inject => Some(self.injected_id(entry.seq)),
+            Some(_) => None,
+            None if self.inject => Some(self.injected_id(self.next_seq - 1)),
+            None => self.evicted_tail.as_ref().map(|(id, _)| id.to_string()),
+        }
+    }
+
+    /// Appends an encoded event and evicts what the limits no longer allow. Returns the new
+    /// event's sequence number and the bytes freed by eviction.
+    pub fn push(&mut self, app_id: Option<Box<str>>, bytes: Bytes, now: Instant) -> (u64, usize) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if let Some(id) = &app_id {
+            self.ids.insert(id.clone(), seq);
+        }
+        self.bytes += bytes.len();
+        self.entries.push_back(Entry {
+            seq,
+            app_id,
+            bytes,
+            at: now,
+        });
+        let mut freed = 0;
+        while self.entries.len() > self.limits.events || self.bytes > self.limits.bytes {
+            freed += self.pop_oldest();
+        }
+        (seq, freed + self.evict_expired(now))
+    }
+
+    /// Evicts events older than the age limit; returns the bytes freed.
+    pub fn evict_expired(&mut self, now: Instant) -> usize {
+        let Some(age) = self.limits.age else { return 0 };
+        let mut freed = 0;
+        while self
+            .entries
+            .front()
+            .is_some_and(|e| now.saturating_duration_since(e.at) > age)
+        {
+            freed += self.pop_oldest();
+        }
+        freed
+    }
+
+    /// When the oldest event was buffered.
+    pub fn oldest_at(&self) -> Option<Instant> {
+        self.entries.front().map(|e| e.at)
+    }
+
+    /// Evicts the oldest event; returns the bytes freed (0 when empty).
+    pub fn pop_oldest(&mut self) -> usize {
+        let Some(entry) = self.entries.pop_front() else {
+            return 0;
+        };
+        self.bytes -= entry.bytes.len();
+        if let Some(id) = entry.app_id {
+            if self.ids.get(&id) == Some(&entry.seq) {
+                self.ids.remove(&id);
+            }
+            self.evicted_tail = Some((id, entry.seq));
+        } else {
+            self.evicted_tail = None;
+        }
+        entry.bytes.len()
+    }
+
+    /// Where a client that last saw `last_id` resumes.
+    pub fn resume(&self, last_id: &str) -> Resume {
+        let after = |seq: u64| {
+            if seq + 1 >= self.first_seq() && seq < self.next_seq {
+                Resume::At(seq + 1)
+            } else {
+                Resume::Gap
+            }
+        };
+        if let Some(&seq) = self.ids.get(last_id) {
+            return after(seq);
+        }
+        if self.inject {
+            let seq = last_id
+                .strip_prefix(&*self.epoch)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|digits| digits.parse::<u64>().ok());
+            if let Some(seq) = seq {
+                return after(seq);
+            }
+        }
+        match &self.evicted_tail {
+            Some((id, seq)) if **id == *last_id => after(*seq),
+            _ => Resume::Gap,
+        }
+    }
+}
+
+/// Eight random base-36 characters: unique enough that an id from another buffer never matches.
+fn new_epoch() -> Box<str> {
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    (0..8)
+        .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
+        .collect::<String>()
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(events: usize, bytes: usize, inject: bool) -> Ring {
+        Ring::new(
+            Limits {
+                events,
+                bytes,
+                age: Some(Duration::from_secs(60)),
+            },
+            inject,
+        )
+    }
+
+    fn push(ring: &mut Ring, app_id: Option<&str>, now: Instant) -> u64 {
+        ring.push(app_id.map(Into::into), Bytes::from_static(b"data: x\n\n"), now)
+            .0
+    }
+
+    #[test]
+    fn bounded_by_count_bytes_and_age() {
+        let now = Instant::now();
+        let mut r = ring(3, 1000, true);
+        for _ in 0..5 {
+            push(&mut r, None, now);
+        }
+        assert_eq!((r.len(), r.first_seq(), r.next_seq()), (3, 3, 6));
+        let mut r = ring(100, 20, true);
+        for _ in 0..5 {
+            push(&mut r, None, now);
+        }
+        assert_eq!(r.len(), 2, "9-byte events under a 20-byte limit");
+        assert_eq!(r.bytes(), 18);
+        let mut r = ring(100, 1000, true);
+        push(&mut r, None, now);
+        push(&mut r, None, now + Duration::from_secs(30));
+        assert_eq!(r.evict_expired(now + Duration::from_secs(61)), 9);
+        assert_eq!(r.first_seq(), 2);
+    }
+
+    #[test]
+    fn resume_by_injected_id() {
+        let now = Instant::now();
+        let mut r = ring(3, 1000, true);
+        assert_eq!(r.newest_id(), Some(format!("{}-0", r.epoch())));
+        // Primed before any event, the client resumes from the first one.
+        assert_eq!(r.resume(&r.injected_id(0)), Resume::At(1));
+        for _ in 0..5 {
+            push(&mut r, None, now);
+        }
+        // Buffered: 3, 4, 5. Seen up to 2 (evicted, but everything after it is here): exact.
+        assert_eq!(r.resume(&r.injected_id(2)), Resume::At(3));
+        assert_eq!(r.resume(&r.injected_id(4)), Resume::At(5));
+        assert_eq!(r.resume(&r.injected_id(5)), Resume::At(6));
+        assert_eq!(r.resume(&r.injected_id(1)), Resume::Gap, "event 2 is lost");
+        assert_eq!(r.resume(&r.injected_id(6)), Resume::Gap, "an id from the future");
+        assert_eq!(r.resume("zzzzzzzz-4"), Resume::Gap, "a foreign epoch");
+        assert_eq!(r.resume(&format!("{}-", r.epoch())), Resume::Gap);
+        assert_eq!(r.resume(&format!("{}-+4", r.epoch())), Resume::Gap);
+        assert_eq!(r.resume(&"x".repeat(10_000)), Resume::Gap);
+        assert_eq!(r.newest_id(), Some(r.injected_id(5)));
+    }
+
+    #[test]
+    fn resume_by_app_id_and_repeats() {
+        let now = Instant::now();
+        let mut r = ring(2, 1000, false);
+        assert_eq!(r.newest_id(), None);
+        push(&mut r, Some("a"), now);
+        push(&mut r, Some("b"), now);
+        assert!(r.contains_app_id("a"));
+        push(&mut r, Some("c"), now);
+        assert!(!r.contains_app_id("a"));
+        assert_eq!(
+            r.resume("a"),
+            Resume::At(2),
+            "the newest evicted id still resumes exactly"
+        );
+        assert_eq!(r.resume("b"), Resume::At(3));
+        assert_eq!(r.resume("c"), Resume::At(4));
+        assert_eq!(r.resume("nope"), Resume::Gap);
+        assert_eq!(r.newest_id().as_deref(), Some("c"));
+        push(&mut r, Some("d"), now);
+        assert_eq!(r.resume("a"), Resume::Gap);
+    }
+
+    #[test]
+    fn epochs_differ() {
+        assert_ne!(ring(1, 1, true).epoch(), ring(1, 1, true).epoch());
+    }
+}

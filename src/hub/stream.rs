@@ -1,0 +1,639 @@
+//! One stream: the state its subscribers read (ring, wakers) and the task that owns its
+//! upstream request, parses it, and appends each event once.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Either, Empty};
+use hyper::body::Incoming;
+use tokio::sync::{oneshot, watch, Notify};
+use tokio::time::{sleep, Sleep};
+
+use super::ring::{Limits, Ring};
+use super::Shared;
+use crate::config::{format_duration, IdMode};
+use crate::route::RouteEntry;
+use crate::sse::{encode_event, encode_retry, Item, Parser};
+use crate::upstream::{chain, UpstreamError};
+
+/// How often a stream evicts aged events and checks how long its upstream has been down.
+const UPKEEP: Duration = Duration::from_millis(250);
+/// Encoded events are carved out of blocks this large, so most events cost no allocation.
+const ENCODE_BLOCK: usize = 16 * 1024;
+
+/// Where a stream's first upstream answer stands, for subscriptions waiting on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// No answer yet.
+    Opening,
+    /// Subscribers are served: the upstream is streaming, or down and being retried.
+    Open,
+    /// The upstream gave a definitive non-stream answer; each waiting subscription must ask the
+    /// upstream itself, since that answer is never shared.
+    Rejected,
+}
+
+/// The request a stream sends upstream (and again on every reconnect).
+#[derive(Debug, Clone)]
+pub struct Template {
+    /// Upstream URL.
+    pub uri: Uri,
+    /// Headers of the subscription that opened the stream, ready for the upstream.
+    pub headers: HeaderMap,
+}
+
+/// A stream shared by the subscriptions with one key (or owned by one, in per-client mode).
+#[derive(Debug)]
+pub struct Stream {
+    pub(super) route: Arc<RouteEntry>,
+    pub(super) key: String,
+    /// Digest of the key, for logs.
+    pub(super) digest: String,
+    /// Per-client mode: one subscriber, no priming, no resume from the buffer.
+    pub(super) private: bool,
+    pub(super) shared: Arc<Shared>,
+    state: Mutex<State>,
+    /// Tells the task that the last subscriber left, or that ssegate is stopping.
+    control: Notify,
+    pub(super) phase: watch::Sender<Phase>,
+}
+
+/// What subscribers read, under the stream's lock (never held across an await).
+#[derive(Debug)]
+pub struct State {
+    pub(super) ring: Ring,
+    pub(super) wakers: Wakers,
+    pub(super) subscribers: usize,
+    /// Bumped when the stream has been quiet for a heartbeat interval.
+    pub(super) heartbeat_gen: u64,
+    /// No more events will come: subscribers flush what they have, then end.
+    pub(super) closing: bool,
+    /// The upstream's own `retry:`, used when the route sets none.
+    pub(super) upstream_retry: Option<u64>,
+}
+
+/// Wakers of waiting subscribers, one slot each: waking is O(subscribers), registering O(1),
+/// and a subscriber that leaves frees its slot at once.
+#[derive(Debug, Default)]
+pub struct Wakers {
+    slots: Vec<Option<Waker>>,
+    free: Vec<usize>,
+}
+
+impl Wakers {
+    fn insert(&mut self) -> usize {
+        self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.slots.len() - 1
+        })
+    }
+
+    fn remove(&mut self, slot: usize) {
+        if let Some(waker) = self.slots.get_mut(slot) {
+            *waker = None;
+            self.free.push(slot);
+        }
+    }
+
+    pub(super) fn register(&mut self, slot: usize, waker: &Waker) {
+        if let Some(current) = self.slots.get_mut(slot) {
+            match current {
+                Some(old) if old.will_wake(waker) => {}
+                _ => *current = Some(waker.clone()),
+            }
+        }
+    }
+
+    fn drain_into(&mut self, out: &mut Vec<Waker>) {
+        out.extend(self.slots.iter_mut().filter_map(Option::take));
+    }
+}
+
+/// A place among a stream's subscribers: counted from the moment a subscription picks the
+/// stream (so linger never tears down a stream someone is about to read), released on drop.
+#[derive(Debug)]
+pub struct Subscriber {
+    pub(super) stream: Arc<Stream>,
+    pub(super) slot: usize,
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let last = {
+            let mut state = self.stream.lock();
+            state.wakers.remove(self.slot);
+            state.subscribers -= 1;
+            state.subscribers == 0
+        };
+        if last {
+            self.stream.control.notify_one();
+        }
+    }
+}
+
+/// How a stream's task ended.
+#[derive(Debug)]
+enum End {
+    Shutdown,
+    Lingered,
+    DownTooLong(Duration),
+    /// A definitive answer went to the subscription that opened the stream.
+    Rejected(StatusCode),
+    /// A definitive answer came on a reconnect (or after the opener stopped waiting).
+    Definitive(StatusCode),
+}
+
+/// Reusable buffers of the task, so steady-state ingestion allocates nothing but events.
+struct Scratch {
+    items: Vec<Item>,
+    wakers: Vec<Waker>,
+    encoded: BytesMut,
+    pending_retry: Option<u64>,
+}
+
+type Head = Pin<Box<dyn Future<Output = Result<Response<Incoming>, UpstreamError>> + Send>>;
+
+/// The upstream side of the task.
+enum Conn {
+    Connecting(Head),
+    Reading(Incoming),
+    Waiting(Pin<Box<Sleep>>),
+}
+
+enum Step {
+    Head(Result<Response<Incoming>, UpstreamError>),
+    Chunk(Bytes),
+    End(Option<hyper::Error>),
+    Retry,
+}
+
+impl Conn {
+    /// The next thing that happens upstream. Cancel-safe: the state lives in `self`.
+    async fn step(&mut self) -> Step {
+        match self {
+            Conn::Connecting(head) => Step::Head(head.as_mut().await),
+            Conn::Reading(body) => loop {
+                match body.frame().await {
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            return Step::Chunk(data);
+                        }
+                    }
+                    Some(Err(error)) => return Step::End(Some(error)),
+                    None => return Step::End(None),
+                }
+            },
+            Conn::Waiting(delay) => {
+                delay.as_mut().await;
+                Step::Retry
+            }
+        }
+    }
+}
+
+/// Exponential backoff with jitter: each delay is drawn from the upper half of the current
+/// step, which doubles from `initial` up to `max`.
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff {
+            initial,
+            max,
+            current: initial,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.current = self.initial;
+    }
+
+    fn next(&mut self) -> Duration {
+        let step = self.current;
+        self.current = (self.current * 2).min(self.max);
+        let delay = step / 2 + step.mul_f64(fastrand::f64() / 2.0);
+        // Whole milliseconds: plenty of precision, and readable in the logs.
+        Duration::from_millis(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX).max(1))
+    }
+}
+
+/// What an upstream's answer to a subscription means.
+enum Answer {
+    Stream,
+    Transient,
+    Definitive,
+}
+
+fn classify(response: &Response<Incoming>) -> Answer {
+    let status = response.status();
+    let event_stream = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("text/event-stream"));
+    match status {
+        StatusCode::OK if event_stream => Answer::Stream,
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => {
+            Answer::Transient
+        }
+        _ => Answer::Definitive,
+    }
+}
+
+/// Resolves when the optional timer fires; never when there is none.
+async fn fire(timer: &mut Option<Pin<Box<Sleep>>>) {
+    match timer {
+        Some(timer) => timer.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Stream {
+    pub(super) fn new(
+        route: Arc<RouteEntry>,
+        key: String,
+        private: bool,
+        shared: Arc<Shared>,
+    ) -> Arc<Stream> {
+        let settings = &route.config.settings;
+        let limits = Limits {
+            events: settings.buffer_events,
+            bytes: settings.buffer_bytes,
+            age: settings.buffer_age,
+        };
+        let ring = Ring::new(limits, settings.ids == IdMode::Inject);
+        let digest = super::key::digest(&key);
+        Arc::new(Stream {
+            route,
+            key,
+            digest,
+            private,
+            shared,
+            state: Mutex::new(State {
+                ring,
+                wakers: Wakers::default(),
+                subscribers: 0,
+                heartbeat_gen: 0,
+                closing: false,
+                upstream_retry: None,
+            }),
+            control: Notify::new(),
+            phase: watch::channel(Phase::Opening).0,
+        })
+    }
+
+    /// The stream's state. A panic elsewhere cannot leave it half-written (every critical
+    /// section is a few plain assignments), so a poisoned lock is used as is.
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds a subscriber; the caller holds the stream's lock (and the hub's, so the stream
+    /// cannot retire in between).
+    pub(super) fn join(self: &Arc<Self>, state: &mut State) -> Subscriber {
+        state.subscribers += 1;
+        Subscriber {
+            stream: self.clone(),
+            slot: state.wakers.insert(),
+        }
+    }
+
+    /// Tells the task to look at the subscriber count and the shutdown flag.
+    pub(super) fn poke(&self) {
+        self.control.notify_one();
+    }
+
+    /// Starts the task that owns the upstream. `opener` receives a definitive (non-stream)
+    /// first answer; it is dropped unanswered once subscribers can be served.
+    pub(super) fn spawn(
+        self: &Arc<Self>,
+        template: Template,
+        opener: Option<oneshot::Sender<Response<Incoming>>>,
+    ) {
+        let stream = self.clone();
+        tokio::spawn(async move { stream.run(template, opener).await });
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        template: Template,
+        mut opener: Option<oneshot::Sender<Response<Incoming>>>,
+    ) {
+        let settings = &self.route.config.settings;
+        let mut parser = Parser::new(settings.max_event_bytes);
+        let mut backoff = Backoff::new(settings.reconnect_initial, settings.reconnect_max);
+        let mut conn = Conn::Connecting(self.connect(&template, None));
+        let mut down_since: Option<Instant> = None;
+        let mut heartbeat = settings.heartbeat.map(|every| Box::pin(sleep(every)));
+        let mut linger: Option<Pin<Box<Sleep>>> = None;
+        let mut upkeep = tokio::time::interval(UPKEEP);
+        upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut scratch = Scratch {
+            items: Vec::new(),
+            wakers: Vec::new(),
+            encoded: BytesMut::new(),
+            pending_retry: None,
+        };
+        tracing::debug!(route = %self.route.config.path, stream = %self.digest, "stream opened");
+        let end = loop {
+            tokio::select! {
+                biased;
+                () = self.control.notified() => {
+                    if self.shared.is_shutting_down() {
+                        break End::Shutdown;
+                    }
+                    if linger.is_none() && self.lock().subscribers == 0 {
+                        let wait = if self.private { Duration::ZERO } else { settings.linger };
+                        linger = Some(Box::pin(sleep(wait)));
+                    }
+                }
+                () = fire(&mut linger) => {
+                    linger = None;
+                    if self.retire_if_unused() {
+                        break End::Lingered;
+                    }
+                }
+                () = fire(&mut heartbeat) => {
+                    self.heartbeat(&mut scratch.wakers);
+                    if let (Some(timer), Some(every)) = (heartbeat.as_mut(), settings.heartbeat) {
+                        timer.as_mut().reset(tokio::time::Instant::now() + every);
+                    }
+                }
+                _ = upkeep.tick() => {
+                    let freed = self.lock().ring.evict_expired(Instant::now());
+                    self.shared.account(0, freed);
+                    if let (Some(since), Some(grace)) = (down_since, settings.upstream_down_grace) {
+                        if since.elapsed() >= grace {
+                            break End::DownTooLong(grace);
+                        }
+                    }
+                }
+                step = conn.step() => match step {
+                    Step::Head(Ok(response)) => match classify(&response) {
+                        Answer::Stream => {
+                            tracing::info!(route = %self.route.config.path, stream = %self.digest, upstream = %self.route.client.upstream(), "upstream stream connected");
+                            conn = Conn::Reading(response.into_body());
+                            backoff.reset();
+                            down_since = None;
+                            self.open(&mut opener);
+                        }
+                        Answer::Transient => {
+                            let status = response.status();
+                            conn = self.failed(&mut backoff, &mut down_since, &mut opener, &format!("upstream answered {status}"));
+                        }
+                        Answer::Definitive => {
+                            let status = response.status();
+                            match opener.take().map(|tx| tx.send(response)) {
+                                Some(Ok(())) => break End::Rejected(status),
+                                _ => break End::Definitive(status),
+                            }
+                        }
+                    },
+                    Step::Head(Err(error)) => {
+                        conn = self.failed(&mut backoff, &mut down_since, &mut opener, &error.to_string());
+                    }
+                    Step::Chunk(chunk) => {
+                        if self.ingest(&mut parser, &chunk, &mut scratch) {
+                            if let (Some(timer), Some(every)) = (heartbeat.as_mut(), settings.heartbeat) {
+                                timer.as_mut().reset(tokio::time::Instant::now() + every);
+                            }
+                        }
+                    }
+                    Step::End(error) => {
+                        parser.finish();
+                        let delay = backoff.next();
+                        self.shared.stats.upstream_reconnects.inc();
+                        match error {
+                            Some(error) => tracing::warn!(route = %self.route.config.path, stream = %self.digest, error = %chain(&error), "upstream stream broke; reconnecting in {}", format_duration(delay)),
+                            None => tracing::info!(route = %self.route.config.path, stream = %self.digest, "upstream stream ended; reconnecting in {}", format_duration(delay)),
+                        }
+                        conn = Conn::Waiting(Box::pin(sleep(delay)));
+                    }
+                    Step::Retry => {
+                        let last_id = parser.last_event_id();
+                        conn = Conn::Connecting(self.connect(&template, (!last_id.is_empty()).then_some(last_id)));
+                    }
+                },
+            }
+        };
+        self.finish(end);
+    }
+
+    /// Subscribers can be served from now on: release the opener and everyone waiting.
+    fn open(&self, opener: &mut Option<oneshot::Sender<Response<Incoming>>>) {
+        opener.take();
+        self.phase.send_if_modified(|phase| {
+            let opening = *phase == Phase::Opening;
+            if opening {
+                *phase = Phase::Open;
+            }
+            opening
+        });
+    }
+
+    /// A transient failure: serve subscribers anyway (200, heartbeats) and retry after a delay.
+    fn failed(
+        &self,
+        backoff: &mut Backoff,
+        down_since: &mut Option<Instant>,
+        opener: &mut Option<oneshot::Sender<Response<Incoming>>>,
+        why: &str,
+    ) -> Conn {
+        down_since.get_or_insert_with(Instant::now);
+        self.open(opener);
+        self.shared.stats.upstream_failures.inc();
+        let delay = backoff.next();
+        tracing::warn!(
+            route = %self.route.config.path,
+            stream = %self.digest,
+            upstream = %self.route.client.upstream(),
+            fault = "upstream",
+            "{why}; clients stay connected, retrying in {}",
+            format_duration(delay)
+        );
+        Conn::Waiting(Box::pin(sleep(delay)))
+    }
+
+    /// The upstream request: the template, plus `Last-Event-ID` when the upstream gave ids.
+    fn connect(&self, template: &Template, last_id: Option<&str>) -> Head {
+        let mut request = Request::new(Either::Right(Empty::<Bytes>::new()));
+        *request.uri_mut() = template.uri.clone();
+        *request.headers_mut() = template.headers.clone();
+        if let Some(value) = last_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+            request.headers_mut().insert("last-event-id", value);
+        }
+        let client = self.route.client.clone();
+        // The connect timeout also bounds the wait for the response head: an SSE endpoint
+        // answers at once, and a subscription must not hang on one that does not.
+        let limit = self.route.config.settings.upstream_connect_timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, client.send(request)).await {
+                Ok(result) => result,
+                Err(_) => Err(UpstreamError::ResponseTimeout(limit)),
+            }
+        })
+    }
+
+    /// Parses a chunk, encodes each new event once, appends it, and wakes the subscribers.
+    /// Returns whether anything was appended.
+    fn ingest(&self, parser: &mut Parser, chunk: &[u8], scratch: &mut Scratch) -> bool {
+        parser.feed(chunk, |item| scratch.items.push(item));
+        if scratch.items.is_empty() {
+            return false;
+        }
+        let settings = &self.route.config.settings;
+        let inject = settings.ids == IdMode::Inject;
+        let now = Instant::now();
+        let (mut added, mut freed, mut events, mut dropped, mut repeats) = (0, 0, 0u64, 0u64, 0u64);
+        {
+            let mut state = self.lock();
+            for item in scratch.items.drain(..) {
+                match item {
+                    Item::Event(event) => {
+                        let app_id = event.id.as_deref().filter(|id| !id.is_empty());
+                        if app_id.is_some_and(|id| state.ring.contains_app_id(id)) {
+                            // The upstream replayed an event it had already sent.
+                            repeats += 1;
+                            continue;
+                        }
+                        if scratch.encoded.capacity() < event.data.len() + 256 {
+                            scratch.encoded.reserve(ENCODE_BLOCK.max(event.data.len() + 256));
+                        }
+                        if let Some(ms) = scratch.pending_retry.take() {
+                            encode_retry(ms, &mut scratch.encoded);
+                        }
+                        let injected = (inject && app_id.is_none())
+                            .then(|| state.ring.injected_id(state.ring.next_seq()));
+                        encode_event(&event, injected.as_deref(), &mut scratch.encoded);
+                        let bytes = scratch.encoded.split().freeze();
+                        added += bytes.len();
+                        events += 1;
+                        freed += state.ring.push(app_id.map(Box::from), bytes, now).1;
+                    }
+                    Item::Retry(ms) => {
+                        // The route's retry, when set, overrides the app's.
+                        if settings.retry.is_none() {
+                            state.upstream_retry = Some(ms);
+                            scratch.pending_retry = Some(ms);
+                        }
+                    }
+                    Item::Dropped => dropped += 1,
+                }
+            }
+            if added > 0 {
+                state.wakers.drain_into(&mut scratch.wakers);
+            }
+        }
+        for waker in scratch.wakers.drain(..) {
+            waker.wake();
+        }
+        let stats = &self.shared.stats;
+        stats.events_received.add(events);
+        if dropped > 0 {
+            stats.events_dropped.add(dropped);
+            tracing::warn!(route = %self.route.config.path, stream = %self.digest, dropped, limit = settings.max_event_bytes, "dropped upstream events larger than max_event_bytes");
+        }
+        if repeats > 0 {
+            stats.repeats_dropped.add(repeats);
+            tracing::debug!(route = %self.route.config.path, stream = %self.digest, repeats, "dropped events the upstream sent again");
+        }
+        self.shared.account(added, freed);
+        added > 0
+    }
+
+    fn heartbeat(&self, wakers: &mut Vec<Waker>) {
+        {
+            let mut state = self.lock();
+            state.heartbeat_gen += 1;
+            state.wakers.drain_into(wakers);
+        }
+        for waker in wakers.drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// Retires the stream if nobody subscribes to it; under the hub's lock, so a subscription
+    /// either joins before (and the stream lives on) or finds it gone and opens a new one.
+    fn retire_if_unused(&self) -> bool {
+        let mut streams = self.shared.lock_streams();
+        let mut state = self.lock();
+        if state.subscribers > 0 {
+            return false;
+        }
+        state.closing = true;
+        if streams
+            .get(&self.key)
+            .is_some_and(|s| std::ptr::eq(Arc::as_ptr(s), self))
+        {
+            streams.remove(&self.key);
+        }
+        true
+    }
+
+    /// Ends the stream: out of the hub, subscribers told to flush and end.
+    fn finish(&self, end: End) {
+        {
+            let mut streams = self.shared.lock_streams();
+            if streams
+                .get(&self.key)
+                .is_some_and(|s| std::ptr::eq(Arc::as_ptr(s), self))
+            {
+                streams.remove(&self.key);
+            }
+        }
+        let mut wakers = Vec::new();
+        let subscribers = {
+            let mut state = self.lock();
+            state.closing = true;
+            state.wakers.drain_into(&mut wakers);
+            state.subscribers
+        };
+        for waker in wakers {
+            waker.wake();
+        }
+        let rejected = matches!(end, End::Rejected(_) | End::Definitive(_));
+        self.phase.send_modify(|phase| {
+            if rejected {
+                *phase = Phase::Rejected;
+            } else if *phase == Phase::Opening {
+                *phase = Phase::Open;
+            }
+        });
+        let route = &self.route.config.path;
+        match end {
+            End::Shutdown => {
+                tracing::debug!(%route, stream = %self.digest, subscribers, "stream closed for shutdown")
+            }
+            End::Lingered => {
+                tracing::debug!(%route, stream = %self.digest, "stream closed: no subscriber within linger")
+            }
+            End::DownTooLong(grace) => {
+                tracing::warn!(%route, stream = %self.digest, subscribers, "upstream down for {}; ending the stream so clients reconnect later", format_duration(grace))
+            }
+            End::Rejected(status) => {
+                tracing::info!(%route, stream = %self.digest, %status, "upstream answered the subscription with a non-stream response; passed to that client")
+            }
+            End::Definitive(status) => {
+                tracing::warn!(%route, stream = %self.digest, subscribers, %status, "upstream answered a reconnect with a non-stream response; ending the stream so clients ask again")
+            }
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        self.shared.release(state.ring.bytes());
+    }
+}
