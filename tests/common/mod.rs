@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod sse;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -13,7 +14,11 @@ use tokio::task::JoinHandle;
 
 use ssegate::{App, Config};
 
+#[allow(unused_imports)]
 pub use client::*;
+#[allow(unused_imports)]
+pub use sse::*;
+#[allow(unused_imports)]
 pub use upstream::*;
 
 /// Every wait in the tests is bounded by this.

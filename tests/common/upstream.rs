@@ -126,3 +126,153 @@ pub async fn dead_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     listener.local_addr().expect("addr")
 }
+
+/// A request an [`SseApp`] received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub uri: http::Uri,
+    pub headers: http::HeaderMap,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+#[derive(Default)]
+struct AppState {
+    streams: std::sync::Mutex<Vec<mpsc::UnboundedSender<Frame<Bytes>>>>,
+    seen: std::sync::Mutex<Vec<Seen>>,
+    answer: std::sync::Mutex<Option<(http::StatusCode, &'static str, String)>>,
+    changed: tokio::sync::Notify,
+}
+
+/// A naive SSE app the test scripts: every request opens a stream the test writes to with
+/// [`SseApp::send`] and ends with [`SseApp::close_streams`]; or gets a fixed answer.
+pub struct SseApp {
+    pub upstream: Upstream,
+    state: Arc<AppState>,
+}
+
+impl SseApp {
+    pub async fn start() -> SseApp {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        SseApp::serve(listener)
+    }
+
+    /// Serves on `listener`: a test that starts the app late binds the port first.
+    pub fn serve(listener: TcpListener) -> SseApp {
+        let state = Arc::new(AppState::default());
+        let shared = state.clone();
+        let upstream = Upstream::serve(listener, move |request: Request<Incoming>| {
+            let state = shared.clone();
+            async move {
+                let seen = Seen { uri: request.uri().clone(), headers: request.headers().clone() };
+                state.seen.lock().expect("lock").push(seen);
+                let answer = state.answer.lock().expect("lock").clone();
+                let response = match answer {
+                    Some((status, content_type, body)) => Response::builder()
+                        .status(status)
+                        .header("content-type", content_type)
+                        .body(full(body))
+                        .expect("response"),
+                    None => {
+                        let (tx, body) = channel_body();
+                        state.streams.lock().expect("lock").push(tx);
+                        Response::builder()
+                            .header("content-type", "text/event-stream")
+                            .header("cache-control", "no-cache")
+                            .body(body)
+                            .expect("response")
+                    }
+                };
+                state.changed.notify_waiters();
+                response
+            }
+        });
+        SseApp { upstream, state }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.upstream.addr
+    }
+
+    /// Writes `raw` to every open stream; returns how many got it.
+    pub fn send(&self, raw: &str) -> usize {
+        let mut streams = self.state.streams.lock().expect("lock");
+        streams.retain(|tx| tx.send(Frame::data(Bytes::copy_from_slice(raw.as_bytes()))).is_ok());
+        streams.len()
+    }
+
+    /// Ends every open stream cleanly, as an app worker timing out would.
+    pub fn close_streams(&self) {
+        self.state.streams.lock().expect("lock").clear();
+    }
+
+    /// Streams whose reader is still there.
+    pub fn open_streams(&self) -> usize {
+        let mut streams = self.state.streams.lock().expect("lock");
+        streams.retain(|tx| !tx.is_closed());
+        streams.len()
+    }
+
+    /// Waits until at most `n` streams are still being read.
+    pub async fn wait_open_streams(&self, n: usize) {
+        super::within(&format!("at most {n} open upstream streams"), async {
+            loop {
+                let senders = {
+                    let mut streams = self.state.streams.lock().expect("lock");
+                    streams.retain(|tx| !tx.is_closed());
+                    if streams.len() <= n {
+                        return;
+                    }
+                    streams.clone()
+                };
+                let mut closing = tokio::task::JoinSet::new();
+                for tx in senders {
+                    closing.spawn(async move { tx.closed().await });
+                }
+                closing.join_next().await;
+            }
+        })
+        .await;
+    }
+
+    /// From now on, answer every request with this instead of a stream.
+    pub fn answer_with(&self, status: http::StatusCode, content_type: &'static str, body: &str) {
+        *self.state.answer.lock().expect("lock") = Some((status, content_type, body.to_owned()));
+    }
+
+    /// From now on, answer with streams again.
+    pub fn stream_again(&self) {
+        *self.state.answer.lock().expect("lock") = None;
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<Seen> {
+        self.state.seen.lock().expect("lock").clone()
+    }
+
+    /// Waits until at least `n` requests have arrived.
+    pub async fn wait_requests(&self, n: usize) -> Vec<Seen> {
+        super::within(&format!("{n} upstream requests"), async {
+            loop {
+                let changed = self.state.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                let seen = self.requests();
+                if seen.len() >= n {
+                    return seen;
+                }
+                changed.await;
+            }
+        })
+        .await
+    }
+
+    /// TCP connections accepted.
+    pub fn connections(&self) -> usize {
+        self.upstream.connections()
+    }
+}
