@@ -16,14 +16,22 @@ async fn two_hundred_clients_share_one_upstream_connection() {
     }
     app.wait_requests(1).await;
     for n in 1..=3 {
-        assert_eq!(app.send(&format!("data: {n}\n\n")), 1, "the app has exactly one stream");
+        assert_eq!(
+            app.send(&format!("data: {n}\n\n")),
+            1,
+            "the app has exactly one stream"
+        );
     }
     let mut first_ids = None;
     for client in &mut clients {
         let events = client.events(3).await;
         assert_eq!(data(&events), ["1", "2", "3"]);
         let ids: Vec<_> = events.iter().map(|e| e.id.clone()).collect();
-        assert_eq!(first_ids.get_or_insert_with(|| ids.clone()), &ids, "every client sees the same ids");
+        assert_eq!(
+            first_ids.get_or_insert_with(|| ids.clone()),
+            &ids,
+            "every client sees the same ids"
+        );
     }
     assert_eq!(app.connections(), 1);
     assert_eq!(app.requests().len(), 1);
@@ -38,9 +46,16 @@ async fn different_credentials_get_separate_streams() {
     let mut alice2 = SseClient::connect(&proxy.url("/events"), &[("authorization", "Bearer alice")]).await;
     let seen = app.wait_requests(2).await;
     assert_eq!(app.send("data: private\n\n"), 2);
-    let mut tokens: Vec<_> = seen.iter().map(|s| s.header("authorization").unwrap_or("").to_owned()).collect();
+    let mut tokens: Vec<_> = seen
+        .iter()
+        .map(|s| s.header("authorization").unwrap_or("").to_owned())
+        .collect();
     tokens.sort();
-    assert_eq!(tokens, ["Bearer alice", "Bearer bob"], "each stream carries its opener's credentials");
+    assert_eq!(
+        tokens,
+        ["Bearer alice", "Bearer bob"],
+        "each stream carries its opener's credentials"
+    );
     for client in [&mut alice, &mut bob, &mut alice2] {
         assert_eq!(client.next_event().await.data, "private");
     }
@@ -65,7 +80,10 @@ async fn the_query_separates_streams_but_last_event_id_does_not() {
     let _resumer = SseClient::connect(&proxy.url(&format!("/events?lastEventId={primed}&room=1")), &[]).await;
     let seen = app.requests();
     assert_eq!(seen.len(), 2, "the resuming client joined the room=1 stream");
-    assert!(seen.iter().all(|s| !s.uri.to_string().contains("lastEventId")), "{seen:?}");
+    assert!(
+        seen.iter().all(|s| !s.uri.to_string().contains("lastEventId")),
+        "{seen:?}"
+    );
     assert!(seen.iter().all(|s| s.header("last-event-id").is_none()));
 }
 
@@ -76,7 +94,10 @@ async fn per_client_mode_opens_one_upstream_request_per_client_and_forwards_last
     let mut one = SseClient::connect(&proxy.url("/events"), &[("last-event-id", "41")]).await;
     let mut two = SseClient::connect(&proxy.url("/events"), &[]).await;
     let seen = app.wait_requests(2).await;
-    let mut forwarded: Vec<_> = seen.iter().map(|s| s.header("last-event-id").map(str::to_owned)).collect();
+    let mut forwarded: Vec<_> = seen
+        .iter()
+        .map(|s| s.header("last-event-id").map(str::to_owned))
+        .collect();
     forwarded.sort();
     assert_eq!(forwarded, [None, Some("41".to_owned())]);
     app.send("id: 42\ndata: x\n\n");
@@ -84,7 +105,10 @@ async fn per_client_mode_opens_one_upstream_request_per_client_and_forwards_last
         let event = client.next_event().await;
         assert_eq!((event.id.as_deref(), event.data.as_str()), (Some("42"), "x"));
         assert!(client.text().starts_with("retry: 3000\n"), "{}", client.text());
-        assert!(!client.text().contains("id: \n") && !client.text().starts_with("retry: 3000\nid:"), "no priming in per-client mode");
+        assert!(
+            !client.text().contains("id: \n") && !client.text().starts_with("retry: 3000\nid:"),
+            "no priming in per-client mode"
+        );
     }
     // The app's stream for a client ends when that client leaves.
     drop(one);
@@ -102,7 +126,11 @@ async fn linger_keeps_the_stream_for_a_quick_return_then_tears_it_down() {
     drop(client);
     app.send("data: 2\n\n");
     // Back within linger: the same stream, resumed from the buffer; nothing reopened upstream.
-    let mut back = SseClient::connect(&proxy.url("/events"), &[("last-event-id", first.id.as_deref().expect("id"))]).await;
+    let mut back = SseClient::connect(
+        &proxy.url("/events"),
+        &[("last-event-id", first.id.as_deref().expect("id"))],
+    )
+    .await;
     assert_eq!(back.next_event().await.data, "2");
     assert_eq!(app.requests().len(), 1);
     drop(back);
@@ -125,7 +153,9 @@ async fn a_client_that_stops_reading_is_disconnected_while_another_keeps_up() {
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(4096).expect("rcvbuf");
     let mut slow = socket.connect(proxy.addr).await.expect("connect");
-    slow.write_all(b"GET /events HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n").await.expect("write");
+    slow.write_all(b"GET /events HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n")
+        .await
+        .expect("write");
     let mut fast = SseClient::connect(&proxy.url("/events"), &[]).await;
     app.wait_requests(1).await;
     let payload = "x".repeat(4000);
@@ -133,7 +163,10 @@ async fn a_client_that_stops_reading_is_disconnected_while_another_keeps_up() {
     for n in 0..2000 {
         app.send(&format!("data: {n} {payload}\n\n"));
         let event = fast.next_event().await;
-        assert!(event.data.starts_with(&format!("{n} ")), "the fast client keeps up");
+        assert!(
+            event.data.starts_with(&format!("{n} ")),
+            "the fast client keeps up"
+        );
     }
     // The slow client's connection is closed by ssegate: reading it ends (EOF or reset).
     let mut sink = vec![0u8; 1 << 20];

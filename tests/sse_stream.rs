@@ -39,7 +39,11 @@ async fn the_apps_retry_is_overridden_unless_retry_is_off() {
     app.send("retry: 9999\ndata: a\n\n");
     assert_eq!(set.next_event().await.data, "a");
     assert_eq!(off.next_event().await.data, "a");
-    assert!(set.text().starts_with("retry: 2000\n") && !set.text().contains("9999"), "{}", set.text());
+    assert!(
+        set.text().starts_with("retry: 2000\n") && !set.text().contains("9999"),
+        "{}",
+        set.text()
+    );
     assert!(off.text().contains("retry: 9999\n"), "{}", off.text());
     // A client arriving later on the `off` route gets the app's retry first.
     let mut late = SseClient::connect(&proxy.url("/off"), &[]).await;
@@ -71,9 +75,21 @@ async fn injected_ids_are_monotonic_and_the_apps_ids_are_kept() {
     app.send("data: 1\n\ndata: 2\n\nevent: custom\ndata: 3\ndata: 3b\n\nid: app-7\ndata: 4\n\ndata: 5\n\n");
     let events = client.events(5).await;
     assert_eq!(data(&events), ["1", "2", "3\n3b", "4", "5"]);
-    let ids: Vec<String> = events.iter().map(|e| e.id.clone().expect("every event has an id")).collect();
+    let ids: Vec<String> = events
+        .iter()
+        .map(|e| e.id.clone().expect("every event has an id"))
+        .collect();
     let epoch = ids[0].split('-').next().expect("epoch").to_owned();
-    assert_eq!(ids, [format!("{epoch}-1"), format!("{epoch}-2"), format!("{epoch}-3"), "app-7".to_owned(), format!("{epoch}-5")]);
+    assert_eq!(
+        ids,
+        [
+            format!("{epoch}-1"),
+            format!("{epoch}-2"),
+            format!("{epoch}-3"),
+            "app-7".to_owned(),
+            format!("{epoch}-5")
+        ]
+    );
     assert_eq!(events[2].event.as_deref(), Some("custom"));
 }
 

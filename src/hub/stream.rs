@@ -394,10 +394,10 @@ impl Stream {
                         }
                         Answer::Definitive => {
                             let status = response.status();
-                            match opener.take().map(|tx| tx.send(response)) {
-                                Some(Ok(())) => break End::Rejected(status),
-                                _ => break End::Definitive(status),
+                            if opener.take().is_some_and(|tx| tx.send(response).is_ok()) {
+                                break End::Rejected(status);
                             }
+                            break End::Definitive(status);
                         }
                     },
                     Step::Head(Err(error)) => {

@@ -31,9 +31,12 @@ impl SseClient {
     pub async fn connect(url: &str, headers: &[(&str, &str)]) -> SseClient {
         let uri: http::Uri = url.parse().expect("url");
         let authority = uri.authority().expect("authority").to_string();
-        let stream = within("connect", TcpStream::connect(&authority)).await.expect("connect");
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+        let stream = within("connect", TcpStream::connect(&authority))
+            .await
+            .expect("connect");
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
         let connection = tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -44,7 +47,9 @@ impl SseClient {
             request = request.header(*name, *value);
         }
         let request = request.body(Empty::<Bytes>::new()).expect("request");
-        let response = within("SSE response head", sender.send_request(request)).await.expect("response");
+        let response = within("SSE response head", sender.send_request(request))
+            .await
+            .expect("response");
         let (parts, body) = response.into_parts();
         SseClient {
             status: parts.status,
@@ -85,7 +90,10 @@ impl SseClient {
                 match self.read_more().await {
                     Ok(true) => {}
                     Ok(false) => panic!("stream ended while waiting for an event; read {:?}", self.text()),
-                    Err(error) => panic!("stream broke while waiting for an event: {error}; read {:?}", self.text()),
+                    Err(error) => panic!(
+                        "stream broke while waiting for an event: {error}; read {:?}",
+                        self.text()
+                    ),
                 }
             }
         })
@@ -107,7 +115,10 @@ impl SseClient {
             while !self.text().contains(needle) {
                 match self.read_more().await {
                     Ok(true) => {}
-                    other => panic!("stream over ({other:?}) before {needle:?}; read {:?}", self.text()),
+                    other => panic!(
+                        "stream over ({other:?}) before {needle:?}; read {:?}",
+                        self.text()
+                    ),
                 }
             }
         })

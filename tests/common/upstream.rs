@@ -168,7 +168,10 @@ impl SseApp {
         let upstream = Upstream::serve(listener, move |request: Request<Incoming>| {
             let state = shared.clone();
             async move {
-                let seen = Seen { uri: request.uri().clone(), headers: request.headers().clone() };
+                let seen = Seen {
+                    uri: request.uri().clone(),
+                    headers: request.headers().clone(),
+                };
                 state.seen.lock().expect("lock").push(seen);
                 let answer = state.answer.lock().expect("lock").clone();
                 let response = match answer {
@@ -201,7 +204,10 @@ impl SseApp {
     /// Writes `raw` to every open stream; returns how many got it.
     pub fn send(&self, raw: &str) -> usize {
         let mut streams = self.state.streams.lock().expect("lock");
-        streams.retain(|tx| tx.send(Frame::data(Bytes::copy_from_slice(raw.as_bytes()))).is_ok());
+        streams.retain(|tx| {
+            tx.send(Frame::data(Bytes::copy_from_slice(raw.as_bytes())))
+                .is_ok()
+        });
         streams.len()
     }
 

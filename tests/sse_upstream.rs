@@ -1,0 +1,220 @@
+//! The app's side: it ends its stream, restarts, goes down, answers with a non-stream status,
+//! sends garbage. Clients stay connected through whatever is transient.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+
+#[tokio::test]
+async fn the_app_ending_its_stream_every_second_is_invisible_to_clients() {
+    init_logging();
+    let app = Arc::new(SseApp::start().await);
+    let proxy = Sidecar::route(
+        "/events",
+        app.addr(),
+        "reconnect_initial = \"50ms\"\nreconnect_max = \"1s\"",
+    )
+    .await;
+    let mut client = SseClient::connect(&proxy.url("/events"), &[]).await;
+    app.wait_requests(1).await;
+    // The app numbers the events it actually sends; it ends its stream every second.
+    let writer = app.clone();
+    let generator = tokio::spawn(async move {
+        let mut n = 0u32;
+        let started = tokio::time::Instant::now();
+        let mut last_close = started;
+        while started.elapsed() < Duration::from_secs(5) {
+            if writer.send(&format!("data: {}\n\n", n + 1)) > 0 {
+                n += 1;
+            }
+            if last_close.elapsed() >= Duration::from_secs(1) {
+                writer.close_streams();
+                last_close = tokio::time::Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        n
+    });
+    let sent = generator.await.expect("generator");
+    let got: Vec<u32> = client
+        .events(sent as usize)
+        .await
+        .iter()
+        .map(|e| e.data.parse().expect("number"))
+        .collect();
+    assert_eq!(
+        got,
+        (1..=sent).collect::<Vec<_>>(),
+        "one continuous sequence, no duplicates"
+    );
+    assert!(
+        app.requests().len() >= 5,
+        "the app's stream was reopened each time ({})",
+        app.requests().len()
+    );
+}
+
+#[tokio::test]
+async fn reconnect_sends_the_last_upstream_id_and_repeats_are_dropped() {
+    let app = SseApp::start().await;
+    let proxy = Sidecar::route(
+        "/events",
+        app.addr(),
+        "ids = \"passthrough\"\nreconnect_initial = \"20ms\"",
+    )
+    .await;
+    let mut client = SseClient::connect(&proxy.url("/events"), &[]).await;
+    app.wait_requests(1).await;
+    app.send("id: 1\ndata: a\n\nid: 2\ndata: b\n\nid: 3\ndata: c\n\n");
+    client.events(3).await;
+    app.close_streams();
+    let seen = app.wait_requests(2).await;
+    assert_eq!(seen[1].header("last-event-id"), Some("3"));
+    // The app replays a little before the id it was given, as many apps do.
+    app.send("id: 2\ndata: b\n\nid: 3\ndata: c\n\nid: 4\ndata: d\n\n");
+    let next = client.next_event().await;
+    assert_eq!((next.id.as_deref(), next.data.as_str()), (Some("4"), "d"));
+}
+
+#[tokio::test]
+async fn upstream_down_at_subscribe_time_gets_200_and_heartbeats_then_events() {
+    let addr = dead_addr().await;
+    let proxy = Sidecar::route(
+        "/events",
+        addr,
+        "heartbeat = \"100ms\"\nreconnect_initial = \"50ms\"\nreconnect_max = \"200ms\"",
+    )
+    .await;
+    let mut client = SseClient::connect(&proxy.url("/events"), &[]).await;
+    assert_eq!(
+        client.status,
+        StatusCode::OK,
+        "never an error status: EventSource would give up"
+    );
+    client.read_until("\n\n:\n").await;
+    let app = SseApp::serve(
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("rebind the app's port"),
+    );
+    app.wait_requests(1).await;
+    app.send("data: up\n\n");
+    assert_eq!(client.next_event().await.data, "up");
+}
+
+#[tokio::test]
+async fn transient_statuses_are_retried_without_reaching_the_client() {
+    let app = SseApp::start().await;
+    app.answer_with(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "busy");
+    let proxy = Sidecar::route(
+        "/events",
+        app.addr(),
+        "reconnect_initial = \"50ms\"\nreconnect_max = \"100ms\"",
+    )
+    .await;
+    let mut client = SseClient::connect(&proxy.url("/events"), &[]).await;
+    assert_eq!(client.status, StatusCode::OK);
+    app.wait_requests(2).await;
+    app.stream_again();
+    let before = app.requests().len();
+    app.wait_requests(before + 1).await;
+    app.send("data: recovered\n\n");
+    assert_eq!(client.next_event().await.data, "recovered");
+}
+
+#[tokio::test]
+async fn a_definitive_answer_goes_to_each_client_as_is_and_is_never_shared() {
+    let app = SseApp::start().await;
+    app.answer_with(
+        StatusCode::UNAUTHORIZED,
+        "application/json",
+        "{\"error\":\"login\"}",
+    );
+    let proxy = Sidecar::route("/events", app.addr(), "").await;
+    let url = proxy.url("/events");
+    let (one, two) = tokio::join!(
+        get(&url, &[("accept", "text/event-stream")]),
+        get(&url, &[("accept", "text/event-stream")]),
+    );
+    for reply in [one, two] {
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(reply.text(), "{\"error\":\"login\"}");
+        assert_eq!(reply.header("content-type"), Some("application/json"));
+    }
+    assert_eq!(app.requests().len(), 2, "each client asked the app itself");
+    app.answer_with(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "boom");
+    let reply = get(&proxy.url("/events"), &[("accept", "text/event-stream")]).await;
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, "boom")
+    );
+    app.answer_with(StatusCode::NO_CONTENT, "text/plain", "");
+    let reply = get(&proxy.url("/events"), &[("accept", "text/event-stream")]).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn a_204_on_reconnect_ends_the_stream_for_every_client() {
+    let app = SseApp::start().await;
+    let proxy = Sidecar::route("/events", app.addr(), "reconnect_initial = \"20ms\"").await;
+    let mut one = SseClient::connect(&proxy.url("/events"), &[]).await;
+    let mut two = SseClient::connect(&proxy.url("/events"), &[]).await;
+    app.wait_requests(1).await;
+    app.send("data: last\n\n");
+    app.answer_with(StatusCode::NO_CONTENT, "text/plain", "");
+    app.close_streams();
+    for client in [&mut one, &mut two] {
+        assert_eq!(client.next_event().await.data, "last");
+        assert!(client.until_end().await, "ended cleanly");
+    }
+}
+
+#[tokio::test]
+async fn garbage_and_oversize_events_are_dropped_and_the_stream_goes_on() {
+    let app = SseApp::start().await;
+    let proxy = Sidecar::route("/events", app.addr(), "max_event_bytes = \"1KiB\"").await;
+    let mut client = SseClient::connect(&proxy.url("/events"), &[]).await;
+    app.wait_requests(1).await;
+    app.send("\u{0}\u{1}binary junk\r\n");
+    app.send(&format!("data: {}\n\n", "x".repeat(5000)));
+    app.send("retry: soon\nid: a\u{0}b\ndata: ok \u{FFFD}\n\n");
+    let event = client.next_event().await;
+    assert_eq!(event.data, "ok \u{FFFD}");
+    let mut other = SseClient::connect(&proxy.url("/events"), &[]).await;
+    app.send("data: next\n\n");
+    assert_eq!(client.next_event().await.data, "next");
+    assert_eq!(other.next_event().await.data, "next");
+}
+
+#[tokio::test]
+async fn clients_are_let_go_cleanly_when_the_upstream_stays_down_past_the_grace() {
+    let proxy = Sidecar::route(
+        "/events",
+        dead_addr().await,
+        "upstream_down_grace = \"300ms\"\nreconnect_initial = \"50ms\"\nreconnect_max = \"100ms\"",
+    )
+    .await;
+    let mut client = SseClient::connect(&proxy.url("/events"), &[]).await;
+    assert_eq!(client.status, StatusCode::OK);
+    assert!(
+        client.until_end().await,
+        "a clean end, so the browser reconnects later by itself"
+    );
+    assert!(client.text().starts_with("retry: 3000\n"));
+}
+
+#[tokio::test]
+async fn stopping_ssegate_ends_sse_responses_cleanly_after_flushing() {
+    let app = SseApp::start().await;
+    let proxy = Sidecar::route("/events", app.addr(), "").await;
+    let mut client = SseClient::connect(&proxy.url("/events"), &[]).await;
+    app.wait_requests(1).await;
+    app.send("data: 1\n\ndata: 2\n\n");
+    client.events(2).await;
+    within("ssegate to stop", proxy.stop()).await;
+    assert!(client.until_end().await, "the response ended cleanly");
+}
