@@ -7,9 +7,15 @@
 //! - [`sse`]: the event-stream wire format, pure code: incremental parser and encoder.
 //! - [`proxy`]: the HTTP service: router, faithful pass-through, SSE subscriptions.
 //! - [`server`]: the accept loop, HTTP/1.1 and HTTP/2 on one port, graceful stop.
+//! - [`hub`]: shared SSE streams: one upstream request per stream key, a ring buffer of
+//!   encoded events, subscriber bodies that are cursors into it.
+//! - [`upstream`]: the pooled client to apps and the header rules of a proxy.
+//! - [`route`]: routes ready to serve and the longest-prefix router.
+//! - [`demo`]: the naive app of `ssegate demo`.
 //! - [`app`]: binds the listener and runs everything until a shutdown future resolves.
 //!
-//! Dependencies point one way: `app → server → proxy → sse`, and everything reads `config`.
+//! Dependencies point one way: `app → server → proxy → hub → sse`, with `upstream` below
+//! `proxy` and `hub`; everything reads `config`.
 #![deny(unsafe_code)]
 #![warn(
     rust_2018_idioms,
@@ -21,6 +27,7 @@
 
 pub mod app;
 pub mod config;
+pub mod demo;
 pub mod hub;
 pub mod proxy;
 pub mod route;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use ssegate::demo::{self, NaiveApp};
 use ssegate::{App, Config};
 
 /// A reverse-proxy sidecar that makes a naive Server-Sent Events endpoint production-ready.
@@ -23,6 +24,12 @@ struct Cli {
 enum Command {
     /// Validate the config file and print the effective settings of each route.
     Check,
+    /// Start a deliberately naive SSE app and ssegate in front of it; no config needed.
+    Demo {
+        /// Where ssegate listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -33,7 +40,8 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Some(Command::Check) => check(&cli.config),
-        None => run(&cli.config),
+        Some(Command::Demo { listen }) => serve(None, Some(listen)),
+        None => serve(Some(&cli.config), None),
     }
 }
 
@@ -57,13 +65,15 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run(path: &std::path::Path) -> ExitCode {
-    let config = match Config::load(path) {
-        Ok(config) => config,
-        Err(error) => {
+/// Runs ssegate with the config at `path`, or (demo) with the naive app behind it.
+fn serve(path: Option<&std::path::Path>, demo_listen: Option<std::net::SocketAddr>) -> ExitCode {
+    let config = match path.map(Config::load) {
+        Some(Ok(config)) => Some(config),
+        Some(Err(error)) => {
             eprintln!("error: {error}");
             return ExitCode::from(2);
         }
+        None => None,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -73,6 +83,29 @@ fn run(path: &std::path::Path) -> ExitCode {
         }
     };
     runtime.block_on(async {
+        let (config, demo_app) = match (config, demo_listen) {
+            (Some(config), _) => (config, None),
+            (None, listen) => {
+                let listen = listen.unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 8080)));
+                let app = match NaiveApp::default()
+                    .spawn(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+                    .await
+                {
+                    Ok(addr) => addr,
+                    Err(error) => {
+                        eprintln!("error: cannot start the demo app: {error}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                match demo::config(listen, app) {
+                    Ok(config) => (config, Some(app)),
+                    Err(error) => {
+                        eprintln!("error: {error}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+        };
         let app = match App::bind(config).await {
             Ok(app) => app,
             Err(error) => {
@@ -80,6 +113,9 @@ fn run(path: &std::path::Path) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        if let Some(naive) = demo_app {
+            println!("{}", demo::banner(app.local_addr(), naive));
+        }
         app.run(shutdown_signal()).await;
         ExitCode::SUCCESS
     })

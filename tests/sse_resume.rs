@@ -171,3 +171,38 @@ async fn no_event_is_lost_between_replay_and_live() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_global_buffer_cap_evicts_the_oldest_events_across_streams() {
+    let (app_a, app_b) = (SseApp::start().await, SseApp::start().await);
+    let proxy = Sidecar::start(&format!(
+        "buffer_total_bytes = \"2KiB\"\n[defaults]\non_gap = \"event\"\n\
+         [[route]]\npath = \"/a\"\nupstream = \"http://{}\"\n[[route]]\npath = \"/b\"\nupstream = \"http://{}\"\n",
+        app_a.addr(),
+        app_b.addr()
+    ))
+    .await;
+    let pad = "x".repeat(100);
+    let mut older = SseClient::connect(&proxy.url("/a"), &[]).await;
+    app_a.wait_requests(1).await;
+    for i in 1..=10 {
+        app_a.send(&format!("data: a{i} {pad}\n\n"));
+    }
+    older.events(10).await;
+    let mut newer = SseClient::connect(&proxy.url("/b"), &[]).await;
+    app_b.wait_requests(1).await;
+    for i in 1..=10 {
+        app_b.send(&format!("data: b{i} {pad}\n\n"));
+    }
+    newer.events(10).await;
+    // About 2.4 KiB in all, over a 2 KiB cap: the oldest events, stream a's first, were evicted.
+    let mut resumed_older =
+        SseClient::connect(&proxy.url("/a"), &[("last-event-id", &id_of(&older, 1))]).await;
+    assert_eq!(resumed_older.next_event().await.event.as_deref(), Some("gap"));
+    let mut resumed_newer =
+        SseClient::connect(&proxy.url("/b"), &[("last-event-id", &id_of(&newer, 1))]).await;
+    assert!(
+        resumed_newer.next_event().await.data.starts_with("b2 "),
+        "stream b's events are all there"
+    );
+}
