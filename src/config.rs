@@ -22,7 +22,7 @@ use toml::Spanned;
 pub use error::ConfigError;
 use error::Source;
 use raw::{RawConfig, RawDefaults, RawRoute};
-pub use value::{format_duration, format_size, format_toggle, parse_duration, parse_size};
+pub use value::{format_duration, format_limit, format_size, format_toggle, parse_duration, parse_size};
 
 /// Where ssegate listens when `listen` is not set.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -54,6 +54,16 @@ pub const DEFAULT_UPSTREAM_DOWN_GRACE: Duration = Duration::from_secs(60);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How long a client's socket may stay unwritable before the connection is closed.
 pub const DEFAULT_CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Client connections served at once, over all routes.
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 50_000;
+/// How long a client has to send a request head (slowloris protection).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an idle HTTP/1.1 keep-alive connection stays open between requests.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a pass-through request waits for the upstream's response head.
+pub const DEFAULT_UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The largest request body passed through.
+pub const DEFAULT_MAX_REQUEST_BODY: u64 = 64 << 20;
 /// The stream key when a route sets none: one user's stream is never served to another.
 pub const DEFAULT_STREAM_KEY: &[&str] = &["path", "query", "header:authorization", "header:cookie"];
 
@@ -125,6 +135,12 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How long a client's socket may stay unwritable (a client that stopped reading).
     pub client_write_timeout: Duration,
+    /// Client connections served at once; `None`: no limit but the process's file limit.
+    pub max_connections: Option<u64>,
+    /// How long a client has to send a complete request head.
+    pub header_read_timeout: Duration,
+    /// How long an idle HTTP/1.1 keep-alive connection stays open between requests.
+    pub keepalive_timeout: Duration,
     /// Routes, in file order.
     pub routes: Vec<Route>,
 }
@@ -184,6 +200,12 @@ pub struct Settings {
     pub upstream_connect_timeout: Duration,
     /// How long to keep subscribers of an unreachable upstream; `None`: forever.
     pub upstream_down_grace: Option<Duration>,
+    /// Requests (SSE subscriptions included) in flight on the route; `None`: no limit.
+    pub max_clients: Option<usize>,
+    /// How long a pass-through request waits for the response head; `None`: forever.
+    pub upstream_response_timeout: Option<Duration>,
+    /// The largest request body passed through (larger: 413).
+    pub max_request_body: u64,
 }
 
 impl Config {
@@ -231,6 +253,28 @@ impl Config {
             let span = raw.client_write_timeout.as_ref().map_or(0..0, Spanned::span);
             return Err(source.error(span, "key `client_write_timeout`: must be above zero"));
         }
+        let positive = |value: &Option<Spanned<value::DurationValue>>, key: &str, default: Duration| {
+            let duration = value.as_ref().map_or(default, |v| v.get_ref().0);
+            if duration.is_zero() {
+                let span = value.as_ref().map_or(0..0, Spanned::span);
+                return Err(source.error(span, format!("key `{key}`: must be above zero")));
+            }
+            Ok(duration)
+        };
+        let header_read_timeout = positive(
+            &raw.header_read_timeout,
+            "header_read_timeout",
+            DEFAULT_HEADER_READ_TIMEOUT,
+        )?;
+        let keepalive_timeout = positive(
+            &raw.keepalive_timeout,
+            "keepalive_timeout",
+            DEFAULT_KEEPALIVE_TIMEOUT,
+        )?;
+        let max_connections = raw
+            .max_connections
+            .as_ref()
+            .map_or(Some(DEFAULT_MAX_CONNECTIONS), |v| v.get_ref().0);
         let mut routes: Vec<(Route, std::ops::Range<usize>)> = Vec::new();
         for raw_route in &raw.routes {
             let route = resolve_route(&source, raw_route.get_ref(), &defaults)?;
@@ -253,6 +297,9 @@ impl Config {
                 .shutdown_grace
                 .map_or(DEFAULT_SHUTDOWN_GRACE, |v| v.into_inner().0),
             client_write_timeout,
+            max_connections,
+            header_read_timeout,
+            keepalive_timeout,
             routes: routes.into_iter().map(|(route, _)| route).collect(),
         })
     }
@@ -409,6 +456,14 @@ fn resolve_route(
         reconnect_max,
         upstream_connect_timeout,
         upstream_down_grace: toggle(pick!(upstream_down_grace), DEFAULT_UPSTREAM_DOWN_GRACE),
+        max_clients: pick!(max_clients)
+            .and_then(|v| v.get_ref().0)
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        upstream_response_timeout: toggle(
+            pick!(upstream_response_timeout),
+            DEFAULT_UPSTREAM_RESPONSE_TIMEOUT,
+        ),
+        max_request_body: pick!(max_request_body).map_or(DEFAULT_MAX_REQUEST_BODY, |v| v.get_ref().0),
     };
     Ok(Route {
         path,

@@ -6,7 +6,7 @@
 //! - [`key`]: stream keys and `Last-Event-ID`.
 //!
 //! Per-event work (parse, id, encode, buffer) happens once per stream, in its task; a client
-//! costs a cursor, a waker slot and a heartbeat counter.
+//! costs a cursor, a waker slot and a few counters.
 
 pub mod key;
 pub mod ring;
@@ -20,53 +20,13 @@ use std::time::Duration;
 
 use http::Response;
 use hyper::body::Incoming;
+use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::route::RouteEntry;
+use crate::metrics::Metrics;
+use crate::route::{Admission, RouteEntry, Router};
 use stream::{Phase, Stream, Subscriber, Template};
 pub use subscriber::{SlowClient, Start, SubscriberBody};
-
-/// A counter for operations to read (and, later, export).
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    /// Adds one.
-    pub fn inc(&self) {
-        self.add(1);
-    }
-    /// Adds `n`.
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-    /// The current value.
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// What the hub has done, counted.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Events received from upstreams and buffered.
-    pub events_received: Counter,
-    /// Upstream events dropped for exceeding `max_event_bytes`.
-    pub events_dropped: Counter,
-    /// Events an upstream sent again (by id) after a reconnect, dropped.
-    pub repeats_dropped: Counter,
-    /// Subscriptions resumed exactly from the buffer.
-    pub resumes: Counter,
-    /// Subscriptions whose Last-Event-ID was not in the buffer.
-    pub gaps: Counter,
-    /// Clients disconnected for falling behind the buffer (or not reading).
-    pub slow_disconnects: Counter,
-    /// Upstream streams that ended or broke and were reopened.
-    pub upstream_reconnects: Counter,
-    /// Failed upstream attempts (unreachable, timeout, 502/503/504).
-    pub upstream_failures: Counter,
-    /// Events evicted early to keep all buffers under `buffer_total_bytes`.
-    pub cap_evictions: Counter,
-}
 
 /// The registry of live streams. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -79,12 +39,11 @@ pub struct Hub {
 pub struct Shared {
     streams: Mutex<HashMap<String, Arc<Stream>>>,
     buffered: AtomicUsize,
-    buffer_cap: usize,
+    buffer_cap: AtomicUsize,
     evicting: AtomicBool,
     shutting_down: AtomicBool,
     private_ids: AtomicU64,
-    /// Counters.
-    pub stats: Stats,
+    metrics: Arc<Metrics>,
 }
 
 /// A subscription that picked (or opened) its stream, before its response is decided.
@@ -112,25 +71,46 @@ pub enum Outcome {
     AskUpstream,
 }
 
+/// One live stream, as `/streams` on the admin port shows it. Never the raw key: it may hold
+/// credentials.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamInfo {
+    /// The route's path.
+    pub route: String,
+    /// A digest of the stream key.
+    pub key: String,
+    /// Per-client (private) stream or shared.
+    pub private: bool,
+    /// Subscribers.
+    pub clients: usize,
+    /// Events buffered.
+    pub buffered_events: usize,
+    /// Bytes buffered.
+    pub buffered_bytes: usize,
+    /// Id of the oldest buffered event.
+    pub first_id: Option<String>,
+    /// Id of the newest event.
+    pub last_id: Option<String>,
+    /// `opening`, `streaming`, `reconnecting` or `closing`.
+    pub upstream: &'static str,
+    /// Times the upstream stream was reopened.
+    pub reconnects: u64,
+}
+
 impl Hub {
     /// A hub whose buffers together hold at most `buffer_total_bytes`.
-    pub fn new(buffer_total_bytes: u64) -> Hub {
+    pub fn new(buffer_total_bytes: u64, metrics: Arc<Metrics>) -> Hub {
         Hub {
             shared: Arc::new(Shared {
                 streams: Mutex::new(HashMap::new()),
                 buffered: AtomicUsize::new(0),
-                buffer_cap: usize::try_from(buffer_total_bytes).unwrap_or(usize::MAX),
+                buffer_cap: AtomicUsize::new(usize::try_from(buffer_total_bytes).unwrap_or(usize::MAX)),
                 evicting: AtomicBool::new(false),
                 shutting_down: AtomicBool::new(false),
                 private_ids: AtomicU64::new(0),
-                stats: Stats::default(),
+                metrics,
             }),
         }
-    }
-
-    /// Counters.
-    pub fn stats(&self) -> &Stats {
-        &self.shared.stats
     }
 
     /// Streams alive now.
@@ -185,6 +165,28 @@ impl Hub {
         }
     }
 
+    /// Applies a reloaded config to the live streams: each goes on under its route's new
+    /// version, or ends cleanly when its route is gone or its identity changed.
+    pub fn reconfigure(&self, router: &Router<RouteEntry>, buffer_total_bytes: u64) {
+        self.shared.buffer_cap.store(
+            usize::try_from(buffer_total_bytes).unwrap_or(usize::MAX),
+            Ordering::Relaxed,
+        );
+        let streams: Vec<Arc<Stream>> = self.shared.lock_streams().values().cloned().collect();
+        for stream in streams {
+            stream.reconfigure(router.get(&stream.path));
+        }
+        self.shared.account(0, 0);
+    }
+
+    /// The live streams, for the admin port.
+    pub fn snapshot(&self) -> Vec<StreamInfo> {
+        let streams: Vec<Arc<Stream>> = self.shared.lock_streams().values().cloned().collect();
+        let mut infos: Vec<StreamInfo> = streams.iter().map(|stream| stream.info()).collect();
+        infos.sort_by(|a, b| (&a.route, &a.key).cmp(&(&b.route, &b.key)));
+        infos
+    }
+
     /// Ends every stream: subscribers get what is buffered for them, then their responses end
     /// cleanly (browsers reconnect, to another instance, with their Last-Event-ID).
     pub fn shutdown(&self) {
@@ -224,11 +226,10 @@ impl Pending {
         }
     }
 
-    /// The response body for this subscriber, placed after `last_event_id`.
-    pub fn attach(self, last_event_id: Option<&str>) -> (SubscriberBody, Start) {
-        let (body, start) = SubscriberBody::attach(self.subscriber, last_event_id);
-        body.log_start(&start, last_event_id);
-        (body, start)
+    /// The response body for this subscriber, placed after `last_event_id`; it holds
+    /// `admission` (the route's `max_clients` place) until it ends.
+    pub fn attach(self, last_event_id: Option<&str>, admission: Option<Admission>) -> SubscriberBody {
+        SubscriberBody::attach(self.subscriber, last_event_id, admission)
     }
 }
 
@@ -247,7 +248,7 @@ impl Shared {
             self.buffered.fetch_add(added, Ordering::Relaxed);
         }
         self.release(freed);
-        if self.buffered.load(Ordering::Relaxed) > self.buffer_cap {
+        if self.buffered.load(Ordering::Relaxed) > self.buffer_cap.load(Ordering::Relaxed) {
             self.enforce_cap();
         }
     }
@@ -257,6 +258,9 @@ impl Shared {
         if freed > 0 {
             self.buffered.fetch_sub(freed, Ordering::Relaxed);
         }
+        self.metrics
+            .buffer_bytes
+            .set(i64::try_from(self.buffered.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
     }
 
     /// Evicts the oldest events across all streams until the total is 5% under the cap (the
@@ -266,7 +270,8 @@ impl Shared {
             return;
         }
         let streams: Vec<Arc<Stream>> = self.lock_streams().values().cloned().collect();
-        let target = self.buffer_cap - self.buffer_cap / 20;
+        let cap = self.buffer_cap.load(Ordering::Relaxed);
+        let target = cap - cap / 20;
         let mut evicted = 0u64;
         while self.buffered.load(Ordering::Relaxed) > target {
             let oldest = streams
@@ -280,10 +285,10 @@ impl Shared {
         }
         self.evicting.store(false, Ordering::Release);
         if evicted > 0 {
-            self.stats.cap_evictions.add(evicted);
+            self.metrics.cap_evictions.inc_by(evicted);
             tracing::warn!(
                 evicted,
-                cap = self.buffer_cap,
+                cap,
                 "buffer_total_bytes reached: evicted the oldest events across streams"
             );
         }

@@ -12,6 +12,8 @@
 //! - [`upstream`]: the pooled client to apps and the header rules of a proxy.
 //! - [`route`]: routes ready to serve and the longest-prefix router.
 //! - [`demo`]: the naive app of `ssegate demo`.
+//! - [`metrics`]: every counter and gauge, exported in the Prometheus format.
+//! - [`admin`]: the admin listener: metrics, health, readiness, streams, reload.
 //! - [`app`]: binds the listener and runs everything until a shutdown future resolves.
 //!
 //! Dependencies point one way: `app → server → proxy → hub → sse`, with `upstream` below
@@ -25,15 +27,17 @@
     clippy::todo
 )]
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod demo;
 pub mod hub;
+pub mod metrics;
 pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod sse;
 pub mod upstream;
 
-pub use app::{App, AppError};
+pub use app::{App, AppError, Control, ReloadError};
 pub use config::Config;

@@ -16,8 +16,17 @@ struct Cli {
     /// The config file.
     #[arg(long, short, global = true, default_value = "ssegate.toml")]
     config: PathBuf,
+    /// Log format: human-readable text, or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -34,10 +43,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
     match cli.command {
         Some(Command::Check) => check(&cli.config),
         Some(Command::Demo { listen }) => serve(None, Some(listen)),
@@ -106,7 +119,7 @@ fn serve(path: Option<&std::path::Path>, demo_listen: Option<std::net::SocketAdd
                 }
             }
         };
-        let app = match App::bind(config).await {
+        let app = match App::bind_from(config, path).await {
             Ok(app) => app,
             Err(error) => {
                 eprintln!("error: {error}");
@@ -116,32 +129,58 @@ fn serve(path: Option<&std::path::Path>, demo_listen: Option<std::net::SocketAdd
         if let Some(naive) = demo_app {
             println!("{}", demo::banner(app.local_addr(), naive));
         }
+        #[cfg(unix)]
+        tokio::spawn(reload_on_hangup(app.control()));
         app.run(shutdown_signal()).await;
         ExitCode::SUCCESS
     })
 }
 
-/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
+/// Resolves on the first Ctrl-C (SIGINT) or SIGTERM; a second one exits at once.
 async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+    stop_signal().await;
+    tracing::info!("stop signal received; draining (a second signal exits at once)");
+    tokio::spawn(async {
+        stop_signal().await;
+        tracing::warn!("second stop signal: exiting now");
+        std::process::exit(1);
+    });
+}
+
+/// The next SIGINT or SIGTERM.
+async fn stop_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
+        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+            (Ok(mut interrupt), Ok(mut terminate)) => {
                 tokio::select! {
-                    _ = interrupt => {}
+                    _ = interrupt.recv() => {}
                     _ = terminate.recv() => {}
                 }
             }
-            Err(_) => {
-                let _ = interrupt.await;
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = interrupt.await;
+        let _ = tokio::signal::ctrl_c().await;
     }
-    tracing::info!("stop signal received");
+}
+
+/// Reloads the config file on every SIGHUP.
+#[cfg(unix)]
+async fn reload_on_hangup(control: ssegate::Control) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload through the admin port only");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the config");
+        // A refused reload is logged by `reload` itself; the old config stays.
+        let _ = control.reload();
+    }
 }

@@ -4,21 +4,25 @@
 mod body;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Either;
+use http_body::Body as _;
+use http_body_util::{Either, Limited};
 use hyper::body::Incoming;
 
-pub use body::ProxyBody;
+pub use body::{AccessLog, ProxyBody};
 
 use crate::config::{Config, SseMode, StreamMode};
 use crate::hub::key::{last_event_id, query_without_last_event_id, stream_key};
 use crate::hub::stream::Template;
 use crate::hub::{Hub, Outcome, SubscriberBody};
+use crate::metrics::Metrics;
 use crate::route::{RouteEntry, Router};
+use crate::server::InFlight;
 use crate::upstream::headers::strip_hop_by_hop;
 use crate::upstream::UpstreamError;
 
@@ -30,53 +34,124 @@ pub struct Proxy {
 
 #[derive(Debug)]
 struct Inner {
-    router: Router<RouteEntry>,
+    /// The routes in force; a reload swaps the whole router at once.
+    router: RwLock<Arc<Router<RouteEntry>>>,
     hub: Hub,
+    metrics: Arc<Metrics>,
 }
 
 impl Proxy {
     /// A proxy for the routes of `config`, serving subscriptions from `hub`.
-    pub fn new(config: &Config, hub: Hub) -> Self {
+    pub fn new(config: &Config, hub: Hub, metrics: Arc<Metrics>) -> Self {
+        let router = RouteEntry::router(config, &metrics, None);
         Proxy {
             inner: Arc::new(Inner {
-                router: RouteEntry::router(config),
+                router: RwLock::new(Arc::new(router)),
                 hub,
+                metrics,
             }),
         }
     }
 
-    /// Serves one request from the client at `remote`.
-    pub async fn handle(&self, request: Request<Incoming>, remote: SocketAddr) -> Response<ProxyBody> {
-        let Some(route) = self.inner.router.find(request.uri().path()).cloned() else {
-            return error_response(StatusCode::NOT_FOUND, "ssegate: no route for this path\n");
+    /// The routes in force.
+    pub fn router(&self) -> Arc<Router<RouteEntry>> {
+        self.inner
+            .router
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Swaps in the routes of a reloaded `config`. Requests in flight finish on the routes they
+    /// started with; live streams go on under their route's new version (or end cleanly if
+    /// their route is gone), keeping their buffers and clients.
+    pub fn reload(&self, config: &Config) {
+        let previous = self.router();
+        let router = Arc::new(RouteEntry::router(config, &self.inner.metrics, Some(&previous)));
+        *self.inner.router.write().unwrap_or_else(PoisonError::into_inner) = router.clone();
+        self.inner.hub.reconfigure(&router, config.buffer_total_bytes);
+    }
+
+    /// Serves one request from the client at `remote`; `in_flight` keeps it counted on its
+    /// connection until the response ends.
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        remote: SocketAddr,
+        in_flight: InFlight,
+    ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let route = self.router().find(request.uri().path()).cloned();
+        let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+        let log = |status, route: Option<&RouteEntry>| AccessLog {
+            method: method.clone(),
+            path: path.clone(),
+            status,
+            upstream: route.map_or_else(|| "-".to_owned(), |r| r.client.upstream().to_string()),
+            started,
+            bytes: 0,
+            metrics: route.map(|r| r.metrics.clone()),
+            admission: None,
+        };
+        let Some(route) = route else {
+            let response = error_response(StatusCode::NOT_FOUND, "ssegate: no route for this path\n");
+            let log = log(response.status(), None);
+            return finish(response, log, in_flight);
         };
         if request.method() == Method::CONNECT {
-            return error_response(
+            let response = error_response(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "ssegate: CONNECT is not proxied\n",
             );
+            let log = log(response.status(), Some(&route));
+            return finish(response, log, in_flight);
         }
+        let Some(admission) = route.admit() else {
+            tracing::warn!(route = %route.config.path, "max_clients reached; answering 503");
+            let mut response = error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ssegate: too many clients on this route\n",
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            let log = log(response.status(), Some(&route));
+            return finish(response, log, in_flight);
+        };
         if is_subscription(route.config.sse, &request) {
-            return self.subscribe(&route, request, remote).await;
+            return match self.subscribe(&route, request, remote, admission).await {
+                Ok(response) => response.map(|body| body.hold(in_flight)),
+                Err((response, admission)) => {
+                    let mut log = log(response.status(), Some(&route));
+                    log.admission = admission;
+                    finish(response, log, in_flight)
+                }
+            };
         }
-        pass_through(&route, request, remote).await
+        let mut entry = log(StatusCode::OK, Some(&route));
+        let response = pass_through(&route, request, remote).await;
+        entry.status = response.status();
+        entry.admission = Some(admission);
+        finish(response, entry, in_flight)
     }
 
     /// An SSE subscription: joins (or opens) the stream for its key and answers 200 with a
-    /// subscriber body, unless the upstream gave a definitive non-stream answer.
+    /// subscriber body. Not a subscription after all (the upstream's definitive answer, or the
+    /// request passed through): `Err`, to be logged as a plain request.
     async fn subscribe(
         &self,
         route: &Arc<RouteEntry>,
         request: Request<Incoming>,
         remote: SocketAddr,
-    ) -> Response<ProxyBody> {
+        admission: crate::route::Admission,
+    ) -> Result<Response<ProxyBody>, (Response<ProxyBody>, Option<crate::route::Admission>)> {
         let hub = &self.inner.hub;
         if hub.is_shutting_down() {
             let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, "ssegate: shutting down\n");
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return response;
+            return Err((response, Some(admission)));
         }
         let settings = &route.config.settings;
         let resume_from = last_event_id(request.headers(), request.uri().query());
@@ -93,18 +168,25 @@ impl Proxy {
             upstream_template(route, &request, remote, shared, resume_from.as_deref())
         });
         match pending.outcome(settings.upstream_connect_timeout).await {
-            Outcome::Subscribe(pending) => {
-                let (body, _) = pending.attach(resume_from.as_deref());
-                sse_response(body)
-            }
+            Outcome::Subscribe(pending) => Ok(sse_response(
+                pending.attach(resume_from.as_deref(), Some(admission)),
+            )),
             Outcome::Answer(response) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, ProxyBody::upstream(body))
+                Err((
+                    Response::from_parts(parts, ProxyBody::upstream(body)),
+                    Some(admission),
+                ))
             }
-            Outcome::AskUpstream => pass_through(route, request, remote).await,
+            Outcome::AskUpstream => Err((pass_through(route, request, remote).await, Some(admission))),
         }
     }
+}
+
+/// Attaches the access log and the connection's in-flight mark to a response.
+fn finish(response: Response<ProxyBody>, log: AccessLog, in_flight: InFlight) -> Response<ProxyBody> {
+    response.map(|body| body.log(log).hold(in_flight))
 }
 
 /// The request a stream sends upstream: the opening subscription's, minus its resume point in
@@ -146,14 +228,36 @@ async fn pass_through(
     request: Request<Incoming>,
     remote: SocketAddr,
 ) -> Response<ProxyBody> {
+    let settings = &route.config.settings;
+    let max_body = settings.max_request_body;
+    if request.body().size_hint().lower() > max_body {
+        return error_response(StatusCode::PAYLOAD_TOO_LARGE, "ssegate: request body too large\n");
+    }
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let request = route.client.prepare(request.map(Either::Left), remote);
-    match route.client.send(request).await {
+    // A body without a declared length is counted as it streams; past the limit the upstream
+    // request fails and the client gets 413.
+    let limited = usize::try_from(max_body).unwrap_or(usize::MAX);
+    let request = route.client.prepare(
+        request.map(|body| Either::Left(Limited::new(body, limited))),
+        remote,
+    );
+    let sent = route.client.send(request);
+    let result = match settings.upstream_response_timeout {
+        Some(limit) => tokio::time::timeout(limit, sent)
+            .await
+            .unwrap_or(Err(UpstreamError::ResponseTimeout(limit))),
+        None => sent.await,
+    };
+    match result {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, ProxyBody::upstream(body))
+        }
+        Err(error) if error.is_body_too_large() => {
+            tracing::info!(route = %route.config.path, %method, %path, fault = "client", "request body over max_request_body; answering 413");
+            error_response(StatusCode::PAYLOAD_TOO_LARGE, "ssegate: request body too large\n")
         }
         Err(error) => {
             let (status, body) = match error {

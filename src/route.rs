@@ -1,37 +1,81 @@
 //! Routes ready to serve, and the router that picks one: longest path-prefix match on segment
 //! boundaries.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::config::{Config, Route};
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::upstream::UpstreamClient;
 
-/// One route, ready to serve: its settings and its pooled upstream client.
+/// One route, ready to serve: its settings, its pooled upstream client, its metrics.
 #[derive(Debug)]
 pub struct RouteEntry {
     /// The route's validated config.
     pub config: Route,
     /// The pooled client to its upstream.
     pub client: UpstreamClient,
+    /// The route's metric handles.
+    pub metrics: RouteMetrics,
+    /// Requests (SSE subscriptions included) in flight on this route, for `max_clients`. Shared
+    /// by every version of the route across reloads.
+    active: Arc<AtomicUsize>,
+}
+
+/// A place among a route's active requests, held until the response ends.
+#[derive(Debug)]
+pub struct Admission(Arc<AtomicUsize>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl RouteEntry {
-    /// A route with a fresh client for its upstream.
-    pub fn new(config: Route) -> RouteEntry {
+    /// A route with a fresh client for its upstream; `previous` is the same path's entry in the
+    /// config being replaced, whose active count carries over.
+    pub fn new(config: Route, metrics: &Arc<Metrics>, previous: Option<&RouteEntry>) -> RouteEntry {
         RouteEntry {
             client: UpstreamClient::new(config.upstream.clone(), config.settings.upstream_connect_timeout),
+            metrics: metrics.route(&config.path),
+            active: previous.map_or_else(Arc::default, |p| p.active.clone()),
             config,
         }
     }
 
-    /// A router over the routes of `config`.
-    pub fn router(config: &Config) -> Router<RouteEntry> {
-        Router::new(
-            config
-                .routes
-                .iter()
-                .map(|route| (route.path.clone(), Arc::new(RouteEntry::new(route.clone())))),
-        )
+    /// A router over the routes of `config`, carrying over state from `previous`.
+    pub fn router(
+        config: &Config,
+        metrics: &Arc<Metrics>,
+        previous: Option<&Router<RouteEntry>>,
+    ) -> Router<RouteEntry> {
+        Router::new(config.routes.iter().map(|route| {
+            let before = previous.and_then(|p| p.get(&route.path));
+            (
+                route.path.clone(),
+                Arc::new(RouteEntry::new(route.clone(), metrics, before.map(AsRef::as_ref))),
+            )
+        }))
+    }
+
+    /// Takes a place among the route's active requests, or `None` at its `max_clients`.
+    pub fn admit(&self) -> Option<Admission> {
+        let limit = self.config.settings.max_clients.unwrap_or(usize::MAX);
+        let mut current = self.active.load(Ordering::Acquire);
+        loop {
+            if current >= limit {
+                self.metrics.refused.inc();
+                return None;
+            }
+            match self
+                .active
+                .compare_exchange_weak(current, current + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some(Admission(self.active.clone())),
+                Err(now) => current = now,
+            }
+        }
     }
 }
 
@@ -48,6 +92,19 @@ impl<R> Router<R> {
         let mut routes: Vec<_> = routes.into_iter().collect();
         routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         Router { routes }
+    }
+
+    /// The route with exactly this prefix.
+    pub fn get(&self, prefix: &str) -> Option<&Arc<R>> {
+        self.routes
+            .iter()
+            .find(|(p, _)| p == prefix)
+            .map(|(_, route)| route)
+    }
+
+    /// Every route, longest prefix first.
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<R>> {
+        self.routes.iter().map(|(_, route)| route)
     }
 
     /// The route whose prefix is the longest one matching `path` on a segment boundary:

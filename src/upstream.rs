@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, Uri, Version};
-use http_body_util::{Either, Empty};
+use http_body_util::{Either, Empty, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -19,8 +19,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::config::Upstream;
 use headers::{add_forwarded, strip_hop_by_hop};
 
-/// A request body bound upstream: the client's streamed body, or nothing (SSE subscriptions).
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+/// A request body bound upstream: the client's streamed body (bounded by `max_request_body`),
+/// or nothing (SSE subscriptions).
+pub type UpstreamBody = Either<Limited<Incoming>, Empty<Bytes>>;
 
 /// Boxed error with the standard bounds.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -48,6 +49,23 @@ pub enum UpstreamError {
     /// The connection broke, or the upstream answered something that is not HTTP: 502.
     #[error("upstream failed: {}", chain(.0.as_ref()))]
     Failed(BoxError),
+}
+
+impl UpstreamError {
+    /// Whether the exchange failed because the client's request body went over its limit.
+    pub fn is_body_too_large(&self) -> bool {
+        let UpstreamError::Failed(error) = self else {
+            return false;
+        };
+        let mut next: Option<&(dyn StdError + 'static)> = Some(error.as_ref());
+        while let Some(e) = next {
+            if e.is::<LengthLimitError>() {
+                return true;
+            }
+            next = e.source();
+        }
+        false
+    }
 }
 
 impl UpstreamClient {

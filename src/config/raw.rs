@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::value::{DurationValue, SizeValue, Toggle};
+use super::value::{DurationValue, LimitValue, SizeValue, Toggle};
 use super::{IdMode, OnGap, SseMode, StreamMode};
 
 /// The whole file.
@@ -16,6 +16,9 @@ pub struct RawConfig {
     pub buffer_total_bytes: Option<Spanned<SizeValue>>,
     pub shutdown_grace: Option<Spanned<DurationValue>>,
     pub client_write_timeout: Option<Spanned<DurationValue>>,
+    pub max_connections: Option<Spanned<LimitValue>>,
+    pub header_read_timeout: Option<Spanned<DurationValue>>,
+    pub keepalive_timeout: Option<Spanned<DurationValue>>,
     pub defaults: Option<RawDefaults>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<RawRoute>>,
@@ -46,6 +49,9 @@ macro_rules! with_settings {
             pub reconnect_max: Option<Spanned<DurationValue>>,
             pub upstream_connect_timeout: Option<Spanned<DurationValue>>,
             pub upstream_down_grace: Option<Spanned<Toggle>>,
+            pub max_clients: Option<Spanned<LimitValue>>,
+            pub upstream_response_timeout: Option<Spanned<Toggle>>,
+            pub max_request_body: Option<Spanned<SizeValue>>,
         }
     };
 }

@@ -18,6 +18,10 @@ pub struct Toggle(pub Option<Duration>);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SizeValue(pub u64);
 
+/// A count, or `"off"` for no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitValue(pub Option<u64>);
+
 /// Parses a duration string; the error says what was expected.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim())
@@ -117,6 +121,40 @@ impl<'de> Deserialize<'de> for SizeValue {
         }
         deserializer.deserialize_any(SizeVisitor)
     }
+}
+
+impl<'de> Deserialize<'de> for LimitValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct LimitVisitor;
+        impl Visitor<'_> for LimitVisitor {
+            type Value = LimitValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a positive integer, or \"off\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<LimitValue, E> {
+                match u64::try_from(v) {
+                    Ok(n) if n > 0 => Ok(LimitValue(Some(n))),
+                    _ => Err(E::custom(format!(
+                        "invalid limit {v}: must be at least 1, or \"off\""
+                    ))),
+                }
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<LimitValue, E> {
+                match v {
+                    "off" => Ok(LimitValue(None)),
+                    _ => Err(E::custom(format!(
+                        "invalid limit {v:?}: write an integer, or \"off\""
+                    ))),
+                }
+            }
+        }
+        deserializer.deserialize_any(LimitVisitor)
+    }
+}
+
+/// Formats a limit or `off`.
+pub fn format_limit(limit: Option<u64>) -> String {
+    limit.map_or_else(|| "\"off\"".to_owned(), |n| n.to_string())
 }
 
 /// Accepts only a string, with an error that names what the string should hold.

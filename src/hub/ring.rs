@@ -122,6 +122,15 @@ impl Ring {
         self.ids.contains_key(id)
     }
 
+    /// The id `entry` was sent with, if any.
+    pub fn id_of(&self, entry: &Entry) -> Option<String> {
+        match &entry.app_id {
+            Some(id) => Some(id.to_string()),
+            None if self.inject => Some(self.injected_id(entry.seq)),
+            None => None,
+        }
+    }
+
     /// The id of the newest event: what a new subscriber is primed with. In inject mode there
     /// always is one (`<epoch>-0` before the first event), so even a client that leaves before
     /// its first event resumes from the right place.
@@ -155,6 +164,17 @@ impl Ring {
             freed += self.pop_oldest();
         }
         (seq, freed + self.evict_expired(now))
+    }
+
+    /// Changes the limits (a reloaded config), evicting what they no longer allow; returns the
+    /// bytes freed.
+    pub fn set_limits(&mut self, limits: Limits, now: Instant) -> usize {
+        self.limits = limits;
+        let mut freed = 0;
+        while self.entries.len() > self.limits.events || self.bytes > self.limits.bytes {
+            freed += self.pop_oldest();
+        }
+        freed + self.evict_expired(now)
     }
 
     /// Evicts events older than the age limit; returns the bytes freed.

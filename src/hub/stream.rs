@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -15,9 +16,12 @@ use hyper::body::Incoming;
 use tokio::sync::{oneshot, watch, Notify};
 use tokio::time::{sleep, Sleep};
 
+use prometheus_client::metrics::gauge::Gauge;
+
 use super::ring::{Limits, Ring};
 use super::Shared;
-use crate::config::{format_duration, IdMode};
+use crate::config::{format_duration, IdMode, Settings};
+use crate::metrics::RouteMetrics;
 use crate::route::RouteEntry;
 use crate::sse::{encode_event, encode_retry, Item, Parser};
 use crate::upstream::{chain, UpstreamError};
@@ -51,7 +55,10 @@ pub struct Template {
 /// A stream shared by the subscriptions with one key (or owned by one, in per-client mode).
 #[derive(Debug)]
 pub struct Stream {
-    pub(super) route: Arc<RouteEntry>,
+    /// The route's path: fixed for the stream's life (a reload that removes the route ends it).
+    pub(super) path: String,
+    /// The route's metric handles (the same series for every version of the route).
+    pub(super) metrics: RouteMetrics,
     pub(super) key: String,
     /// Digest of the key, for logs.
     pub(super) digest: String,
@@ -62,11 +69,22 @@ pub struct Stream {
     /// Tells the task that the last subscriber left, or that ssegate is stopping.
     control: Notify,
     pub(super) phase: watch::Sender<Phase>,
+    /// Whether the upstream is streaming now, and how often it was reopened (for `/streams`).
+    connected: AtomicBool,
+    reconnects: AtomicU64,
 }
 
 /// What subscribers read, under the stream's lock (never held across an await).
 #[derive(Debug)]
 pub struct State {
+    /// The route's current version: a reload swaps it, keeping buffer and subscribers.
+    pub(super) route: Arc<RouteEntry>,
+    /// A reload replaced `route`: the task must pick up the new settings.
+    route_changed: bool,
+    /// A reload removed (or changed the identity of) the route: the task must end the stream.
+    retire: bool,
+    /// Why the stream ended, for the subscribers' access log lines.
+    pub(super) end_reason: &'static str,
     pub(super) ring: Ring,
     pub(super) wakers: Wakers,
     pub(super) subscribers: usize,
@@ -131,6 +149,7 @@ impl Drop for Subscriber {
             state.subscribers -= 1;
             state.subscribers == 0
         };
+        self.stream.metrics.subscriptions.dec();
         if last {
             self.stream.control.notify_one();
         }
@@ -141,6 +160,8 @@ impl Drop for Subscriber {
 #[derive(Debug)]
 enum End {
     Shutdown,
+    /// A reload removed the route or changed what identifies its streams.
+    Reconfigured,
     Lingered,
     DownTooLong(Duration),
     /// A definitive answer went to the subscription that opened the stream.
@@ -162,8 +183,25 @@ type Head = Pin<Box<dyn Future<Output = Result<Response<Incoming>, UpstreamError
 /// The upstream side of the task.
 enum Conn {
     Connecting(Head),
-    Reading(Incoming),
+    // The guard is only held: it counts the upstream as connected while the body is read.
+    Reading(Incoming, #[allow(dead_code)] Connected),
     Waiting(Pin<Box<Sleep>>),
+}
+
+/// Counts an upstream stream as connected while it lives.
+struct Connected(Gauge);
+
+impl Connected {
+    fn new(gauge: &Gauge) -> Connected {
+        gauge.inc();
+        Connected(gauge.clone())
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 enum Step {
@@ -178,7 +216,7 @@ impl Conn {
     async fn step(&mut self) -> Step {
         match self {
             Conn::Connecting(head) => Step::Head(head.as_mut().await),
-            Conn::Reading(body) => loop {
+            Conn::Reading(body, _) => loop {
                 match body.frame().await {
                     Some(Ok(frame)) => {
                         if let Ok(data) = frame.into_data() {
@@ -218,6 +256,12 @@ impl Backoff {
         self.current = self.initial;
     }
 
+    fn limits(&mut self, initial: Duration, max: Duration) {
+        self.initial = initial;
+        self.max = max;
+        self.current = self.current.clamp(initial, max);
+    }
+
     fn next(&mut self) -> Duration {
         let step = self.current;
         self.current = (self.current * 2).min(self.max);
@@ -251,6 +295,25 @@ fn classify(response: &Response<Incoming>) -> Answer {
     }
 }
 
+/// The ring limits of a route's settings.
+fn limits(settings: &Settings) -> Limits {
+    Limits {
+        events: settings.buffer_events,
+        bytes: settings.buffer_bytes,
+        age: settings.buffer_age,
+    }
+}
+
+/// Whether a stream of route `old` can go on under route `new`: same upstream, and the same
+/// rules for what a stream is and how its ids work.
+fn same_identity(old: &RouteEntry, new: &RouteEntry) -> bool {
+    let (a, b) = (&old.config, &new.config);
+    a.upstream == b.upstream
+        && a.settings.mode == b.settings.mode
+        && a.settings.ids == b.settings.ids
+        && a.settings.stream_key == b.settings.stream_key
+}
+
 /// Resolves when the optional timer fires; never when there is none.
 async fn fire(timer: &mut Option<Pin<Box<Sleep>>>) {
     match timer {
@@ -267,20 +330,22 @@ impl Stream {
         shared: Arc<Shared>,
     ) -> Arc<Stream> {
         let settings = &route.config.settings;
-        let limits = Limits {
-            events: settings.buffer_events,
-            bytes: settings.buffer_bytes,
-            age: settings.buffer_age,
-        };
-        let ring = Ring::new(limits, settings.ids == IdMode::Inject);
+        let ring = Ring::new(limits(settings), settings.ids == IdMode::Inject);
         let digest = super::key::digest(&key);
+        let metrics = route.metrics.clone();
+        metrics.streams.inc();
         Arc::new(Stream {
-            route,
+            path: route.config.path.clone(),
+            metrics,
             key,
             digest,
             private,
             shared,
             state: Mutex::new(State {
+                route,
+                route_changed: false,
+                retire: false,
+                end_reason: "",
                 ring,
                 wakers: Wakers::default(),
                 subscribers: 0,
@@ -290,7 +355,38 @@ impl Stream {
             }),
             control: Notify::new(),
             phase: watch::channel(Phase::Opening).0,
+            connected: AtomicBool::new(false),
+            reconnects: AtomicU64::new(0),
         })
+    }
+
+    /// The route's current version.
+    pub(super) fn route(&self) -> Arc<RouteEntry> {
+        self.lock().route.clone()
+    }
+
+    /// Applies a reloaded route: keeps buffer, ids and subscribers when the route's upstream and
+    /// what identifies its streams are unchanged; otherwise ends the stream cleanly (its clients
+    /// reconnect and resume under the new config).
+    pub(super) fn reconfigure(&self, new: Option<&Arc<RouteEntry>>) {
+        let freed = {
+            let mut state = self.lock();
+            match new {
+                Some(new) if same_identity(&state.route, new) => {
+                    state.route = new.clone();
+                    state.route_changed = true;
+                    state
+                        .ring
+                        .set_limits(limits(&new.config.settings), Instant::now())
+                }
+                _ => {
+                    state.retire = true;
+                    0
+                }
+            }
+        };
+        self.shared.account(0, freed);
+        self.poke();
     }
 
     /// The stream's state. A panic elsewhere cannot leave it half-written (every critical
@@ -303,9 +399,38 @@ impl Stream {
     /// cannot retire in between).
     pub(super) fn join(self: &Arc<Self>, state: &mut State) -> Subscriber {
         state.subscribers += 1;
+        self.metrics.subscriptions.inc();
         Subscriber {
             stream: self.clone(),
             slot: state.wakers.insert(),
+        }
+    }
+
+    /// What `/streams` shows of this stream.
+    pub(super) fn info(&self) -> super::StreamInfo {
+        let state = self.lock();
+        let ring = &state.ring;
+        let first_id = ring.get(ring.first_seq()).map(|e| ring.id_of(e));
+        let upstream = if state.closing {
+            "closing"
+        } else {
+            match *self.phase.borrow() {
+                Phase::Opening => "opening",
+                _ if self.connected.load(Ordering::Relaxed) => "streaming",
+                _ => "reconnecting",
+            }
+        };
+        super::StreamInfo {
+            route: self.path.clone(),
+            key: self.digest.clone(),
+            private: self.private,
+            clients: state.subscribers,
+            buffered_events: ring.len(),
+            buffered_bytes: ring.bytes(),
+            first_id: first_id.flatten(),
+            last_id: ring.newest_id(),
+            upstream,
+            reconnects: self.reconnects.load(Ordering::Relaxed),
         }
     }
 
@@ -330,12 +455,19 @@ impl Stream {
         template: Template,
         mut opener: Option<oneshot::Sender<Response<Incoming>>>,
     ) {
-        let settings = &self.route.config.settings;
-        let mut parser = Parser::new(settings.max_event_bytes);
-        let mut backoff = Backoff::new(settings.reconnect_initial, settings.reconnect_max);
-        let mut conn = Conn::Connecting(self.connect(&template, None));
+        let mut route = self.route();
+        let mut parser = Parser::new(route.config.settings.max_event_bytes);
+        let mut backoff = Backoff::new(
+            route.config.settings.reconnect_initial,
+            route.config.settings.reconnect_max,
+        );
+        let mut conn = Conn::Connecting(self.connect(&route, &template, None));
         let mut down_since: Option<Instant> = None;
-        let mut heartbeat = settings.heartbeat.map(|every| Box::pin(sleep(every)));
+        let mut heartbeat = route
+            .config
+            .settings
+            .heartbeat
+            .map(|every| Box::pin(sleep(every)));
         let mut linger: Option<Pin<Box<Sleep>>> = None;
         let mut upkeep = tokio::time::interval(UPKEEP);
         upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -345,7 +477,8 @@ impl Stream {
             encoded: BytesMut::new(),
             pending_retry: None,
         };
-        tracing::debug!(route = %self.route.config.path, stream = %self.digest, "stream opened");
+        let path = &self.path;
+        tracing::debug!(route = %path, stream = %self.digest, "stream opened");
         let end = loop {
             tokio::select! {
                 biased;
@@ -353,8 +486,26 @@ impl Stream {
                     if self.shared.is_shutting_down() {
                         break End::Shutdown;
                     }
-                    if linger.is_none() && self.lock().subscribers == 0 {
-                        let wait = if self.private { Duration::ZERO } else { settings.linger };
+                    let (retire, changed, subscribers) = {
+                        let mut state = self.lock();
+                        (state.retire, std::mem::take(&mut state.route_changed), state.subscribers)
+                    };
+                    if retire {
+                        break End::Reconfigured;
+                    }
+                    if changed {
+                        route = self.route();
+                        let settings = &route.config.settings;
+                        parser.set_max_event_bytes(settings.max_event_bytes);
+                        backoff.limits(settings.reconnect_initial, settings.reconnect_max);
+                        heartbeat = settings.heartbeat.map(|every| Box::pin(sleep(every)));
+                        if linger.is_some() {
+                            linger = Some(Box::pin(sleep(settings.linger)));
+                        }
+                        tracing::info!(route = %path, stream = %self.digest, "stream took the reloaded route settings");
+                    }
+                    if linger.is_none() && subscribers == 0 {
+                        let wait = if self.private { Duration::ZERO } else { route.config.settings.linger };
                         linger = Some(Box::pin(sleep(wait)));
                     }
                 }
@@ -366,14 +517,14 @@ impl Stream {
                 }
                 () = fire(&mut heartbeat) => {
                     self.heartbeat(&mut scratch.wakers);
-                    if let (Some(timer), Some(every)) = (heartbeat.as_mut(), settings.heartbeat) {
+                    if let (Some(timer), Some(every)) = (heartbeat.as_mut(), route.config.settings.heartbeat) {
                         timer.as_mut().reset(tokio::time::Instant::now() + every);
                     }
                 }
                 _ = upkeep.tick() => {
                     let freed = self.lock().ring.evict_expired(Instant::now());
                     self.shared.account(0, freed);
-                    if let (Some(since), Some(grace)) = (down_since, settings.upstream_down_grace) {
+                    if let (Some(since), Some(grace)) = (down_since, route.config.settings.upstream_down_grace) {
                         if since.elapsed() >= grace {
                             break End::DownTooLong(grace);
                         }
@@ -382,15 +533,16 @@ impl Stream {
                 step = conn.step() => match step {
                     Step::Head(Ok(response)) => match classify(&response) {
                         Answer::Stream => {
-                            tracing::info!(route = %self.route.config.path, stream = %self.digest, upstream = %self.route.client.upstream(), "upstream stream connected");
-                            conn = Conn::Reading(response.into_body());
+                            tracing::info!(route = %path, stream = %self.digest, upstream = %route.client.upstream(), "upstream stream connected");
+                            conn = Conn::Reading(response.into_body(), Connected::new(&self.metrics.upstream_streams));
+                            self.connected.store(true, Ordering::Relaxed);
                             backoff.reset();
                             down_since = None;
                             self.open(&mut opener);
                         }
                         Answer::Transient => {
                             let status = response.status();
-                            conn = self.failed(&mut backoff, &mut down_since, &mut opener, &format!("upstream answered {status}"));
+                            conn = self.failed(&route, &mut backoff, &mut down_since, &mut opener, &format!("upstream answered {status}"));
                         }
                         Answer::Definitive => {
                             let status = response.status();
@@ -401,11 +553,11 @@ impl Stream {
                         }
                     },
                     Step::Head(Err(error)) => {
-                        conn = self.failed(&mut backoff, &mut down_since, &mut opener, &error.to_string());
+                        conn = self.failed(&route, &mut backoff, &mut down_since, &mut opener, &error.to_string());
                     }
                     Step::Chunk(chunk) => {
-                        if self.ingest(&mut parser, &chunk, &mut scratch) {
-                            if let (Some(timer), Some(every)) = (heartbeat.as_mut(), settings.heartbeat) {
+                        if self.ingest(&route, &mut parser, &chunk, &mut scratch) {
+                            if let (Some(timer), Some(every)) = (heartbeat.as_mut(), route.config.settings.heartbeat) {
                                 timer.as_mut().reset(tokio::time::Instant::now() + every);
                             }
                         }
@@ -413,20 +565,24 @@ impl Stream {
                     Step::End(error) => {
                         parser.finish();
                         let delay = backoff.next();
-                        self.shared.stats.upstream_reconnects.inc();
+                        self.metrics.upstream_reconnects.inc();
+                        self.connected.store(false, Ordering::Relaxed);
+                        self.reconnects.fetch_add(1, Ordering::Relaxed);
                         match error {
-                            Some(error) => tracing::warn!(route = %self.route.config.path, stream = %self.digest, error = %chain(&error), "upstream stream broke; reconnecting in {}", format_duration(delay)),
-                            None => tracing::info!(route = %self.route.config.path, stream = %self.digest, "upstream stream ended; reconnecting in {}", format_duration(delay)),
+                            Some(error) => tracing::warn!(route = %path, stream = %self.digest, error = %chain(&error), "upstream stream broke; reconnecting in {}", format_duration(delay)),
+                            None => tracing::info!(route = %path, stream = %self.digest, "upstream stream ended; reconnecting in {}", format_duration(delay)),
                         }
                         conn = Conn::Waiting(Box::pin(sleep(delay)));
                     }
                     Step::Retry => {
                         let last_id = parser.last_event_id();
-                        conn = Conn::Connecting(self.connect(&template, (!last_id.is_empty()).then_some(last_id)));
+                        conn = Conn::Connecting(self.connect(&route, &template, (!last_id.is_empty()).then_some(last_id)));
                     }
                 },
             }
         };
+        drop(conn);
+        self.connected.store(false, Ordering::Relaxed);
         self.finish(end);
     }
 
@@ -445,6 +601,7 @@ impl Stream {
     /// A transient failure: serve subscribers anyway (200, heartbeats) and retry after a delay.
     fn failed(
         &self,
+        route: &RouteEntry,
         backoff: &mut Backoff,
         down_since: &mut Option<Instant>,
         opener: &mut Option<oneshot::Sender<Response<Incoming>>>,
@@ -452,12 +609,12 @@ impl Stream {
     ) -> Conn {
         down_since.get_or_insert_with(Instant::now);
         self.open(opener);
-        self.shared.stats.upstream_failures.inc();
+        self.metrics.upstream_failures.inc();
         let delay = backoff.next();
         tracing::warn!(
-            route = %self.route.config.path,
+            route = %self.path,
             stream = %self.digest,
-            upstream = %self.route.client.upstream(),
+            upstream = %route.client.upstream(),
             fault = "upstream",
             "{why}; clients stay connected, retrying in {}",
             format_duration(delay)
@@ -466,17 +623,17 @@ impl Stream {
     }
 
     /// The upstream request: the template, plus `Last-Event-ID` when the upstream gave ids.
-    fn connect(&self, template: &Template, last_id: Option<&str>) -> Head {
+    fn connect(&self, route: &RouteEntry, template: &Template, last_id: Option<&str>) -> Head {
         let mut request = Request::new(Either::Right(Empty::<Bytes>::new()));
         *request.uri_mut() = template.uri.clone();
         *request.headers_mut() = template.headers.clone();
         if let Some(value) = last_id.and_then(|id| HeaderValue::from_str(id).ok()) {
             request.headers_mut().insert("last-event-id", value);
         }
-        let client = self.route.client.clone();
+        let client = route.client.clone();
         // The connect timeout also bounds the wait for the response head: an SSE endpoint
         // answers at once, and a subscription must not hang on one that does not.
-        let limit = self.route.config.settings.upstream_connect_timeout;
+        let limit = route.config.settings.upstream_connect_timeout;
         Box::pin(async move {
             match tokio::time::timeout(limit, client.send(request)).await {
                 Ok(result) => result,
@@ -487,12 +644,12 @@ impl Stream {
 
     /// Parses a chunk, encodes each new event once, appends it, and wakes the subscribers.
     /// Returns whether anything was appended.
-    fn ingest(&self, parser: &mut Parser, chunk: &[u8], scratch: &mut Scratch) -> bool {
+    fn ingest(&self, route: &RouteEntry, parser: &mut Parser, chunk: &[u8], scratch: &mut Scratch) -> bool {
         parser.feed(chunk, |item| scratch.items.push(item));
         if scratch.items.is_empty() {
             return false;
         }
-        let settings = &self.route.config.settings;
+        let settings = &route.config.settings;
         let inject = settings.ids == IdMode::Inject;
         let now = Instant::now();
         let (mut added, mut freed, mut events, mut dropped, mut repeats) = (0, 0, 0u64, 0u64, 0u64);
@@ -538,15 +695,15 @@ impl Stream {
         for waker in scratch.wakers.drain(..) {
             waker.wake();
         }
-        let stats = &self.shared.stats;
-        stats.events_received.add(events);
+        let metrics = &self.metrics;
+        metrics.events_received.inc_by(events);
         if dropped > 0 {
-            stats.events_dropped.add(dropped);
-            tracing::warn!(route = %self.route.config.path, stream = %self.digest, dropped, limit = settings.max_event_bytes, "dropped upstream events larger than max_event_bytes");
+            metrics.events_dropped.inc_by(dropped);
+            tracing::warn!(route = %self.path, stream = %self.digest, dropped, limit = settings.max_event_bytes, "dropped upstream events larger than max_event_bytes");
         }
         if repeats > 0 {
-            stats.repeats_dropped.add(repeats);
-            tracing::debug!(route = %self.route.config.path, stream = %self.digest, repeats, "dropped events the upstream sent again");
+            metrics.repeats_dropped.inc_by(repeats);
+            tracing::debug!(route = %self.path, stream = %self.digest, repeats, "dropped events the upstream sent again");
         }
         self.shared.account(added, freed);
         added > 0
@@ -572,6 +729,7 @@ impl Stream {
             return false;
         }
         state.closing = true;
+        state.end_reason = "no subscriber within linger";
         if streams
             .get(&self.key)
             .is_some_and(|s| std::ptr::eq(Arc::as_ptr(s), self))
@@ -583,6 +741,13 @@ impl Stream {
 
     /// Ends the stream: out of the hub, subscribers told to flush and end.
     fn finish(&self, end: End) {
+        let reason = match end {
+            End::Shutdown => "ssegate is stopping",
+            End::Reconfigured => "the route was removed or changed by a reload",
+            End::Lingered => "no subscriber within linger",
+            End::DownTooLong(_) => "upstream down longer than upstream_down_grace",
+            End::Rejected(_) | End::Definitive(_) => "upstream answered with a non-stream response",
+        };
         {
             let mut streams = self.shared.lock_streams();
             if streams
@@ -596,6 +761,7 @@ impl Stream {
         let subscribers = {
             let mut state = self.lock();
             state.closing = true;
+            state.end_reason = reason;
             state.wakers.drain_into(&mut wakers);
             state.subscribers
         };
@@ -610,8 +776,11 @@ impl Stream {
                 *phase = Phase::Open;
             }
         });
-        let route = &self.route.config.path;
+        let route = &self.path;
         match end {
+            End::Reconfigured => {
+                tracing::info!(%route, stream = %self.digest, subscribers, "stream ended: {reason}")
+            }
             End::Shutdown => {
                 tracing::debug!(%route, stream = %self.digest, subscribers, "stream closed for shutdown")
             }
@@ -635,5 +804,6 @@ impl Drop for Stream {
     fn drop(&mut self) {
         let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
         self.shared.release(state.ring.bytes());
+        self.metrics.streams.dec();
     }
 }

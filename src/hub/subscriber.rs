@@ -2,7 +2,7 @@
 //!
 //! It writes the prelude (`retry:`, the priming id or a `gap` event), then every event from its
 //! cursor on (replay and live are the same read), and a heartbeat comment when the stream has
-//! been quiet. Per client it holds an `Arc`, two counters and the prelude until sent.
+//! been quiet. Per client it holds an `Arc`, a few counters and the prelude until sent.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -14,6 +14,7 @@ use super::key::MAX_LAST_EVENT_ID;
 use super::ring::Resume;
 use super::stream::Subscriber;
 use crate::config::OnGap;
+use crate::route::Admission;
 use crate::sse::{encode_comment, encode_event, encode_retry, Event};
 
 /// The comment written as a heartbeat.
@@ -24,6 +25,17 @@ const HEARTBEAT: Bytes = Bytes::from_static(b":\n");
 #[error("client fell behind the stream's buffer; disconnected so it resumes by id")]
 pub struct SlowClient;
 
+/// How a subscription started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// A new subscription (or a private, per-client stream).
+    Fresh,
+    /// Resumed exactly after the given id.
+    Resumed,
+    /// The id was not in the buffer.
+    Gap,
+}
+
 /// The body of one SSE response.
 #[derive(Debug)]
 pub struct SubscriberBody {
@@ -32,28 +44,32 @@ pub struct SubscriberBody {
     cursor: u64,
     heartbeat_seen: u64,
     prelude: Option<Bytes>,
-}
-
-/// How a subscription started, for the log line and the counters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Start {
-    /// A new subscription.
-    Fresh,
-    /// Resumed exactly after the given id.
-    Resumed,
-    /// The id was not in the buffer.
-    Gap,
+    start: Start,
+    /// The Last-Event-ID it came with, for the access log (bounded to 64 bytes).
+    resumed_from: Option<Box<str>>,
+    /// Events and bytes sent, and those not yet added to the route's counters (which are
+    /// updated when the body catches up, not once per event).
+    events_sent: u64,
+    unflushed_events: u64,
+    unflushed_bytes: u64,
+    ended: Option<&'static str>,
+    _admission: Option<Admission>,
 }
 
 impl SubscriberBody {
     /// Places a subscriber in its stream: after `last_event_id` when the buffer has it, else
     /// per `on_gap`; and prepares the prelude. Cursor and prelude are decided under one lock,
     /// so no event can slip between the replay and the live part.
-    pub fn attach(subscriber: Subscriber, last_event_id: Option<&str>) -> (SubscriberBody, Start) {
+    pub fn attach(
+        subscriber: Subscriber,
+        last_event_id: Option<&str>,
+        admission: Option<Admission>,
+    ) -> SubscriberBody {
         let stream = subscriber.stream.clone();
-        let settings = &stream.route.config.settings;
         let mut prelude = BytesMut::with_capacity(64);
         let state = stream.lock();
+        let settings = &state.route.config.settings;
+        let on_gap = settings.on_gap;
         let retry = settings
             .retry
             .map(|retry| u64::try_from(retry.as_millis()).unwrap_or(u64::MAX))
@@ -76,7 +92,7 @@ impl SubscriberBody {
             }
             Some(id) => match (id.len() <= MAX_LAST_EVENT_ID).then(|| ring.resume(id)) {
                 Some(Resume::At(cursor)) => (cursor, Start::Resumed),
-                _ => match settings.on_gap {
+                _ => match on_gap {
                     OnGap::Replay => (ring.first_seq(), Start::Gap),
                     OnGap::Live | OnGap::Event => (ring.next_seq(), Start::Gap),
                 },
@@ -87,7 +103,7 @@ impl SubscriberBody {
             encode_comment("", &mut prelude);
         }
         prelude.extend_from_slice(b"\n");
-        if let (Start::Gap, OnGap::Event, Some(requested)) = (&start, settings.on_gap, last_event_id) {
+        if let (Start::Gap, OnGap::Event, Some(requested)) = (start, on_gap, last_event_id) {
             // The gap event carries the newest id, so a reconnect after it resumes from here.
             let event = Event {
                 event: Some("gap".to_owned()),
@@ -98,34 +114,76 @@ impl SubscriberBody {
         }
         let heartbeat_seen = state.heartbeat_gen;
         drop(state);
-        let body = SubscriberBody {
+        let metrics = &stream.metrics;
+        let route = &stream.path;
+        let resumed_from = last_event_id.map(|id| Box::from(truncate(id, 64)));
+        match start {
+            Start::Fresh => tracing::debug!(%route, stream = %stream.digest, "subscribed"),
+            Start::Resumed => {
+                metrics.resumes.inc();
+                tracing::debug!(%route, stream = %stream.digest, "resumed from the buffer");
+            }
+            Start::Gap => {
+                metrics.gaps.inc();
+                let policy = format!("{on_gap:?}").to_lowercase();
+                tracing::info!(%route, stream = %stream.digest, requested = resumed_from.as_deref().unwrap_or(""), on_gap = %policy, "resume from an id not in the buffer: gap");
+            }
+        }
+        SubscriberBody {
             subscriber,
             cursor,
             heartbeat_seen,
             prelude: Some(prelude.freeze()),
-        };
-        (body, start)
+            start,
+            resumed_from,
+            events_sent: 0,
+            unflushed_events: 0,
+            unflushed_bytes: 0,
+            ended: None,
+            _admission: admission,
+        }
+    }
+
+    /// How the subscription started.
+    pub fn start(&self) -> Start {
+        self.start
+    }
+
+    /// Adds what was sent since the last time to the route's counters.
+    fn flush_counts(&mut self) {
+        let metrics = &self.subscriber.stream.metrics;
+        if self.unflushed_events > 0 {
+            metrics
+                .events_delivered
+                .inc_by(std::mem::take(&mut self.unflushed_events));
+        }
+        if self.unflushed_bytes > 0 {
+            metrics
+                .bytes_out
+                .inc_by(std::mem::take(&mut self.unflushed_bytes));
+        }
+    }
+
+    fn send(&mut self, bytes: Bytes) -> Poll<Option<Result<Frame<Bytes>, SlowClient>>> {
+        self.unflushed_bytes += bytes.len() as u64;
+        Poll::Ready(Some(Ok(Frame::data(bytes))))
     }
 }
 
-impl SubscriberBody {
-    /// Counts and logs how the subscription started.
-    pub fn log_start(&self, start: &Start, last_event_id: Option<&str>) {
+impl Drop for SubscriberBody {
+    fn drop(&mut self) {
+        self.flush_counts();
         let stream = &self.subscriber.stream;
-        let route = &stream.route.config.path;
-        match start {
-            Start::Fresh => tracing::debug!(%route, stream = %stream.digest, "subscribed"),
-            Start::Resumed => {
-                stream.shared.stats.resumes.inc();
-                tracing::debug!(%route, stream = %stream.digest, "resumed from the buffer");
-            }
-            Start::Gap => {
-                stream.shared.stats.gaps.inc();
-                let requested = truncate(last_event_id.unwrap_or_default(), 64);
-                let policy = format!("{:?}", stream.route.config.settings.on_gap).to_lowercase();
-                tracing::info!(%route, stream = %stream.digest, requested, on_gap = %policy, "resume from an id not in the buffer: gap");
-            }
-        }
+        // The access log line of a subscription.
+        tracing::info!(
+            route = %stream.path,
+            stream = %stream.digest,
+            events = self.events_sent,
+            resumed_from = self.resumed_from.as_deref().unwrap_or(""),
+            gap = self.start == Start::Gap,
+            ended = self.ended.unwrap_or("client disconnected"),
+            "sse subscription ended"
+        );
     }
 }
 
@@ -148,28 +206,41 @@ impl Body for SubscriberBody {
     ) -> Poll<Option<Result<Frame<Bytes>, SlowClient>>> {
         let this = self.get_mut();
         if let Some(prelude) = this.prelude.take() {
-            return Poll::Ready(Some(Ok(Frame::data(prelude))));
+            return this.send(prelude);
         }
-        let stream = &this.subscriber.stream;
+        let stream = this.subscriber.stream.clone();
         let mut state = stream.lock();
         if this.cursor < state.ring.first_seq() {
             drop(state);
-            stream.shared.stats.slow_disconnects.inc();
-            tracing::info!(route = %stream.route.config.path, stream = %stream.digest, "slow client disconnected: the events it still needed were evicted");
+            stream.metrics.slow_disconnects.inc();
+            this.ended = Some("slow client: the events it still needed were evicted");
+            this.flush_counts();
+            tracing::info!(route = %stream.path, stream = %stream.digest, "slow client disconnected: the events it still needed were evicted");
             return Poll::Ready(Some(Err(SlowClient)));
         }
         if let Some(entry) = state.ring.get(this.cursor) {
+            let bytes = entry.bytes.clone();
+            drop(state);
             this.cursor += 1;
-            return Poll::Ready(Some(Ok(Frame::data(entry.bytes.clone()))));
+            this.events_sent += 1;
+            this.unflushed_events += 1;
+            return this.send(bytes);
         }
         if state.closing {
+            this.ended = Some(state.end_reason);
+            drop(state);
+            this.flush_counts();
             return Poll::Ready(None);
         }
         if state.heartbeat_gen != this.heartbeat_seen {
             this.heartbeat_seen = state.heartbeat_gen;
-            return Poll::Ready(Some(Ok(Frame::data(HEARTBEAT))));
+            drop(state);
+            return this.send(HEARTBEAT);
         }
         state.wakers.register(this.subscriber.slot, cx.waker());
+        drop(state);
+        // Caught up: a good moment to publish the counts.
+        this.flush_counts();
         Poll::Pending
     }
 

@@ -1,24 +1,32 @@
-//! The response body type: one enum over every kind of body ssegate sends, so nothing is boxed.
+//! The response body type: one enum over every kind of body ssegate sends, so nothing is boxed;
+//! it also carries what must live exactly as long as the response (the request's place on its
+//! connection and route, and the access log line written when it ends).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
+use http::{Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
 use crate::hub::SubscriberBody;
+use crate::metrics::RouteMetrics;
+use crate::route::Admission;
+use crate::server::InFlight;
 use crate::upstream::BoxError;
 
 pin_project! {
     /// A response body: streamed from the upstream, an SSE subscriber's, or a short one made by
     /// ssegate.
-    #[project = Kind]
     pub struct ProxyBody {
         #[pin]
         kind: Inner,
+        log: Option<Box<AccessLog>>,
+        in_flight: Option<InFlight>,
     }
 }
 
@@ -31,28 +39,84 @@ pin_project! {
     }
 }
 
+/// The access log line of a pass-through request, written (and its metrics recorded) when the
+/// response body ends or is dropped.
+#[derive(Debug)]
+pub struct AccessLog {
+    /// Request method.
+    pub method: Method,
+    /// Request path.
+    pub path: String,
+    /// Response status.
+    pub status: StatusCode,
+    /// The upstream base URL, or "-" for answers ssegate made itself.
+    pub upstream: String,
+    /// When the request arrived.
+    pub started: Instant,
+    /// Body bytes sent so far.
+    pub bytes: u64,
+    /// The route's metrics, if a route matched.
+    pub metrics: Option<RouteMetrics>,
+    /// The request's place among the route's `max_clients`.
+    pub admission: Option<Admission>,
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        let seconds = self.started.elapsed().as_secs_f64();
+        let route = self.metrics.as_ref().map_or("-", |m| m.route.as_str());
+        tracing::info!(
+            method = %self.method,
+            path = %self.path,
+            status = self.status.as_u16(),
+            bytes = self.bytes,
+            duration_ms = (seconds * 1000.0).round() as u64,
+            route,
+            upstream = %self.upstream,
+            "request"
+        );
+        if let Some(metrics) = &self.metrics {
+            metrics.request(self.status, seconds);
+        }
+    }
+}
+
 impl ProxyBody {
     /// The upstream's body, streamed through frame by frame (trailers included).
     pub fn upstream(body: Incoming) -> Self {
-        ProxyBody {
-            kind: Inner::Upstream { body },
-        }
+        ProxyBody::of(Inner::Upstream { body })
     }
 
     /// An SSE subscriber's body.
     pub fn sse(body: SubscriberBody) -> Self {
-        ProxyBody {
-            kind: Inner::Sse { body },
-        }
+        ProxyBody::of(Inner::Sse { body })
     }
 
     /// A complete body.
     pub fn full(bytes: Bytes) -> Self {
+        ProxyBody::of(Inner::Full {
+            body: Full::new(bytes),
+        })
+    }
+
+    fn of(kind: Inner) -> Self {
         ProxyBody {
-            kind: Inner::Full {
-                body: Full::new(bytes),
-            },
+            kind,
+            log: None,
+            in_flight: None,
         }
+    }
+
+    /// Keeps the request counted on its connection until this body ends.
+    pub fn hold(mut self, in_flight: InFlight) -> Self {
+        self.in_flight = Some(in_flight);
+        self
+    }
+
+    /// Writes `log` when this body ends.
+    pub fn log(mut self, log: AccessLog) -> Self {
+        self.log = Some(Box::new(log));
+        self
     }
 }
 
@@ -64,11 +128,26 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.project().kind.project() {
+        let this = self.project();
+        let polled = match this.kind.project() {
             InnerProj::Upstream { body } => body.poll_frame(cx).map_err(Into::into),
             InnerProj::Full { body } => body.poll_frame(cx).map_err(|never| match never {}),
             InnerProj::Sse { body } => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(log), Some(data)) = (this.log.as_mut(), frame.data_ref()) {
+                    log.bytes += data.len() as u64;
+                }
+            }
+            // The response is over: log it and free its places now, not when hyper drops it.
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                this.log.take();
+                this.in_flight.take();
+            }
+            Poll::Pending => {}
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

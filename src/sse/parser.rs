@@ -66,6 +66,11 @@ impl Parser {
         }
     }
 
+    /// Changes the limit (a reloaded config); it applies from the next line on.
+    pub fn set_max_event_bytes(&mut self, max_event_bytes: usize) {
+        self.max_event_bytes = max_event_bytes.max(1);
+    }
+
     /// The spec's "last event ID string": the id a browser would send as `Last-Event-ID` if the
     /// stream broke now. It carries over from event to event until an `id:` field changes it.
     pub fn last_event_id(&self) -> &str {

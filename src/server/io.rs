@@ -1,5 +1,6 @@
-//! A write deadline for client connections: a client that stops reading is disconnected.
+//! The I/O of a client connection: a write deadline, and read activity for the watchdog.
 //!
+//! A client that stops reading is disconnected.
 //! An SSE response never ends, so a client that stops reading leaves its socket unwritable for
 //! good. hyper then stops polling the response body, so the body cannot notice; the I/O layer
 //! can. While a write is pending, a timer runs; any progress stops it; when it fires, the write
@@ -16,26 +17,31 @@ use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{sleep, Instant, Sleep};
 
-use crate::hub::Counter;
+use prometheus_client::metrics::counter::Counter;
+
+use super::conn::ConnState;
 
 pin_project! {
-    /// An I/O stream whose writes fail after being blocked for `limit`.
-    pub struct StallGuard<IO> {
+    /// An I/O stream whose writes fail after being blocked for `limit`, and whose reads are
+    /// reported to the connection's state.
+    pub struct ConnIo<IO> {
         #[pin]
         io: IO,
+        conn: Arc<ConnState>,
         limit: Duration,
         // Allocated at the first stall and reused: no cost for clients that keep up.
         timer: Option<Pin<Box<Sleep>>>,
         armed: bool,
-        stalls: Arc<Counter>,
+        stalls: Counter,
     }
 }
 
-impl<IO> StallGuard<IO> {
-    /// Wraps `io`; `stalls` counts the connections closed this way.
-    pub fn new(io: IO, limit: Duration, stalls: Arc<Counter>) -> Self {
-        StallGuard {
+impl<IO> ConnIo<IO> {
+    /// Wraps `io`; `stalls` counts the connections closed for not reading.
+    pub fn new(io: IO, conn: Arc<ConnState>, limit: Duration, stalls: Counter) -> Self {
+        ConnIo {
             io,
+            conn,
             limit,
             timer: None,
             armed: false,
@@ -44,7 +50,7 @@ impl<IO> StallGuard<IO> {
     }
 }
 
-impl<IO: AsyncWrite> StallGuard<IO> {
+impl<IO: AsyncWrite> ConnIo<IO> {
     /// Runs one write-side operation under the deadline.
     fn guard<T>(
         self: Pin<&mut Self>,
@@ -82,13 +88,19 @@ impl<IO: AsyncWrite> StallGuard<IO> {
 
 use std::future::Future as _;
 
-impl<IO: AsyncRead> AsyncRead for StallGuard<IO> {
+impl<IO: AsyncRead> AsyncRead for ConnIo<IO> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_read(cx, buf)
+        let this = self.project();
+        let before = buf.filled().len();
+        let result = this.io.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.conn.on_read();
+        }
+        result
     }
 }
 
-impl<IO: AsyncWrite> AsyncWrite for StallGuard<IO> {
+impl<IO: AsyncWrite> AsyncWrite for ConnIo<IO> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         self.guard(cx, |io, cx| io.poll_write(cx, buf))
     }

@@ -1,0 +1,318 @@
+//! Metrics: every counter and gauge ssegate keeps, registered once, exported by the admin
+//! listener in the Prometheus text format (by the `prometheus-client` crate).
+//!
+//! Hot paths never look a series up: each route resolves its own handles once
+//! ([`RouteMetrics`]), and a handle is an `Arc` to an atomic.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// The `route` label: a route's path prefix.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    /// The route's `path`.
+    pub route: String,
+}
+
+/// Status class of an answer: `1xx` … `5xx`.
+pub fn status_class(status: http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Labels of a pass-through request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route's `path`.
+    pub route: String,
+    /// Status class of the answer.
+    pub class: String,
+}
+
+/// Outcome of a reload.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `ok` or `error`.
+    pub result: String,
+}
+
+fn duration_histogram() -> Histogram {
+    // 1 ms to about 33 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// All of ssegate's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Client connections open.
+    pub connections: Gauge,
+    /// Client connections refused for `max_connections`.
+    pub connections_refused: Counter,
+    /// Connections closed because the client stopped reading.
+    pub write_stalls: Counter,
+    /// Bytes buffered for resume across all streams.
+    pub buffer_bytes: Gauge,
+    /// Events evicted early to stay under `buffer_total_bytes`.
+    pub cap_evictions: Counter,
+    /// Reloads by outcome.
+    pub reloads: Family<ReloadLabels, Counter>,
+    subscriptions: Family<RouteLabel, Gauge>,
+    streams: Family<RouteLabel, Gauge>,
+    upstream_streams: Family<RouteLabel, Gauge>,
+    events_received: Family<RouteLabel, Counter>,
+    events_delivered: Family<RouteLabel, Counter>,
+    bytes_out: Family<RouteLabel, Counter>,
+    resumes: Family<RouteLabel, Counter>,
+    gaps: Family<RouteLabel, Counter>,
+    slow_disconnects: Family<RouteLabel, Counter>,
+    events_dropped: Family<RouteLabel, Counter>,
+    repeats_dropped: Family<RouteLabel, Counter>,
+    upstream_reconnects: Family<RouteLabel, Counter>,
+    upstream_failures: Family<RouteLabel, Counter>,
+    refused: Family<RouteLabel, Counter>,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
+}
+
+/// One route's handles, resolved once.
+#[derive(Debug, Clone)]
+pub struct RouteMetrics {
+    /// The route label.
+    pub route: String,
+    /// SSE subscriptions open.
+    pub subscriptions: Gauge,
+    /// Live streams.
+    pub streams: Gauge,
+    /// Upstream SSE requests currently streaming.
+    pub upstream_streams: Gauge,
+    /// Events received from upstreams and buffered.
+    pub events_received: Counter,
+    /// Events written to clients (one per client per event).
+    pub events_delivered: Counter,
+    /// Bytes written to SSE clients.
+    pub bytes_out: Counter,
+    /// Subscriptions resumed exactly from the buffer.
+    pub resumes: Counter,
+    /// Subscriptions whose Last-Event-ID was not in the buffer.
+    pub gaps: Counter,
+    /// Clients disconnected for falling behind the buffer.
+    pub slow_disconnects: Counter,
+    /// Upstream events dropped for exceeding `max_event_bytes`.
+    pub events_dropped: Counter,
+    /// Events an upstream sent again after a reconnect, dropped.
+    pub repeats_dropped: Counter,
+    /// Upstream streams that ended or broke and were reopened.
+    pub upstream_reconnects: Counter,
+    /// Failed upstream attempts for streams.
+    pub upstream_failures: Counter,
+    /// Requests refused for the route's `max_clients`.
+    pub refused: Counter,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric registered under the `ssegate_` prefix.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("ssegate");
+        let metrics = Metrics {
+            connections: Gauge::default(),
+            connections_refused: Counter::default(),
+            write_stalls: Counter::default(),
+            buffer_bytes: Gauge::default(),
+            cap_evictions: Counter::default(),
+            reloads: Family::default(),
+            subscriptions: Family::default(),
+            streams: Family::default(),
+            upstream_streams: Family::default(),
+            events_received: Family::default(),
+            events_delivered: Family::default(),
+            bytes_out: Family::default(),
+            resumes: Family::default(),
+            gaps: Family::default(),
+            slow_disconnects: Family::default(),
+            events_dropped: Family::default(),
+            repeats_dropped: Family::default(),
+            upstream_reconnects: Family::default(),
+            upstream_failures: Family::default(),
+            refused: Family::default(),
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(duration_histogram),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "client_connections",
+            "Client connections open",
+            metrics.connections.clone(),
+        );
+        r.register(
+            "client_connections_refused",
+            "Client connections refused for max_connections",
+            metrics.connections_refused.clone(),
+        );
+        r.register(
+            "client_write_stalls",
+            "Connections closed because the client stopped reading",
+            metrics.write_stalls.clone(),
+        );
+        r.register(
+            "buffer_bytes",
+            "Bytes buffered for resume across all streams",
+            metrics.buffer_bytes.clone(),
+        );
+        r.register(
+            "buffer_cap_evictions",
+            "Events evicted early to stay under buffer_total_bytes",
+            metrics.cap_evictions.clone(),
+        );
+        r.register("reloads", "Config reloads by result", metrics.reloads.clone());
+        r.register(
+            "sse_subscriptions",
+            "SSE subscriptions open, by route",
+            metrics.subscriptions.clone(),
+        );
+        r.register("streams", "Live streams, by route", metrics.streams.clone());
+        r.register(
+            "upstream_streams",
+            "Upstream SSE requests streaming now, by route",
+            metrics.upstream_streams.clone(),
+        );
+        r.register(
+            "events_received",
+            "Events received from upstreams, by route",
+            metrics.events_received.clone(),
+        );
+        r.register(
+            "events_delivered",
+            "Events written to clients (one per client per event), by route",
+            metrics.events_delivered.clone(),
+        );
+        r.register(
+            "sse_bytes_out",
+            "Bytes written to SSE clients, by route",
+            metrics.bytes_out.clone(),
+        );
+        r.register(
+            "resumes",
+            "Subscriptions resumed exactly from the buffer, by route",
+            metrics.resumes.clone(),
+        );
+        r.register(
+            "gaps",
+            "Subscriptions whose Last-Event-ID was not in the buffer, by route",
+            metrics.gaps.clone(),
+        );
+        r.register(
+            "slow_client_disconnects",
+            "Clients disconnected for falling behind the buffer, by route",
+            metrics.slow_disconnects.clone(),
+        );
+        r.register(
+            "events_dropped",
+            "Upstream events dropped for exceeding max_event_bytes, by route",
+            metrics.events_dropped.clone(),
+        );
+        r.register(
+            "events_repeated",
+            "Events an upstream sent again after a reconnect, dropped, by route",
+            metrics.repeats_dropped.clone(),
+        );
+        r.register(
+            "upstream_reconnects",
+            "Upstream streams reopened after they ended or broke, by route",
+            metrics.upstream_reconnects.clone(),
+        );
+        r.register(
+            "upstream_failures",
+            "Failed upstream attempts for streams, by route",
+            metrics.upstream_failures.clone(),
+        );
+        r.register(
+            "route_refused",
+            "Requests refused for the route's max_clients, by route",
+            metrics.refused.clone(),
+        );
+        r.register(
+            "requests",
+            "Pass-through requests, by route and status class",
+            metrics.requests.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Pass-through request duration until the response body ended, by route",
+            metrics.request_duration.clone(),
+        );
+        Metrics { registry, ..metrics }
+    }
+
+    /// The handles of `route`.
+    pub fn route(self: &std::sync::Arc<Self>, route: &str) -> RouteMetrics {
+        let label = RouteLabel {
+            route: route.to_owned(),
+        };
+        RouteMetrics {
+            route: route.to_owned(),
+            subscriptions: self.subscriptions.get_or_create_owned(&label),
+            streams: self.streams.get_or_create_owned(&label),
+            upstream_streams: self.upstream_streams.get_or_create_owned(&label),
+            events_received: self.events_received.get_or_create_owned(&label),
+            events_delivered: self.events_delivered.get_or_create_owned(&label),
+            bytes_out: self.bytes_out.get_or_create_owned(&label),
+            resumes: self.resumes.get_or_create_owned(&label),
+            gaps: self.gaps.get_or_create_owned(&label),
+            slow_disconnects: self.slow_disconnects.get_or_create_owned(&label),
+            events_dropped: self.events_dropped.get_or_create_owned(&label),
+            repeats_dropped: self.repeats_dropped.get_or_create_owned(&label),
+            upstream_reconnects: self.upstream_reconnects.get_or_create_owned(&label),
+            upstream_failures: self.upstream_failures.get_or_create_owned(&label),
+            refused: self.refused.get_or_create_owned(&label),
+            metrics: self.clone(),
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl RouteMetrics {
+    /// Records a finished pass-through request.
+    pub fn request(&self, status: http::StatusCode, seconds: f64) {
+        let labels = RequestLabels {
+            route: self.route.clone(),
+            class: status_class(status).to_owned(),
+        };
+        self.metrics.requests.get_or_create(&labels).inc();
+        self.metrics
+            .request_duration
+            .get_or_create(&RouteLabel {
+                route: self.route.clone(),
+            })
+            .observe(seconds);
+    }
+
+    /// The metrics these handles belong to.
+    pub fn all(&self) -> &Metrics {
+        &self.metrics
+    }
+}

@@ -1,0 +1,132 @@
+//! Per-connection state: requests in flight, and the deadlines of an idle connection.
+//!
+//! A connection with no request in flight is either waiting for its first request, idle
+//! between requests (keep-alive), or receiving a request head. Each has its own deadline:
+//! `header_read_timeout` from the accept or from the first byte of a head, `keepalive_timeout`
+//! from the end of the last response. A watchdog beside the connection closes it when the one in
+//! force passes. While a request is in flight (an SSE response lasts for hours) none applies.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// What the watchdog, the I/O wrapper and the requests of one connection share.
+#[derive(Debug)]
+pub struct ConnState {
+    inflight: AtomicUsize,
+    times: Mutex<Times>,
+    changed: Notify,
+}
+
+#[derive(Debug)]
+struct Times {
+    /// No request has started yet.
+    first: bool,
+    /// Accept, or the end of the last response.
+    idle_since: Instant,
+    /// First byte received while idle: a request head is on its way.
+    head_since: Option<Instant>,
+}
+
+/// Why the watchdog closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// A request head took longer than `header_read_timeout`.
+    Head,
+    /// Idle between requests longer than `keepalive_timeout`.
+    Idle,
+}
+
+/// One request in flight on a connection; dropped when its response body ends.
+#[derive(Debug)]
+pub struct InFlight(Arc<ConnState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.lock().idle_since = Instant::now();
+            self.0.changed.notify_one();
+        }
+    }
+}
+
+impl ConnState {
+    /// The state of a connection accepted now.
+    pub fn new() -> Arc<ConnState> {
+        Arc::new(ConnState {
+            inflight: AtomicUsize::new(0),
+            times: Mutex::new(Times {
+                first: true,
+                idle_since: Instant::now(),
+                head_since: None,
+            }),
+            changed: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Times> {
+        self.times.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A request's head arrived: no deadline until its response ends.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        let mut times = self.lock();
+        times.first = false;
+        times.head_since = None;
+        drop(times);
+        self.changed.notify_one();
+        InFlight(self.clone())
+    }
+
+    /// Bytes arrived. While idle, they start a request head and its deadline.
+    pub fn on_read(&self) {
+        if self.inflight.load(Ordering::Acquire) > 0 {
+            return;
+        }
+        let mut times = self.lock();
+        if times.head_since.is_none() {
+            times.head_since = Some(Instant::now());
+            drop(times);
+            self.changed.notify_one();
+        }
+    }
+
+    /// The deadline in force, if any.
+    fn deadline(&self, header: Duration, keepalive: Duration) -> Option<(Instant, Expiry)> {
+        if self.inflight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let times = self.lock();
+        Some(match (times.head_since, times.first) {
+            (Some(since), _) => (since + header, Expiry::Head),
+            (None, true) => (times.idle_since + header, Expiry::Head),
+            (None, false) => (times.idle_since + keepalive, Expiry::Idle),
+        })
+    }
+
+    /// Resolves when the connection has overstayed a deadline.
+    pub async fn expired(&self, header: Duration, keepalive: Duration) -> Expiry {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match self.deadline(header, keepalive) {
+                None => changed.await,
+                Some((deadline, why)) => {
+                    tokio::select! {
+                        () = changed => {}
+                        () = tokio::time::sleep_until(deadline) => {
+                            if self.deadline(header, keepalive).is_some_and(|(d, _)| d <= Instant::now()) {
+                                return why;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
