@@ -162,3 +162,153 @@ fn sigterm_stops_the_server_cleanly() {
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().any(|line| line.contains("stopped")), "{rest:?}");
 }
+
+/// A running `ssegate` process with its stderr lines collected.
+struct Running {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(config: &std::path::Path) -> Running {
+        use std::io::{BufRead, BufReader};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ssegate"))
+            .args(["--config", config.to_str().expect("utf-8 path")])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn ssegate");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running { child, lines }
+    }
+
+    /// Waits (bounded) for a log line containing `needle`.
+    fn wait_for(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line with {needle:?} within 10 s"),
+            }
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    fn wait_exit(&mut self, within: std::time::Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ssegate did not exit within {within:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The port in a "ssegate listening listen=127.0.0.1:PORT" log line.
+fn listen_addr(line: &str) -> String {
+    line.split("listen=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("listen address")
+        .to_owned()
+}
+
+/// A GET over a plain TCP connection; returns the status line.
+fn status_of(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.lines().next().unwrap_or("").to_owned()
+}
+
+#[test]
+fn sighup_reloads_the_config_file_and_a_bad_file_is_refused() {
+    let first = "listen = \"127.0.0.1:0\"\n[[route]]\npath = \"/a\"\nupstream = \"http://127.0.0.1:9\"\n";
+    let path = config_file("hup.toml", first);
+    let running = Running::start(&path);
+    let addr = listen_addr(&running.wait_for("ssegate listening"));
+    assert!(status_of(&addr, "/b").contains(" 404 "), "no /b route yet");
+    std::fs::write(
+        &path,
+        format!("{first}[[route]]\npath = \"/b\"\nupstream = \"http://127.0.0.1:9\"\n"),
+    )
+    .expect("write");
+    running.signal("HUP");
+    running.wait_for("config reloaded");
+    assert!(
+        status_of(&addr, "/b").contains(" 502 "),
+        "/b now routes (to a dead upstream)"
+    );
+    std::fs::write(
+        &path,
+        "listen = \"127.0.0.1:0\"\n[[route]]\npath = \"/a\"\nupstream = 3\n",
+    )
+    .expect("write");
+    running.signal("HUP");
+    let refused = running.wait_for("reload refused");
+    assert!(refused.contains("upstream"), "{refused}");
+    assert!(status_of(&addr, "/b").contains(" 502 "), "the old config stays");
+}
+
+#[test]
+fn a_second_stop_signal_exits_at_once() {
+    // An upstream that accepts and never answers holds a request (and so the drain) open.
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let upstream_addr = upstream.local_addr().expect("addr");
+    let path = config_file(
+        "second.toml",
+        &format!("listen = \"127.0.0.1:0\"\nshutdown_grace = \"1m\"\n[[route]]\npath = \"/\"\nupstream = \"http://{upstream_addr}\"\n"),
+    );
+    let mut running = Running::start(&path);
+    let addr = listen_addr(&running.wait_for("ssegate listening"));
+    let hung = std::thread::spawn(move || status_of(&addr, "/hang"));
+    let _accepted = upstream.accept().expect("the request reaches the upstream");
+    running.signal("TERM");
+    running.wait_for("draining");
+    running.signal("TERM");
+    let status = running.wait_exit(std::time::Duration::from_secs(5));
+    assert!(
+        !status.success(),
+        "an immediate exit is not a clean one: {status}"
+    );
+    drop(hung);
+}

@@ -37,23 +37,41 @@ pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>)
 /// [`stop`]: Sidecar::stop
 pub struct Sidecar {
     pub addr: SocketAddr,
+    /// The admin listener (always on in tests).
+    pub admin: SocketAddr,
+    pub control: ssegate::Control,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
 
 impl Sidecar {
-    /// Starts ssegate with the config in `toml` (its `listen` is replaced by 127.0.0.1:0).
+    /// Starts ssegate with the config in `toml` (its listeners moved to ephemeral ports).
     pub async fn start(toml: &str) -> Sidecar {
-        let mut config = Config::from_toml(toml, "test config").unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        let config = Config::from_toml(toml, "test config").unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        Sidecar::launch(config, None).await
+    }
+
+    /// Starts ssegate from the config file at `path`, so it can reload it.
+    pub async fn start_file(path: &std::path::Path) -> Sidecar {
+        let config = Config::load(path).unwrap_or_else(|e| panic!("{e}"));
+        Sidecar::launch(config, Some(path)).await
+    }
+
+    async fn launch(mut config: Config, path: Option<&std::path::Path>) -> Sidecar {
         config.listen = "127.0.0.1:0".parse().expect("addr");
-        let app = App::bind(config).await.expect("bind");
+        config.admin_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        let app = App::bind_from(config, path).await.expect("bind");
         let addr = app.local_addr();
+        let admin = app.admin_addr().expect("admin listener");
+        let control = app.control();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(app.run(async move {
             let _ = stopped.await;
         }));
         Sidecar {
             addr,
+            admin,
+            control,
             stop: Some(stop),
             task: Some(task),
         }
@@ -72,11 +90,51 @@ impl Sidecar {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// Asks ssegate to stop and waits until it has.
-    pub async fn stop(mut self) {
+    /// `http://admin{path}`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// The value of the metric line that starts with `series` (name and labels), 0 if absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = get(&self.admin_url("/metrics"), &[]).await.text();
+        metric_value(&text, series)
+    }
+
+    /// Waits until the metric `series` equals `value` (metrics of SSE deliveries are published
+    /// when a client's body catches up, a moment after the client has the bytes).
+    pub async fn metric_reaches(&self, series: &str, value: f64) {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let now = self.metric(series).await;
+            if now == value {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{series} is {now}, expected {value}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts a graceful stop without waiting for it.
+    pub fn begin_stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    /// Asks ssegate to stop and waits until it has.
+    pub async fn stop(mut self) {
+        self.begin_stop();
+        if let Some(task) = self.task.take() {
+            within("ssegate to stop", task).await.expect("app task");
+        }
+    }
+
+    /// Waits for a stop begun with [`Sidecar::begin_stop`] to complete.
+    pub async fn stopped(mut self) {
         if let Some(task) = self.task.take() {
             within("ssegate to stop", task).await.expect("app task");
         }
@@ -89,6 +147,17 @@ impl Drop for Sidecar {
             let _ = stop.send(());
         }
     }
+}
+
+/// The value of the line of `text` (Prometheus text) that starts with `series`, 0 if none.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
 }
 
 /// Starts logging for a test run once, at the level `RUST_LOG` asks for (off by default).
