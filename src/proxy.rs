@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body as _;
-use http_body_util::{Either, Limited};
+use http_body_util::{Either, Empty, Limited};
 use hyper::body::Incoming;
 
 pub use body::{AccessLog, ProxyBody};
@@ -24,7 +24,34 @@ use crate::metrics::Metrics;
 use crate::route::{RouteEntry, Router};
 use crate::server::InFlight;
 use crate::upstream::headers::strip_hop_by_hop;
-use crate::upstream::UpstreamError;
+use crate::upstream::{UpstreamBody, UpstreamError};
+
+/// A request body ssegate can send upstream: the client's streamed body (bounded by the
+/// route's `max_request_body`), or none (a request head read by the server's lean path).
+pub trait RequestBody: Send + 'static {
+    /// The body as sent upstream, cut off at `limit` bytes.
+    fn upstream(self, limit: usize) -> UpstreamBody;
+    /// The smallest size the body can have.
+    fn declared_len(&self) -> u64;
+}
+
+impl RequestBody for Incoming {
+    fn upstream(self, limit: usize) -> UpstreamBody {
+        Either::Left(Limited::new(self, limit))
+    }
+    fn declared_len(&self) -> u64 {
+        self.size_hint().lower()
+    }
+}
+
+impl RequestBody for () {
+    fn upstream(self, _limit: usize) -> UpstreamBody {
+        Either::Right(Empty::new())
+    }
+    fn declared_len(&self) -> u64 {
+        0
+    }
+}
 
 /// The service behind every connection. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -72,11 +99,19 @@ impl Proxy {
         self.inner.hub.reconfigure(&router, config.buffer_total_bytes);
     }
 
+    /// Whether `request` (a head, with no body) would be an SSE subscription: the server serves
+    /// those on its lean path.
+    pub fn is_subscription_head<B>(&self, request: &Request<B>) -> bool {
+        self.router()
+            .find(request.uri().path())
+            .is_some_and(|route| is_subscription(route.config.sse, request))
+    }
+
     /// Serves one request from the client at `remote`; `in_flight` keeps it counted on its
     /// connection until the response ends.
-    pub async fn handle(
+    pub async fn handle<B: RequestBody>(
         &self,
-        request: Request<Incoming>,
+        request: Request<B>,
         remote: SocketAddr,
         in_flight: InFlight,
     ) -> Response<ProxyBody> {
@@ -138,10 +173,10 @@ impl Proxy {
     /// An SSE subscription: joins (or opens) the stream for its key and answers 200 with a
     /// subscriber body. Not a subscription after all (the upstream's definitive answer, or the
     /// request passed through): `Err`, to be logged as a plain request.
-    async fn subscribe(
+    async fn subscribe<B: RequestBody>(
         &self,
         route: &Arc<RouteEntry>,
-        request: Request<Incoming>,
+        request: Request<B>,
         remote: SocketAddr,
         admission: crate::route::Admission,
     ) -> Result<Response<ProxyBody>, (Response<ProxyBody>, Option<crate::route::Admission>)> {
@@ -223,14 +258,14 @@ fn upstream_template<B>(
 }
 
 /// Passes a request through to the route's upstream and streams the answer back.
-async fn pass_through(
+async fn pass_through<B: RequestBody>(
     route: &RouteEntry,
-    request: Request<Incoming>,
+    request: Request<B>,
     remote: SocketAddr,
 ) -> Response<ProxyBody> {
     let settings = &route.config.settings;
     let max_body = settings.max_request_body;
-    if request.body().size_hint().lower() > max_body {
+    if request.body().declared_len() > max_body {
         return error_response(StatusCode::PAYLOAD_TOO_LARGE, "ssegate: request body too large\n");
     }
     let method = request.method().clone();
@@ -238,10 +273,9 @@ async fn pass_through(
     // A body without a declared length is counted as it streams; past the limit the upstream
     // request fails and the client gets 413.
     let limited = usize::try_from(max_body).unwrap_or(usize::MAX);
-    let request = route.client.prepare(
-        request.map(|body| Either::Left(Limited::new(body, limited))),
-        remote,
-    );
+    let request = route
+        .client
+        .prepare(request.map(|body| body.upstream(limited)), remote);
     let sent = route.client.send(request);
     let result = match settings.upstream_response_timeout {
         Some(limit) => tokio::time::timeout(limit, sent)

@@ -2,10 +2,13 @@
 //! graceful stop.
 
 mod conn;
+mod h1;
 mod io;
 
 pub use conn::{ConnState, Expiry, InFlight};
 pub use io::ConnIo;
+
+use h1::{Prefixed, Sniffed};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -94,7 +97,10 @@ pub async fn serve(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_REQUEST_HEAD_BYTES as u32);
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    let lean = Tracker::default();
+    let (stopping, stop_seen) = tokio::sync::watch::channel(false);
     let open = Arc::new(AtomicUsize::new(0));
     tokio::pin!(shutdown);
     loop {
@@ -126,6 +132,14 @@ pub async fn serve(
             tokio::spawn(refuse(stream, remote, limits.header_read_timeout, guard));
             continue;
         }
+        let connection = Connection {
+            proxy: proxy.clone(),
+            builder: builder.clone(),
+            watcher: graceful.watcher(),
+            lean: lean.clone(),
+            stop_seen: stop_seen.clone(),
+            remote,
+        };
         let state = ConnState::new();
         let io = ConnIo::new(
             stream,
@@ -133,22 +147,9 @@ pub async fn serve(
             limits.write_timeout,
             metrics.write_stalls.clone(),
         );
-        let proxy = proxy.clone();
-        let requests = state.clone();
-        let service = service_fn(move |request| {
-            let proxy = proxy.clone();
-            let in_flight = requests.begin();
-            async move { Ok::<_, std::convert::Infallible>(proxy.handle(request, remote, in_flight).await) }
-        });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(io), service).into_owned());
-        tokio::spawn(async move {
-            let _guard = guard;
+        let task = async move {
             tokio::select! {
-                result = connection => {
-                    if let Err(error) = result {
-                        log_connection_error(remote, error.as_ref());
-                    }
-                }
+                () = connection.serve(io, state.clone(), guard) => {}
                 why = state.expired(limits.header_read_timeout, limits.keepalive_timeout) => {
                     match why {
                         Expiry::Head => tracing::debug!(%remote, fault = "client", "request head not complete within header_read_timeout; closing"),
@@ -156,17 +157,131 @@ pub async fn serve(
                     }
                 }
             }
-        });
+        };
+        tokio::spawn(task);
     }
     drop(listener);
+    let _ = stopping.send(true);
     before_drain();
     let grace = limits
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .grace;
-    tracing::info!(open_connections = graceful.count(), grace = ?grace, "stopped accepting; draining connections");
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    tracing::info!(open_connections = open.load(Ordering::Acquire), grace = ?grace, "stopped accepting; draining connections");
+    let drained = async {
+        graceful.shutdown().await;
+        lean.idle().await;
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!("grace period over; closing the connections still open");
+    }
+}
+
+/// What one connection's task needs.
+struct Connection {
+    proxy: Proxy,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+    lean: Tracker,
+    stop_seen: tokio::sync::watch::Receiver<bool>,
+    remote: SocketAddr,
+}
+
+impl Connection {
+    /// Reads the first request head; serves an SSE subscription on the lean path, and anything
+    /// else with hyper (which then serves the rest of the connection).
+    async fn serve(self, mut io: ConnIo<TcpStream>, state: Arc<ConnState>, guard: Open) {
+        let remote = self.remote;
+        let mut stop_seen = self.stop_seen.clone();
+        let counted = self.lean.enter();
+        let sniffing = async {
+            tokio::select! {
+                sniffed = h1::sniff(&mut io, &self.proxy) => Some(sniffed),
+                // Stopping before a request arrived: close.
+                _ = stop_seen.wait_for(|stopping| *stopping) => None,
+            }
+        };
+        let request = match Box::pin(sniffing).await {
+            Some(Ok(Sniffed::Subscription(request))) => request,
+            Some(Ok(Sniffed::Other(prefix))) => {
+                drop(counted);
+                return self.hyper(prefix, io, state, guard).await;
+            }
+            Some(Ok(Sniffed::Closed)) | None => return,
+            Some(Err(error)) => return log_connection_error(remote, &error),
+        };
+        let response = Box::pin(self.proxy.handle(request, remote, state.begin())).await;
+        // The response goes on in a task of its own, holding only what it needs: an idle SSE
+        // client costs that task, not this one's largest state.
+        let writer = h1::Writer::new(io, response);
+        tokio::spawn(async move {
+            let _open = guard;
+            let _counted = counted;
+            if let Err(error) = writer.await {
+                log_connection_error(remote, &error);
+            }
+        });
+    }
+
+    /// Hands the connection to hyper, with the bytes already read replayed first.
+    fn hyper(
+        self,
+        prefix: bytes::Bytes,
+        io: ConnIo<TcpStream>,
+        state: Arc<ConnState>,
+        guard: Open,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        let remote = self.remote;
+        let proxy = self.proxy;
+        let service = service_fn(move |request| {
+            let proxy = proxy.clone();
+            let in_flight = state.begin();
+            async move { Ok::<_, std::convert::Infallible>(proxy.handle(request, remote, in_flight).await) }
+        });
+        let io = TokioIo::new(Prefixed::new(prefix, io));
+        let connection = self
+            .watcher
+            .watch(self.builder.serve_connection(io, service).into_owned());
+        Box::pin(async move {
+            let _open = guard;
+            if let Err(error) = connection.await {
+                log_connection_error(remote, error.as_ref());
+            }
+        })
+    }
+}
+
+/// Counts the connections on the lean path, so a drain can wait for them as hyper's graceful
+/// shutdown waits for its own.
+#[derive(Clone, Default)]
+struct Tracker(Arc<(AtomicUsize, tokio::sync::Notify)>);
+
+struct Entered(Tracker);
+
+impl Tracker {
+    fn enter(&self) -> Entered {
+        self.0 .0.fetch_add(1, Ordering::AcqRel);
+        Entered(self.clone())
+    }
+
+    async fn idle(&self) {
+        loop {
+            let notified = self.0 .1.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.0 .0.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        if self.0 .0 .0.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0 .0 .1.notify_waiters();
+        }
     }
 }
 

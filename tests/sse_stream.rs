@@ -125,3 +125,55 @@ async fn sse_setting_decides_what_is_a_subscription() {
     let mut client = SseClient::connect(&proxy.url("/always"), &[("accept", "*/*")]).await;
     client.read_until("retry: 3000\n").await;
 }
+
+#[tokio::test]
+async fn subscriptions_served_by_hyper_behave_the_same() {
+    // The first request of a connection is read by ssegate's lean path; an SSE subscription
+    // that comes later on a keep-alive connection, or over HTTP/2, is served by hyper.
+    use http_body_util::BodyExt;
+    let app = SseApp::start().await;
+    let proxy = Sidecar::route("/", app.addr(), "").await;
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    app.answer_with(StatusCode::OK, "text/plain", "plain");
+    let plain = client
+        .get(proxy.url("/first").parse().expect("uri"))
+        .await
+        .expect("plain request");
+    let _ = plain.into_body().collect().await;
+    app.stream_again();
+    let request = http::Request::get(proxy.url("/events"))
+        .header("accept", "text/event-stream")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let response = within("subscription on the same connection", client.request(request))
+        .await
+        .expect("response");
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    assert_eq!(app.connections(), 1, "the plain request's connection was reused");
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let request = http::Request::get(proxy.url("/events"))
+        .header("accept", "text/event-stream")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let over_h2 = within("subscription over h2", h2.request(request))
+        .await
+        .expect("response");
+    assert_eq!(over_h2.version(), http::Version::HTTP_2);
+    let mut bodies = [response.into_body(), over_h2.into_body()];
+    app.wait_requests(2).await;
+    app.send("data: both\n\n");
+    for body in &mut bodies {
+        let mut text = String::new();
+        while !text.contains("data: both\n\n") {
+            let frame = within("an event", body.frame())
+                .await
+                .expect("frame")
+                .expect("ok");
+            text.push_str(&String::from_utf8_lossy(&frame.into_data().unwrap_or_default()));
+        }
+        assert!(text.starts_with("retry: 3000\n"), "{text:?}");
+    }
+}

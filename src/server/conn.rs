@@ -6,6 +6,7 @@
 //! from the end of the last response. A watchdog beside the connection closes it when the one in
 //! force passes. While a request is in flight (an SSE response lasts for hours) none applies.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -110,16 +111,24 @@ impl ConnState {
 
     /// Resolves when the connection has overstayed a deadline.
     pub async fn expired(&self, header: Duration, keepalive: Duration) -> Expiry {
+        // The timer is boxed and made only when a deadline is in force: a connection with a
+        // request in flight (an SSE client, for hours) carries none.
+        let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             match self.deadline(header, keepalive) {
-                None => changed.await,
+                None => {
+                    timer = None;
+                    changed.await;
+                }
                 Some((deadline, why)) => {
+                    let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    sleep.as_mut().reset(deadline);
                     tokio::select! {
                         () = changed => {}
-                        () = tokio::time::sleep_until(deadline) => {
+                        () = sleep.as_mut() => {
                             if self.deadline(header, keepalive).is_some_and(|(d, _)| d <= Instant::now()) {
                                 return why;
                             }
