@@ -303,9 +303,13 @@ def scenario_capacity(args):
                 p.stop()
             lost = report["gaps"] + report["duplicates"] + report["errors"] + report["failed"]
             p99_ms = report["latency_us"]["p99"] / 1000
-            ok = lost == 0 and p99_ms <= 100
+            # Sustained: what was offered (clients × rate) arrived, in time, and nothing lost.
+            # An app that cannot feed every connection at the rate shows up here as a shortfall.
+            offered = args.capacity_clients * rate
+            delivered = report["events_per_s"] / offered
+            ok = lost == 0 and p99_ms <= 100 and delivered >= 0.95
             step = {"rate": rate, "events_per_s": report["events_per_s"], "p99_ms": p99_ms,
-                    "lost": lost, "ok": ok}
+                    "lost": lost, "delivered_share": delivered, "ok": ok}
             steps.append(step)
             print(f"capacity {name}: {step}", flush=True)
             if not ok:
@@ -317,17 +321,28 @@ def scenario_capacity(args):
 
 
 def scenario_single(args):
+    # The three paths read the same app at the same time, so each event is measured through all
+    # of them under the same conditions: the difference is what the proxy adds, not noise
+    # between runs.
+    app = start_app("1ms", 200)
+    nginx = start_nginx(app.port)
+    ssegate = start_ssegate(app.port)
+    ports = {"direct": app.port, "nginx": nginx.port, "ssegate": ssegate.port}
+    running = {name: loadgen(args, port, clients=1, warmup="1s", duration=f"{args.window}s")
+               for name, port in ports.items()}
     rows = {}
-    for name in ("direct", "nginx", "ssegate"):
-        app = start_app("1ms", 200)
-        proxy, port = with_proxy(name, app)
-        report = run_loadgen(args, port, clients=1, warmup="1s", duration=f"{args.window}s")
+    for name, proc in running.items():
+        report = None
+        for line in proc.stdout:
+            data = json.loads(line)
+            if "phase" not in data:
+                report = data
+        proc.wait()
         rows[name] = {"events_per_s": report["events_per_s"], "latency_us": report["latency_us"],
                       "gaps": report["gaps"]}
         print(f"single {name}: {rows[name]}", flush=True)
-        for p in (proxy, app):
-            if p:
-                p.stop()
+    for p in (ssegate, nginx, app):
+        p.stop()
     RESULTS["single"] = rows
 
 
@@ -435,15 +450,14 @@ def render(args, started, seconds):
         lines.append("")
     if "capacity" in r:
         c = r["capacity"]
-        lines.append(f"### Fan-out capacity: {args.capacity_clients} clients, rate raised until p99 > 100 ms or an event is lost")
+        lines.append(f"### Fan-out capacity: {args.capacity_clients} clients, rate raised until p99 > 100 ms, an event is lost, or under 95% of the offered events arrive")
         lines.append("")
-        lines.append("| | steps (events/s per client → delivered events/s, p99) | highest sustained |")
+        lines.append("| | steps (events/s per client → delivered events/s (share of offered), p99; ✗ = not sustained) | highest sustained |")
         lines.append("| --- | --- | ---: |")
         for name in ("nginx", "ssegate"):
             x = c[name]
-            steps = "; ".join(f"{s['rate']} → {s['events_per_s']:.0f}, {s['p99_ms']:.1f} ms"
-                              + ("" if s["ok"] else f" (failed: lost {s['lost']})" if s["lost"] else (" (failed)" if not s["ok"] else ""))
-                              for s in x["steps"])
+            steps = "; ".join(f"{s['rate']} → {s['events_per_s']:.0f} ({s['delivered_share']:.0%}), {s['p99_ms']:.1f} ms"
+                              + ("" if s["ok"] else " ✗") for s in x["steps"])
             lines.append(f"| {name} | {steps} | {x['best_events_per_s']:.0f} events/s |")
         ratio = c["ssegate"]["best_events_per_s"] / max(c["nginx"]["best_events_per_s"], 1)
         lines.append("")
@@ -451,7 +465,7 @@ def render(args, started, seconds):
         lines.append("")
     if "single" in r:
         s = r["single"]
-        lines.append("### Single stream: 1 client, 1,000 events/s")
+        lines.append("### Single stream: 1 client per path, 1,000 events/s (the three paths read the same app at once)")
         lines.append("")
         lines.append("| | events/s | p50 | p99 | p99.9 | max |")
         lines.append("| --- | ---: | ---: | ---: | ---: | ---: |")
@@ -501,7 +515,7 @@ def main():
     parser.add_argument("--only", nargs="*", default=["idle", "fanout", "capacity", "single", "resume"])
     parser.add_argument("--idle-clients", type=int, default=15000)
     parser.add_argument("--capacity-clients", type=int, default=1000)
-    parser.add_argument("--capacity-rates", type=int, nargs="*", default=[100, 250, 500, 1000, 2000, 4000])
+    parser.add_argument("--capacity-rates", type=int, nargs="*", default=[100, 200, 300, 400, 500, 600, 750, 1000])
     parser.add_argument("--resume-clients", type=int, default=5000)
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
