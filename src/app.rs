@@ -14,10 +14,14 @@ use crate::hub::Hub;
 use crate::metrics::{Metrics, ReloadLabels};
 use crate::proxy::Proxy;
 use crate::server::{self, Limits};
+use crate::tls::{self, Acceptor, TlsError};
 
 /// Why ssegate could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// A listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -38,6 +42,9 @@ pub enum ReloadError {
     /// The file is not a valid config.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The new certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// A bound, ready-to-run ssegate. Tests bind `127.0.0.1:0` and read [`App::local_addr`].
@@ -64,6 +71,7 @@ struct ControlInner {
     hub: Hub,
     metrics: Arc<Metrics>,
     limits: Arc<RwLock<Limits>>,
+    tls: Option<Acceptor>,
     draining: AtomicBool,
     /// One reload at a time.
     reloading: Mutex<()>,
@@ -77,6 +85,14 @@ impl App {
 
     /// Like [`App::bind`], remembering the file `config` came from, for reloads.
     pub async fn bind_from(config: Config, path: Option<&Path>) -> Result<App, AppError> {
+        let tls = match &config.tls {
+            Some(settings) => {
+                let loaded = tls::load(settings)?;
+                tracing::info!(subject = %loaded.subject, not_after = %loaded.not_after, "TLS certificate loaded");
+                Some(Acceptor::new(tls::server_config(&loaded, settings.min_version)?))
+            }
+            None => None,
+        };
         let bind = |addr: SocketAddr| async move {
             let bind_error = |source| AppError::Bind { addr, source };
             let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
@@ -98,6 +114,7 @@ impl App {
             inner: Arc::new(ControlInner {
                 config_path: path.map(Path::to_path_buf),
                 limits: Arc::new(RwLock::new(Limits::of(&config))),
+                tls,
                 config: RwLock::new(Arc::new(config)),
                 proxy,
                 hub,
@@ -160,6 +177,7 @@ impl App {
             move || hub.shutdown(),
             control.inner.limits.clone(),
             control.inner.metrics.clone(),
+            control.inner.tls.clone(),
         )
         .await;
         let _ = admin_stop.send(());
@@ -201,7 +219,7 @@ impl Control {
         let result = match &self.inner.config_path {
             Some(path) => Config::load(path)
                 .map_err(ReloadError::from)
-                .map(|config| self.apply(config)),
+                .and_then(|config| self.apply(config)),
             None => Err(ReloadError::NoFile),
         };
         let outcome = if result.is_ok() { "ok" } else { "error" };
@@ -218,15 +236,31 @@ impl Control {
         result
     }
 
-    /// Swaps in `config`: routes and settings at once. Listen addresses cannot change without a
-    /// restart; a change there is logged and ignored.
-    pub fn apply(&self, mut config: Config) {
+    /// Swaps in `config`: routes, settings and the TLS certificate at once (new handshakes use
+    /// the new certificate; open connections keep theirs). Listen addresses, and turning TLS on
+    /// or off, take a restart; such a change is logged and ignored. A certificate that cannot be
+    /// used refuses the whole reload.
+    pub fn apply(&self, mut config: Config) -> Result<(), ReloadError> {
         let _one_at_a_time = self
             .inner
             .reloading
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let old = self.config();
+        match (&self.inner.tls, &config.tls) {
+            (Some(acceptor), Some(settings)) => {
+                let loaded = tls::load(settings)?;
+                acceptor.replace(tls::server_config(&loaded, settings.min_version)?);
+                tracing::info!(subject = %loaded.subject, not_after = %loaded.not_after, "TLS certificate reloaded");
+            }
+            (None, None) => {}
+            _ => {
+                tracing::warn!(
+                    "turning TLS on or off takes effect on restart only; keeping the listener as it is"
+                );
+                config.tls = old.tls.clone();
+            }
+        }
         if config.listen != old.listen || config.admin_listen != old.admin_listen {
             tracing::warn!(
                 "listen and admin_listen take effect on restart only; keeping the addresses in use"
@@ -239,5 +273,6 @@ impl Control {
         let routes = config.routes.len();
         *self.inner.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
         tracing::info!(routes, "config reloaded");
+        Ok(())
     }
 }

@@ -11,7 +11,7 @@ mod value;
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
@@ -122,6 +122,26 @@ pub enum KeyPart {
     Header(HeaderName),
 }
 
+/// The lowest TLS version accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    V1_2,
+    /// TLS 1.3 only.
+    V1_3,
+}
+
+/// `[tls]`: certificate and key of the public listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// PEM file with the certificate, then its chain.
+    pub cert: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Lowest version accepted.
+    pub min_version: TlsVersion,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -129,6 +149,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Admin listener address, if any.
     pub admin_listen: Option<SocketAddr>,
+    /// TLS for the public listener, if set.
+    pub tls: Option<TlsSettings>,
     /// Cap on bytes buffered for resume across all streams.
     pub buffer_total_bytes: u64,
     /// How long a stop waits for requests in flight.
@@ -215,7 +237,13 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Config::from_toml(&text, &path.display().to_string())
+        let mut config = Config::from_toml(&text, &path.display().to_string())?;
+        // Files named in the config are found beside it, like an include.
+        if let (Some(tls), Some(dir)) = (config.tls.as_mut(), path.parent()) {
+            tls.cert = dir.join(&tls.cert);
+            tls.key = dir.join(&tls.key);
+        }
+        Ok(config)
     }
 
     /// Parses and validates `text`; `origin` names it in errors (usually the file path).
@@ -275,6 +303,35 @@ impl Config {
             .max_connections
             .as_ref()
             .map_or(Some(DEFAULT_MAX_CONNECTIONS), |v| v.get_ref().0);
+        let tls = match &raw.tls {
+            None => None,
+            Some(tls) => {
+                let file = |value: &Spanned<String>, key: &str| {
+                    if value.get_ref().trim().is_empty() {
+                        return Err(source.error(
+                            value.span(),
+                            format!("key `{key}` in [tls]: a file path is needed"),
+                        ));
+                    }
+                    Ok(PathBuf::from(value.get_ref()))
+                };
+                let min_version = match tls.min_version.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
+                    None | Some(("1.2", _)) => TlsVersion::V1_2,
+                    Some(("1.3", _)) => TlsVersion::V1_3,
+                    Some((other, span)) => {
+                        return Err(source.error(
+                            span,
+                            format!("key `min_version` in [tls]: {other:?} is not \"1.2\" or \"1.3\""),
+                        ));
+                    }
+                };
+                Some(TlsSettings {
+                    cert: file(&tls.cert, "cert")?,
+                    key: file(&tls.key, "key")?,
+                    min_version,
+                })
+            }
+        };
         let mut routes: Vec<(Route, std::ops::Range<usize>)> = Vec::new();
         for raw_route in &raw.routes {
             let route = resolve_route(&source, raw_route.get_ref(), &defaults)?;
@@ -290,6 +347,7 @@ impl Config {
         Ok(Config {
             listen,
             admin_listen,
+            tls,
             buffer_total_bytes: raw
                 .buffer_total_bytes
                 .map_or(DEFAULT_BUFFER_TOTAL_BYTES, |v| v.into_inner().0),
@@ -609,6 +667,27 @@ impl fmt::Display for Config {
             "client_write_timeout = \"{}\"",
             format_duration(self.client_write_timeout)
         )?;
+        writeln!(f, "max_connections = {}", format_limit(self.max_connections))?;
+        writeln!(
+            f,
+            "header_read_timeout = \"{}\"",
+            format_duration(self.header_read_timeout)
+        )?;
+        writeln!(
+            f,
+            "keepalive_timeout = \"{}\"",
+            format_duration(self.keepalive_timeout)
+        )?;
+        if let Some(tls) = &self.tls {
+            writeln!(f, "\n[tls]")?;
+            writeln!(f, "cert = {:?}", tls.cert.display().to_string())?;
+            writeln!(f, "key = {:?}", tls.key.display().to_string())?;
+            let version = match tls.min_version {
+                TlsVersion::V1_2 => "1.2",
+                TlsVersion::V1_3 => "1.3",
+            };
+            writeln!(f, "min_version = \"{version}\"")?;
+        }
         for route in &self.routes {
             let s = &route.settings;
             writeln!(f, "\n[[route]]")?;
@@ -647,6 +726,17 @@ impl fmt::Display for Config {
                 "upstream_down_grace = \"{}\"",
                 format_toggle(s.upstream_down_grace)
             )?;
+            writeln!(
+                f,
+                "max_clients = {}",
+                format_limit(s.max_clients.map(|n| n as u64))
+            )?;
+            writeln!(
+                f,
+                "upstream_response_timeout = \"{}\"",
+                format_toggle(s.upstream_response_timeout)
+            )?;
+            writeln!(f, "max_request_body = \"{}\"", format_size(s.max_request_body))?;
         }
         Ok(())
     }

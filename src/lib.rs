@@ -12,6 +12,7 @@
 //! - [`upstream`]: the pooled client to apps and the header rules of a proxy.
 //! - [`route`]: routes ready to serve and the longest-prefix router.
 //! - [`demo`]: the naive app of `ssegate demo`.
+//! - [`tls`]: certificates, the rustls config, the swappable acceptor.
 //! - [`metrics`]: every counter and gauge, exported in the Prometheus format.
 //! - [`admin`]: the admin listener: metrics, health, readiness, streams, reload.
 //! - [`app`]: binds the listener and runs everything until a shutdown future resolves.
@@ -37,6 +38,7 @@ pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod sse;
+pub mod tls;
 pub mod upstream;
 
 pub use app::{App, AppError, Control, ReloadError};

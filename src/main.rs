@@ -59,23 +59,34 @@ fn main() -> ExitCode {
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    match Config::load(path) {
-        Ok(config) => {
-            use std::io::Write;
-            // A closed stdout (`| head`) is not an error of the config.
-            let mut out = std::io::stdout().lock();
-            let _ = write!(
-                out,
-                "# {}: valid. Effective settings:\n\n{config}",
-                path.display()
-            );
-            ExitCode::SUCCESS
-        }
+    let config = match Config::load(path) {
+        Ok(config) => config,
         Err(error) => {
             eprintln!("error: {error}");
-            ExitCode::from(2)
+            return ExitCode::from(2);
         }
+    };
+    let certificate = match config.tls.as_ref().map(ssegate::tls::load) {
+        Some(Err(error)) => {
+            eprintln!("error: [tls]: {error}");
+            return ExitCode::from(2);
+        }
+        Some(Ok(loaded)) => Some(loaded),
+        None => None,
+    };
+    use std::io::Write;
+    // A closed stdout (`| head`) is not an error of the config.
+    let mut out = std::io::stdout().lock();
+    let _ = write!(out, "# {}: valid. Effective settings:\n", path.display());
+    if let Some(loaded) = certificate {
+        let _ = write!(
+            out,
+            "# TLS certificate: {}, valid until {}\n",
+            loaded.subject, loaded.not_after
+        );
     }
+    let _ = write!(out, "\n{config}");
+    ExitCode::SUCCESS
 }
 
 /// Runs ssegate with the config at `path`, or (demo) with the naive app behind it.

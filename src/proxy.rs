@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::route::{RouteEntry, Router};
 use crate::server::InFlight;
 use crate::upstream::headers::strip_hop_by_hop;
-use crate::upstream::{UpstreamBody, UpstreamError};
+use crate::upstream::{Peer, UpstreamBody, UpstreamError};
 
 /// A request body ssegate can send upstream: the client's streamed body (bounded by the
 /// route's `max_request_body`), or none (a request head read by the server's lean path).
@@ -116,6 +116,10 @@ impl Proxy {
         in_flight: InFlight,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
+        let peer = Peer {
+            addr: remote,
+            secure: in_flight.secure(),
+        };
         let route = self.router().find(request.uri().path()).cloned();
         let (method, path) = (request.method().clone(), request.uri().path().to_owned());
         let log = |status, route: Option<&RouteEntry>| AccessLog {
@@ -154,7 +158,7 @@ impl Proxy {
             return finish(response, log, in_flight);
         };
         if is_subscription(route.config.sse, &request) {
-            return match self.subscribe(&route, request, remote, admission).await {
+            return match self.subscribe(&route, request, peer, admission).await {
                 Ok(response) => response.map(|body| body.hold(in_flight)),
                 Err((response, admission)) => {
                     let mut log = log(response.status(), Some(&route));
@@ -164,7 +168,7 @@ impl Proxy {
             };
         }
         let mut entry = log(StatusCode::OK, Some(&route));
-        let response = pass_through(&route, request, remote).await;
+        let response = pass_through(&route, request, peer).await;
         entry.status = response.status();
         entry.admission = Some(admission);
         finish(response, entry, in_flight)
@@ -177,7 +181,7 @@ impl Proxy {
         &self,
         route: &Arc<RouteEntry>,
         request: Request<B>,
-        remote: SocketAddr,
+        remote: Peer,
         admission: crate::route::Admission,
     ) -> Result<Response<ProxyBody>, (Response<ProxyBody>, Option<crate::route::Admission>)> {
         let hub = &self.inner.hub;
@@ -230,7 +234,7 @@ fn finish(response: Response<ProxyBody>, log: AccessLog, in_flight: InFlight) ->
 fn upstream_template<B>(
     route: &RouteEntry,
     request: &Request<B>,
-    remote: SocketAddr,
+    remote: Peer,
     shared: bool,
     resume_from: Option<&str>,
 ) -> Template {
@@ -261,7 +265,7 @@ fn upstream_template<B>(
 async fn pass_through<B: RequestBody>(
     route: &RouteEntry,
     request: Request<B>,
-    remote: SocketAddr,
+    remote: Peer,
 ) -> Response<ProxyBody> {
     let settings = &route.config.settings;
     let max_body = settings.max_request_body;

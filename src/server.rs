@@ -23,11 +23,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::tls::Acceptor;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Largest request head (request line and headers) accepted from a client, in bytes.
 pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
@@ -84,6 +86,7 @@ pub async fn serve(
     before_drain: impl FnOnce(),
     limits: Arc<RwLock<Limits>>,
     metrics: Arc<Metrics>,
+    tls: Option<Acceptor>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Request-head deadlines are the connection watchdog's (see `conn`), so hyper's own timer,
@@ -127,9 +130,20 @@ pub async fn serve(
             count: open.clone(),
             metrics: metrics.clone(),
         };
+        let handshake = tls.as_ref().map(Acceptor::current);
         if limits.max_connections.is_some_and(|max| count as u64 > max) {
             metrics.connections_refused.inc();
-            tokio::spawn(refuse(stream, remote, limits.header_read_timeout, guard));
+            tokio::spawn(async move {
+                let timeout = limits.header_read_timeout;
+                match handshake {
+                    None => refuse(stream, remote, timeout, guard).await,
+                    Some(acceptor) => {
+                        if let Ok(Ok(tls)) = tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                            refuse(tls, remote, timeout, guard).await;
+                        }
+                    }
+                }
+            });
             continue;
         }
         let connection = Connection {
@@ -140,7 +154,7 @@ pub async fn serve(
             stop_seen: stop_seen.clone(),
             remote,
         };
-        let state = ConnState::new();
+        let state = ConnState::new(handshake.is_some());
         let io = ConnIo::new(
             stream,
             state.clone(),
@@ -148,8 +162,23 @@ pub async fn serve(
             metrics.write_stalls.clone(),
         );
         let task = async move {
+            let serving = async {
+                match handshake {
+                    None => connection.serve(io, state.clone(), guard).await,
+                    Some(acceptor) => {
+                        // The handshake's bytes count as the first request head's: a client
+                        // that stalls in it is cut off by header_read_timeout.
+                        match Box::pin(acceptor.accept(io)).await {
+                            Ok(tls) => connection.serve(tls, state.clone(), guard).await,
+                            Err(error) => {
+                                tracing::debug!(%remote, fault = "client", %error, "TLS handshake failed")
+                            }
+                        }
+                    }
+                }
+            };
             tokio::select! {
-                () = connection.serve(io, state.clone(), guard) => {}
+                () = serving => {}
                 why = state.expired(limits.header_read_timeout, limits.keepalive_timeout) => {
                     match why {
                         Expiry::Head => tracing::debug!(%remote, fault = "client", "request head not complete within header_read_timeout; closing"),
@@ -190,7 +219,10 @@ struct Connection {
 impl Connection {
     /// Reads the first request head; serves an SSE subscription on the lean path, and anything
     /// else with hyper (which then serves the rest of the connection).
-    async fn serve(self, mut io: ConnIo<TcpStream>, state: Arc<ConnState>, guard: Open) {
+    async fn serve<IO>(self, mut io: IO, state: Arc<ConnState>, guard: Open)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let remote = self.remote;
         let mut stop_seen = self.stop_seen.clone();
         let counted = self.lean.enter();
@@ -224,13 +256,16 @@ impl Connection {
     }
 
     /// Hands the connection to hyper, with the bytes already read replayed first.
-    fn hyper(
+    fn hyper<IO>(
         self,
         prefix: bytes::Bytes,
-        io: ConnIo<TcpStream>,
+        io: IO,
         state: Arc<ConnState>,
         guard: Open,
-    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let remote = self.remote;
         let proxy = self.proxy;
         let service = service_fn(move |request| {
@@ -287,7 +322,10 @@ impl Drop for Entered {
 
 /// Answers one request on a connection over `max_connections` with 503 and closes it. Never a
 /// hang: the connection gets `header_read_timeout` to send its request.
-async fn refuse(stream: TcpStream, remote: SocketAddr, timeout: Duration, _guard: Open) {
+async fn refuse<IO>(stream: IO, remote: SocketAddr, timeout: Duration, _guard: Open)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     tracing::warn!(%remote, "max_connections reached; answering 503");
     let service = service_fn(|_request| async {
         let mut response = Response::new(Full::new(Bytes::from_static(b"ssegate: too many connections\n")));

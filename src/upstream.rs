@@ -26,6 +26,15 @@ pub type UpstreamBody = Either<Limited<Incoming>, Empty<Bytes>>;
 /// Boxed error with the standard bounds.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
+/// The client a request came from, as the upstream is told in `X-Forwarded-*`.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// Whether it came over TLS.
+    pub secure: bool,
+}
+
 /// A pooled HTTP/1.1 client for one route's upstream.
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
@@ -108,7 +117,7 @@ impl UpstreamClient {
 
     /// Rewrites a client request into the upstream request: URL on the upstream, HTTP/1.1,
     /// hop-by-hop headers removed, `X-Forwarded-*` added, the client's Host kept.
-    pub fn prepare<B>(&self, request: Request<B>, client: SocketAddr) -> Request<B> {
+    pub fn prepare<B>(&self, request: Request<B>, client: Peer) -> Request<B> {
         let (mut parts, body) = request.into_parts();
         let path_and_query = parts
             .uri
@@ -122,20 +131,15 @@ impl UpstreamClient {
 
     /// The upstream URL for `path_and_query`, with `headers` (those of a request for `uri`)
     /// made ready for the upstream.
-    pub fn rewrite(
-        &self,
-        uri: &Uri,
-        headers: &mut HeaderMap,
-        path_and_query: &str,
-        client: SocketAddr,
-    ) -> Uri {
+    pub fn rewrite(&self, uri: &Uri, headers: &mut HeaderMap, path_and_query: &str, client: Peer) -> Uri {
         // An HTTP/2 client names the host in :authority, not in a Host header.
         let host = headers.get(header::HOST).cloned().or_else(|| {
             let authority = uri.authority()?;
             HeaderValue::from_str(authority.as_str()).ok()
         });
         strip_hop_by_hop(headers);
-        add_forwarded(headers, client.ip(), "http", host.clone());
+        let proto = if client.secure { "https" } else { "http" };
+        add_forwarded(headers, client.addr.ip(), proto, host.clone());
         if let Some(host) = host {
             headers.insert(header::HOST, host);
         }

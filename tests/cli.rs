@@ -312,3 +312,64 @@ fn a_second_stop_signal_exits_at_once() {
     );
     drop(hung);
 }
+
+#[test]
+fn check_refuses_an_expired_or_mismatched_certificate() {
+    let good = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+    let other_key = rcgen::KeyPair::generate().expect("key");
+    let expired_key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let expired = params.self_signed(&expired_key).expect("certificate");
+    let route = "[[route]]\npath = \"/\"\nupstream = \"http://127.0.0.1:3000\"\n";
+    let dir = config_file("tls-good.toml", "")
+        .parent()
+        .expect("dir")
+        .to_path_buf();
+    std::fs::write(dir.join("good.pem"), good.cert.pem()).expect("write");
+    std::fs::write(dir.join("good.key"), good.key_pair.serialize_pem()).expect("write");
+    std::fs::write(dir.join("other.key"), other_key.serialize_pem()).expect("write");
+    std::fs::write(dir.join("expired.pem"), expired.pem()).expect("write");
+    std::fs::write(dir.join("expired.key"), expired_key.serialize_pem()).expect("write");
+    let tls = |cert: &str, key: &str| format!("[tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n{route}");
+
+    let (code, stdout, stderr) = check("tls-good.toml", &tls("good.pem", "good.key"));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("TLS certificate: CN=") || stdout.contains("TLS certificate:"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("[tls]") && stdout.contains("min_version = \"1.2\""),
+        "{stdout}"
+    );
+
+    let (code, _, stderr) = check("tls-expired.toml", &tls("expired.pem", "expired.key"));
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("expired.pem") && stderr.contains("expired on"),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = check("tls-mismatch.toml", &tls("good.pem", "other.key"));
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("other.key") && stderr.contains("does not match"),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = check("tls-missing.toml", &tls("nowhere.pem", "good.key"));
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("nowhere.pem") && stderr.contains("cannot read"),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = check(
+        "tls-version.toml",
+        &format!("[tls]\ncert = \"good.pem\"\nkey = \"good.key\"\nmin_version = \"1.1\"\n{route}"),
+    );
+    assert_eq!(code, 2);
+    assert!(stderr.contains("min_version"), "{stderr}");
+}

@@ -19,9 +19,19 @@ pub struct RawConfig {
     pub max_connections: Option<Spanned<LimitValue>>,
     pub header_read_timeout: Option<Spanned<DurationValue>>,
     pub keepalive_timeout: Option<Spanned<DurationValue>>,
+    pub tls: Option<RawTls>,
     pub defaults: Option<RawDefaults>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<RawRoute>>,
+}
+
+/// `[tls]`: the public listener serves HTTPS (HTTP/1.1 and HTTP/2 by ALPN).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+    pub min_version: Option<Spanned<String>>,
 }
 
 /// Declares a struct holding every per-route setting (plus `$extra` fields), so `[defaults]` and

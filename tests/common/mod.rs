@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod sse;
+pub mod tls;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -18,6 +19,8 @@ use ssegate::{App, Config};
 pub use client::*;
 #[allow(unused_imports)]
 pub use sse::*;
+#[allow(unused_imports)]
+pub use tls::*;
 #[allow(unused_imports)]
 pub use upstream::*;
 
