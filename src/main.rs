@@ -77,11 +77,11 @@ fn check(path: &std::path::Path) -> ExitCode {
     use std::io::Write;
     // A closed stdout (`| head`) is not an error of the config.
     let mut out = std::io::stdout().lock();
-    let _ = write!(out, "# {}: valid. Effective settings:\n", path.display());
+    let _ = writeln!(out, "# {}: valid. Effective settings:", path.display());
     if let Some(loaded) = certificate {
-        let _ = write!(
+        let _ = writeln!(
             out,
-            "# TLS certificate: {}, valid until {}\n",
+            "# TLS certificate: {}, valid until {}",
             loaded.subject, loaded.not_after
         );
     }
