@@ -218,3 +218,51 @@ async fn stopping_ssegate_ends_sse_responses_cleanly_after_flushing() {
     within("ssegate to stop", proxy.stop()).await;
     assert!(client.until_end().await, "the response ended cleanly");
 }
+
+#[tokio::test]
+async fn with_on_gap_event_clients_are_told_when_the_app_was_down() {
+    let app = SseApp::start().await;
+    let addr = app.addr();
+    let proxy = Sidecar::route(
+        "/events",
+        addr,
+        "on_gap = \"event\"\nreconnect_initial = \"50ms\"\nreconnect_max = \"100ms\"",
+    )
+    .await;
+    let mut client = SseClient::connect(&proxy.url("/events"), &[]).await;
+    app.wait_requests(1).await;
+    app.send("data: before\n\n");
+    let before = client.next_event().await;
+    // The app dies: its port closes and its stream ends.
+    app.upstream.stop();
+    app.close_streams();
+    drop(app);
+    let metrics_before = proxy
+        .metric("ssegate_upstream_failures_total{route=\"/events\"}")
+        .await;
+    within("ssegate to notice the app is down", async {
+        while proxy
+            .metric("ssegate_upstream_failures_total{route=\"/events\"}")
+            .await
+            <= metrics_before
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let restarted = SseApp::serve(
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("rebind the app's port"),
+    );
+    restarted.wait_requests(1).await;
+    restarted.send("data: after\n\n");
+    let gap = client.next_event().await;
+    assert_eq!(gap.event.as_deref(), Some("gap"));
+    assert_eq!(
+        Some(gap.data.as_str()),
+        before.id.as_deref(),
+        "the gap starts after the last event seen"
+    );
+    assert_eq!(client.next_event().await.data, "after");
+}

@@ -20,7 +20,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use super::ring::{Limits, Ring};
 use super::Shared;
-use crate::config::{format_duration, IdMode, Settings};
+use crate::config::{format_duration, IdMode, OnGap, Settings};
 use crate::metrics::RouteMetrics;
 use crate::route::RouteEntry;
 use crate::sse::{encode_event, encode_retry, Item, Parser};
@@ -463,6 +463,7 @@ impl Stream {
         );
         let mut conn = Conn::Connecting(self.connect(&route, &template, None));
         let mut down_since: Option<Instant> = None;
+        let mut was_live = false;
         let mut heartbeat = route
             .config
             .settings
@@ -534,6 +535,12 @@ impl Stream {
                     Step::Head(Ok(response)) => match classify(&response) {
                         Answer::Stream => {
                             tracing::info!(route = %path, stream = %self.digest, upstream = %route.client.upstream(), "upstream stream connected");
+                            if down_since.is_some() && was_live && route.config.settings.on_gap == OnGap::Event {
+                                // The app was unreachable for a while: what it sent meanwhile
+                                // reached no one. Say so, in order, to everyone.
+                                self.announce_outage(&route, &mut scratch);
+                            }
+                            was_live = true;
                             conn = Conn::Reading(response.into_body(), Connected::new(&self.metrics.upstream_streams));
                             self.connected.store(true, Ordering::Relaxed);
                             backoff.reset();
@@ -646,6 +653,12 @@ impl Stream {
     /// Returns whether anything was appended.
     fn ingest(&self, route: &RouteEntry, parser: &mut Parser, chunk: &[u8], scratch: &mut Scratch) -> bool {
         parser.feed(chunk, |item| scratch.items.push(item));
+        self.append(route, scratch)
+    }
+
+    /// Encodes each item of `scratch.items` once, appends the events to the ring and wakes the
+    /// subscribers. Returns whether anything was appended.
+    fn append(&self, route: &RouteEntry, scratch: &mut Scratch) -> bool {
         if scratch.items.is_empty() {
             return false;
         }
@@ -707,6 +720,19 @@ impl Stream {
         }
         self.shared.account(added, freed);
         added > 0
+    }
+
+    /// Appends a `gap` event whose data is the id of the last event before an upstream outage.
+    fn announce_outage(&self, route: &RouteEntry, scratch: &mut Scratch) {
+        let last = self.lock().ring.newest_id().unwrap_or_default();
+        tracing::info!(route = %self.path, stream = %self.digest, last_id = %last, "upstream back after an outage: gap event sent");
+        self.metrics.gaps.inc();
+        scratch.items.push(Item::Event(crate::sse::Event {
+            event: Some("gap".to_owned()),
+            data: last,
+            id: None,
+        }));
+        self.append(route, scratch);
     }
 
     fn heartbeat(&self, wakers: &mut Vec<Waker>) {

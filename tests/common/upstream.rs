@@ -56,6 +56,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     connections: Arc<AtomicUsize>,
     task: JoinHandle<()>,
+    /// The connections' tasks, so [`Upstream::stop`] can end them as a dying process would.
+    serving: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl Upstream {
@@ -79,6 +81,8 @@ impl Upstream {
         let connections = Arc::new(AtomicUsize::new(0));
         let handler = Arc::new(handler);
         let counter = connections.clone();
+        let serving = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tasks = serving.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -86,7 +90,7 @@ impl Upstream {
                 };
                 counter.fetch_add(1, Ordering::SeqCst);
                 let handler = handler.clone();
-                tokio::spawn(async move {
+                let connection = tokio::spawn(async move {
                     let service = service_fn(move |request| {
                         let handler = handler.clone();
                         async move { Ok::<_, Infallible>(handler(request).await) }
@@ -95,12 +99,14 @@ impl Upstream {
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
+                tasks.lock().expect("lock").push(connection.abort_handle());
             }
         });
         Upstream {
             addr,
             connections,
             task,
+            serving,
         }
     }
 
@@ -109,9 +115,12 @@ impl Upstream {
         self.connections.load(Ordering::SeqCst)
     }
 
-    /// Stops accepting (connections already open stay until their tasks end).
+    /// Dies: stops accepting and drops every open connection.
     pub fn stop(&self) {
         self.task.abort();
+        for connection in self.serving.lock().expect("lock").drain(..) {
+            connection.abort();
+        }
     }
 }
 

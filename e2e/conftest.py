@@ -1,0 +1,219 @@
+"""The e2e harness: free ports, processes started and stopped by PID with their logs kept (and
+printed when a test fails), ssegate from a TOML string, the two naive apps, and the Node clients
+(Chromium through playwright-core, npm eventsource)."""
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+SSEGATE = os.environ.get("SSEGATE_BIN", os.path.join(ROOT, "target", "debug", "ssegate"))
+TIMEOUT = 15.0
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+def eventually(what, check, timeout=TIMEOUT):
+    """Polls `check` until it returns a truthy value; fails naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class Proc:
+    """A process of the test, stopped by PID at the end; its output goes to a log file."""
+
+    def __init__(self, registry, name, argv, cwd=HERE, stdin=False, stdout=False, env=None):
+        self.name = name
+        self.log_path = os.path.join(registry.dir, f"{name}-{len(registry.procs)}.log")
+        self.log = open(self.log_path, "w")
+        self.popen = subprocess.Popen(
+            argv, cwd=cwd, stderr=self.log,
+            stdout=subprocess.PIPE if stdout else self.log,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, text=True,
+            env=None if env is None else dict(os.environ, **env))
+        registry.procs.append(self)
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(5)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+class Registry:
+    def __init__(self, directory):
+        self.dir = directory
+        self.procs = []
+
+    def stop_all(self):
+        for proc in reversed(self.procs):
+            proc.stop()
+
+
+@pytest.fixture
+def procs(tmp_path, request):
+    registry = Registry(str(tmp_path))
+    yield registry
+    registry.stop_all()
+    # Logs are kept in tmp_path; on failure they are printed too.
+    if getattr(request.node, "failed", False):
+        for proc in registry.procs:
+            with open(proc.log_path) as f:
+                sys.stderr.write(f"\n----- {proc.name} log ({proc.log_path}) -----\n{f.read()[-4000:]}")
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        item.failed = True
+
+
+class App:
+    """A naive SSE app (Starlette or Express) the test controls over HTTP."""
+
+    def __init__(self, procs, kind, port=None, interval=0.0, lifetime=0.0):
+        self.procs, self.kind = procs, kind
+        self.port = port or free_port()
+        self.interval, self.lifetime = interval, lifetime
+        self.start()
+
+    def start(self):
+        args = ["--port", str(self.port), "--interval", str(self.interval), "--lifetime", str(self.lifetime)]
+        if self.kind == "starlette":
+            argv = [sys.executable, os.path.join(HERE, "apps", "starlette_app.py"), *args]
+        else:
+            argv = ["node", os.path.join(HERE, "apps", "express_app.mjs"), *args]
+        self.proc = Proc(self.procs, f"app-{self.kind}", argv)
+        wait_port(self.port)
+
+    def kill(self):
+        self.proc.stop(signal.SIGKILL)
+
+    def call(self, method, path):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method=method, data=b"" if method == "POST" else None)
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.loads(r.read())
+
+    def emit(self, count=1):
+        return self.call("POST", f"/emit?count={count}")["seq"]
+
+    def close_streams(self):
+        self.call("POST", "/close")
+
+    def stats(self):
+        return self.call("GET", "/stats")
+
+    def wait_streams(self, n):
+        eventually(f"{n} open stream(s) at the app", lambda: self.stats()["open_streams"] == n)
+
+
+class Ssegate:
+    def __init__(self, procs, toml, scheme="http"):
+        self.scheme = scheme
+        self.port = free_port()
+        path = os.path.join(procs.dir, f"ssegate-{self.port}.toml")
+        with open(path, "w") as f:
+            f.write(f'listen = "127.0.0.1:{self.port}"\n{toml}')
+        env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"), NO_COLOR="1")
+        self.proc = Proc(procs, "ssegate", [SSEGATE, "--config", path])
+        self.proc.popen  # started
+        wait_port(self.port)
+
+    def url(self, path=""):
+        host = "localhost" if self.scheme == "https" else "127.0.0.1"
+        return f"{self.scheme}://{host}:{self.port}{path}"
+
+
+class Client:
+    """A Node client script speaking the snapshot protocol of clients/common.mjs."""
+
+    def __init__(self, procs, name, argv, env=None):
+        self.proc = Proc(procs, name, argv, stdin=True, stdout=True, env=env)
+        self.lines = queue.Queue()
+        self.snapshot = {}
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.popen.stdout:
+            self.lines.put(json.loads(line))
+
+    def _drain(self):
+        final = None
+        while True:
+            try:
+                item = self.lines.get_nowait()
+            except queue.Empty:
+                return final
+            if item["t"] == "snapshot":
+                self.snapshot = item
+            else:
+                final = item
+
+    def wait(self, what, predicate, timeout=TIMEOUT):
+        def check():
+            self._drain()
+            return predicate(self.snapshot)
+        return eventually(what, check, timeout)
+
+    def final(self):
+        self.proc.popen.stdin.write("dump\n")
+        self.proc.popen.stdin.flush()
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                item = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if item["t"] == "final":
+                return item
+        raise AssertionError(f"{self.proc.name} gave no final report")
+
+
+def browser(procs, url, args=""):
+    env = {"BROWSER_ARGS": args} if args else None
+    return Client(procs, "chromium", ["node", os.path.join(HERE, "clients", "browser.mjs"), url], env)
+
+
+def eventsource(procs, url, count=1):
+    return Client(procs, "eventsource", ["node", os.path.join(HERE, "clients", "eventsource.mjs"), url, str(count)])
+
+
+def seqs(events):
+    """The seq of each message event, in order (gap events are skipped)."""
+    return [json.loads(e["data"])["seq"] for e in events if e["type"] == "message"]
