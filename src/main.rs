@@ -109,6 +109,13 @@ fn serve(path: Option<&std::path::Path>, demo_listen: Option<std::net::SocketAdd
         }
     };
     runtime.block_on(async {
+        let mut signals = match Signals::register() {
+            Ok(signals) => signals,
+            Err(error) => {
+                eprintln!("error: cannot listen for signals: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
         let (config, demo_app) = match (config, demo_listen) {
             (Some(config), _) => (config, None),
             (None, listen) => {
@@ -142,58 +149,76 @@ fn serve(path: Option<&std::path::Path>, demo_listen: Option<std::net::SocketAdd
         if let Some(naive) = demo_app {
             println!("{}", demo::banner(app.local_addr(), naive));
         }
-        #[cfg(unix)]
-        tokio::spawn(reload_on_hangup(app.control()));
-        app.run(shutdown_signal()).await;
+        signals.reload_on_hangup(app.control());
+        app.run(signals.shutdown()).await;
         ExitCode::SUCCESS
     })
 }
 
-/// Resolves on the first Ctrl-C (SIGINT) or SIGTERM; a second one exits at once.
-async fn shutdown_signal() {
-    stop_signal().await;
-    tracing::info!("stop signal received; draining (a second signal exits at once)");
-    tokio::spawn(async {
-        stop_signal().await;
-        tracing::warn!("second stop signal: exiting now");
-        std::process::exit(1);
-    });
+/// The process's signals, registered before ssegate reports that it listens, so a signal sent
+/// the moment it is up is never met by the default action (which would kill it uncleanly).
+struct Signals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hangup: Option<tokio::signal::unix::Signal>,
 }
 
-/// The next SIGINT or SIGTERM.
-async fn stop_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
-            (Ok(mut interrupt), Ok(mut terminate)) => {
-                tokio::select! {
-                    _ = interrupt.recv() => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+impl Signals {
+    fn register() -> std::io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+                hangup: signal(SignalKind::hangup()).ok(),
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Signals {})
     }
-    #[cfg(not(unix))]
-    {
+
+    /// The next SIGINT or SIGTERM.
+    async fn stop(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
     }
-}
 
-/// Reloads the config file on every SIGHUP.
-#[cfg(unix)]
-async fn reload_on_hangup(control: ssegate::Control) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; reload through the admin port only");
-        return;
-    };
-    while hangup.recv().await.is_some() {
-        tracing::info!("SIGHUP: reloading the config");
-        // A refused reload is logged by `reload` itself; the old config stays.
-        let _ = control.reload();
+    /// Resolves on the first stop signal; a second one exits at once.
+    async fn shutdown(mut self) {
+        self.stop().await;
+        tracing::info!("stop signal received; draining (a second signal exits at once)");
+        tokio::spawn(async move {
+            self.stop().await;
+            tracing::warn!("second stop signal: exiting now");
+            std::process::exit(1);
+        });
+    }
+
+    /// Reloads the config file on every SIGHUP.
+    fn reload_on_hangup(&mut self, control: ssegate::Control) {
+        #[cfg(unix)]
+        match self.hangup.take() {
+            Some(mut hangup) => {
+                tokio::spawn(async move {
+                    while hangup.recv().await.is_some() {
+                        tracing::info!("SIGHUP: reloading the config");
+                        // A refused reload is logged by `reload` itself; the old config stays.
+                        let _ = control.reload();
+                    }
+                });
+            }
+            None => tracing::warn!("cannot listen for SIGHUP; reload through the admin port only"),
+        }
+        #[cfg(not(unix))]
+        let _ = control;
     }
 }
