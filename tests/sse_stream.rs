@@ -166,14 +166,7 @@ async fn subscriptions_served_by_hyper_behave_the_same() {
     app.wait_requests(2).await;
     app.send("data: both\n\n");
     for body in &mut bodies {
-        let mut text = String::new();
-        while !text.contains("data: both\n\n") {
-            let frame = within("an event", body.frame())
-                .await
-                .expect("frame")
-                .expect("ok");
-            text.push_str(&String::from_utf8_lossy(&frame.into_data().unwrap_or_default()));
-        }
+        let text = read_until(body, "data: both\n\n").await;
         assert!(text.starts_with("retry: 3000\n"), "{text:?}");
     }
 }

@@ -58,14 +58,7 @@ async fn twenty_sse_streams_share_one_h2_connection() {
     app.wait_requests(20).await;
     assert_eq!(app.send("data: hello\n\n"), 20);
     for body in &mut bodies {
-        let mut text = String::new();
-        while !text.contains("data: hello\n\n") {
-            let frame = within("an event on each stream", body.frame())
-                .await
-                .expect("frame")
-                .expect("ok");
-            text.push_str(&String::from_utf8_lossy(&frame.into_data().unwrap_or_default()));
-        }
+        let text = read_until(body, "data: hello\n\n").await;
         assert!(text.starts_with("retry: 3000\n"), "{text:?}");
     }
     // Every request reached the app as coming over TLS.
@@ -98,14 +91,7 @@ async fn a_client_without_h2_gets_http_1_1_and_its_stream() {
     let mut body = response.into_body();
     app.wait_requests(1).await;
     app.send("data: over tls\n\n");
-    let mut text = String::new();
-    while !text.contains("data: over tls\n\n") {
-        let frame = within("the event", body.frame())
-            .await
-            .expect("frame")
-            .expect("ok");
-        text.push_str(&String::from_utf8_lossy(&frame.into_data().unwrap_or_default()));
-    }
+    read_until(&mut body, "data: over tls\n\n").await;
     // Plain requests work over TLS too.
     app.answer_with(StatusCode::OK, "text/plain", "plain");
     let tls = tls_connect(proxy.addr, &[&cert], &[b"h2"]).await;
@@ -166,14 +152,7 @@ async fn a_reloaded_certificate_serves_new_handshakes_and_keeps_open_streams() {
         Some(second.der.clone())
     );
     app.send("data: after reload\n\n");
-    let mut text = String::new();
-    while !text.contains("data: after reload\n\n") {
-        let frame = within("the open stream to go on", open.frame())
-            .await
-            .expect("frame")
-            .expect("ok");
-        text.push_str(&String::from_utf8_lossy(&frame.into_data().unwrap_or_default()));
-    }
+    read_until(&mut open, "data: after reload\n\n").await;
 }
 
 #[tokio::test]

@@ -170,6 +170,26 @@ impl Drop for SseClient {
     }
 }
 
+/// Reads `body` (an SSE response read frame by frame) until its text contains `needle`;
+/// returns everything read.
+pub async fn read_until<B>(body: &mut B, needle: &str) -> String
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    let mut text = String::new();
+    while !text.contains(needle) {
+        let frame = within(&format!("{needle:?} on the stream"), body.frame())
+            .await
+            .expect("a frame")
+            .expect("a good frame");
+        if let Ok(data) = frame.into_data() {
+            text.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    text
+}
+
 /// `data` of each event.
 pub fn data(events: &[Event]) -> Vec<String> {
     events.iter().map(|e| e.data.clone()).collect()
