@@ -108,7 +108,7 @@ impl App {
             None => (None, None),
         };
         let metrics = Arc::new(Metrics::new());
-        let hub = Hub::new(config.buffer_total_bytes, metrics.clone());
+        let hub = Hub::new(config.buffer_total_bytes, config.max_streams, metrics.clone());
         let proxy = Proxy::new(&config, hub.clone(), metrics.clone());
         let control = Control {
             inner: Arc::new(ControlInner {

@@ -56,6 +56,8 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Client connections served at once, over all routes.
 pub const DEFAULT_MAX_CONNECTIONS: u64 = 50_000;
+/// Streams (each with its upstream request) alive at once.
+pub const DEFAULT_MAX_STREAMS: u64 = 10_000;
 /// How long a client has to send a request head (slowloris protection).
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long an idle HTTP/1.1 keep-alive connection stays open between requests.
@@ -159,6 +161,8 @@ pub struct Config {
     pub client_write_timeout: Duration,
     /// Client connections served at once; `None`: no limit but the process's file limit.
     pub max_connections: Option<u64>,
+    /// Streams alive at once (each holds an upstream request); `usize::MAX` when "off".
+    pub max_streams: usize,
     /// How long a client has to send a complete request head.
     pub header_read_timeout: Duration,
     /// How long an idle HTTP/1.1 keep-alive connection stays open between requests.
@@ -356,6 +360,11 @@ impl Config {
                 .map_or(DEFAULT_SHUTDOWN_GRACE, |v| v.into_inner().0),
             client_write_timeout,
             max_connections,
+            max_streams: raw
+                .max_streams
+                .as_ref()
+                .map_or(Some(DEFAULT_MAX_STREAMS), |v| v.get_ref().0)
+                .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX)),
             header_read_timeout,
             keepalive_timeout,
             routes: routes.into_iter().map(|(route, _)| route).collect(),
@@ -668,6 +677,8 @@ impl fmt::Display for Config {
             format_duration(self.client_write_timeout)
         )?;
         writeln!(f, "max_connections = {}", format_limit(self.max_connections))?;
+        let streams = (self.max_streams != usize::MAX).then_some(self.max_streams as u64);
+        writeln!(f, "max_streams = {}", format_limit(streams))?;
         writeln!(
             f,
             "header_read_timeout = \"{}\"",

@@ -40,6 +40,7 @@ pub struct Shared {
     streams: Mutex<HashMap<String, Arc<Stream>>>,
     buffered: AtomicUsize,
     buffer_cap: AtomicUsize,
+    max_streams: AtomicUsize,
     evicting: AtomicBool,
     shutting_down: AtomicBool,
     private_ids: AtomicU64,
@@ -99,12 +100,13 @@ pub struct StreamInfo {
 
 impl Hub {
     /// A hub whose buffers together hold at most `buffer_total_bytes`.
-    pub fn new(buffer_total_bytes: u64, metrics: Arc<Metrics>) -> Hub {
+    pub fn new(buffer_total_bytes: u64, max_streams: usize, metrics: Arc<Metrics>) -> Hub {
         Hub {
             shared: Arc::new(Shared {
                 streams: Mutex::new(HashMap::new()),
                 buffered: AtomicUsize::new(0),
                 buffer_cap: AtomicUsize::new(usize::try_from(buffer_total_bytes).unwrap_or(usize::MAX)),
+                max_streams: AtomicUsize::new(max_streams),
                 evicting: AtomicBool::new(false),
                 shutting_down: AtomicBool::new(false),
                 private_ids: AtomicU64::new(0),
@@ -130,12 +132,16 @@ impl Hub {
 
     /// Joins the stream with `key` on `route`, opening it (and its upstream request, built from
     /// `template`) if there is none. `key` is `None` for a private, per-client stream.
+    ///
+    /// `None` when the stream would be new and `max_streams` streams are live already: every
+    /// stream holds an upstream request (and lingers after its last client), so their number is
+    /// bounded like everything else.
     pub fn join(
         &self,
         route: &Arc<RouteEntry>,
         key: Option<String>,
         template: impl FnOnce() -> Template,
-    ) -> Pending {
+    ) -> Option<Pending> {
         let (private, key) = match key {
             Some(key) => (false, key),
             None => {
@@ -148,26 +154,30 @@ impl Hub {
             let mut state = stream.lock();
             if !state.closing {
                 let subscriber = stream.join(&mut state);
-                return Pending {
+                return Some(Pending {
                     subscriber,
                     opener: None,
-                };
+                });
             }
+        }
+        if streams.len() >= self.shared.max_streams.load(Ordering::Relaxed) {
+            return None;
         }
         let stream = Stream::new(route.clone(), key.clone(), private, self.shared.clone());
         let subscriber = stream.join(&mut stream.lock());
         let (tx, rx) = oneshot::channel();
         stream.spawn(template(), Some(tx));
         streams.insert(key, stream);
-        Pending {
+        Some(Pending {
             subscriber,
             opener: Some(rx),
-        }
+        })
     }
 
     /// Applies a reloaded config to the live streams: each goes on under its route's new
     /// version, or ends cleanly when its route is gone or its identity changed.
-    pub fn reconfigure(&self, router: &Router<RouteEntry>, buffer_total_bytes: u64) {
+    pub fn reconfigure(&self, router: &Router<RouteEntry>, buffer_total_bytes: u64, max_streams: usize) {
+        self.shared.max_streams.store(max_streams, Ordering::Relaxed);
         self.shared.buffer_cap.store(
             usize::try_from(buffer_total_bytes).unwrap_or(usize::MAX),
             Ordering::Relaxed,

@@ -96,7 +96,9 @@ impl Proxy {
         let previous = self.router();
         let router = Arc::new(RouteEntry::router(config, &self.inner.metrics, Some(&previous)));
         *self.inner.router.write().unwrap_or_else(PoisonError::into_inner) = router.clone();
-        self.inner.hub.reconfigure(&router, config.buffer_total_bytes);
+        self.inner
+            .hub
+            .reconfigure(&router, config.buffer_total_bytes, config.max_streams);
     }
 
     /// Whether `request` (a head, with no body) would be an SSE subscription: the server serves
@@ -203,9 +205,17 @@ impl Proxy {
                 request.headers(),
             )
         });
-        let pending = hub.join(route, key, || {
+        let Some(pending) = hub.join(route, key, || {
             upstream_template(route, &request, remote, shared, resume_from.as_deref())
-        });
+        }) else {
+            route.metrics.refused.inc();
+            tracing::warn!(route = %route.config.path, "max_streams reached; a subscription that needs a new stream gets 503");
+            let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, "ssegate: too many streams\n");
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return Err((response, Some(admission)));
+        };
         match pending.outcome(settings.upstream_connect_timeout).await {
             Outcome::Subscribe(pending) => Ok(sse_response(
                 pending.attach(resume_from.as_deref(), Some(admission)),

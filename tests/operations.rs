@@ -416,3 +416,25 @@ async fn request_bodies_over_the_limit_get_413() {
     let streamed = send(Request::post(proxy.url("/up")).body(body).expect("request")).await;
     assert_eq!(streamed.status, StatusCode::PAYLOAD_TOO_LARGE);
 }
+
+#[tokio::test]
+async fn past_max_streams_a_new_stream_is_refused_and_live_ones_are_joined() {
+    let app = SseApp::start().await;
+    let proxy = Sidecar::start(&format!(
+        "max_streams = 2\n[[route]]\npath = \"/events\"\nupstream = \"http://{}\"\n",
+        app.addr()
+    ))
+    .await;
+    let _a = SseClient::connect(&proxy.url("/events?room=a"), &[]).await;
+    let _b = SseClient::connect(&proxy.url("/events?room=b"), &[]).await;
+    let c = SseClient::connect(&proxy.url("/events?room=c"), &[]).await;
+    assert_eq!(c.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(c.header("retry-after"), Some("1"));
+    let a_again = SseClient::connect(&proxy.url("/events?room=a"), &[]).await;
+    assert_eq!(
+        a_again.status,
+        StatusCode::OK,
+        "a live stream still takes subscribers"
+    );
+    assert_eq!(app.requests().len(), 2);
+}

@@ -17,6 +17,7 @@ pub struct RawConfig {
     pub shutdown_grace: Option<Spanned<DurationValue>>,
     pub client_write_timeout: Option<Spanned<DurationValue>>,
     pub max_connections: Option<Spanned<LimitValue>>,
+    pub max_streams: Option<Spanned<LimitValue>>,
     pub header_read_timeout: Option<Spanned<DurationValue>>,
     pub keepalive_timeout: Option<Spanned<DurationValue>>,
     pub tls: Option<RawTls>,
