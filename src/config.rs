@@ -40,6 +40,8 @@ pub const DEFAULT_BUFFER_AGE: Duration = Duration::from_secs(600);
 pub const DEFAULT_BUFFER_TOTAL_BYTES: u64 = 256 << 20;
 /// How long a stream stays open after its last client left.
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(30);
+/// The longest a busy stream holds an event to send it with the next ones in one write.
+pub const DEFAULT_COALESCE: Duration = Duration::from_millis(5);
 /// The largest event (or line) accepted from an upstream.
 pub const DEFAULT_MAX_EVENT_BYTES: u64 = 1 << 20;
 /// First upstream reconnect delay.
@@ -216,6 +218,8 @@ pub struct Settings {
     pub on_gap: OnGap,
     /// How long a stream outlives its last client.
     pub linger: Duration,
+    /// The longest a busy stream holds events to write several at once; `None`: never.
+    pub coalesce: Option<Duration>,
     /// Largest accepted event.
     pub max_event_bytes: usize,
     /// First reconnect delay.
@@ -518,6 +522,7 @@ fn resolve_route(
         buffer_age: toggle(pick!(buffer_age), DEFAULT_BUFFER_AGE),
         on_gap: pick!(on_gap).map_or(OnGap::Replay, |v| *v.get_ref()),
         linger: duration(pick!(linger), DEFAULT_LINGER),
+        coalesce: toggle(pick!(coalesce), DEFAULT_COALESCE),
         max_event_bytes,
         reconnect_initial,
         reconnect_max,
@@ -716,6 +721,7 @@ impl fmt::Display for Config {
             writeln!(f, "buffer_age = \"{}\"", format_toggle(s.buffer_age))?;
             writeln!(f, "on_gap = \"{}\"", name_of(s.on_gap))?;
             writeln!(f, "linger = \"{}\"", format_duration(s.linger))?;
+            writeln!(f, "coalesce = \"{}\"", format_toggle(s.coalesce))?;
             writeln!(
                 f,
                 "max_event_bytes = \"{}\"",

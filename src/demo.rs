@@ -139,21 +139,34 @@ impl NaiveApp {
 }
 
 async fn ticker(app: NaiveApp, counters: Arc<Counters>, ticks: broadcast::Sender<Bytes>) {
-    let mut every = tokio::time::interval(app.interval);
+    // The timer ticks at most once a millisecond: a shorter interval sends the events due by
+    // each tick together, so the rate holds. After a stall, what was missed is skipped.
+    let step = app.interval.max(Duration::from_millis(1));
+    let interval_ns = app.interval.as_nanos().max(1);
+    let per_tick = u64::try_from(step.as_nanos().div_ceil(interval_ns)).unwrap_or(1);
+    let mut every = tokio::time::interval(step);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let padding = "x".repeat(app.payload);
+    let first = every.tick().await;
+    let mut tick = first;
+    let mut sent = 0u64;
     loop {
-        every.tick().await;
-        let seq = counters.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let sent_us = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros());
-        let event = if padding.is_empty() {
-            format!("data: {{\"seq\": {seq}, \"sent_us\": {sent_us}}}\n\n")
-        } else {
-            format!("data: {{\"seq\": {seq}, \"sent_us\": {sent_us}, \"pad\": \"{padding}\"}}\n\n")
-        };
-        let _ = ticks.send(Bytes::from(event));
+        let due = u64::try_from(tick.duration_since(first).as_nanos() / interval_ns).unwrap_or(u64::MAX);
+        let count = due.saturating_add(1).saturating_sub(sent).min(per_tick);
+        sent = due.saturating_add(1);
+        for _ in 0..count {
+            let seq = counters.seq.fetch_add(1, Ordering::Relaxed) + 1;
+            let sent_us = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros());
+            let event = if padding.is_empty() {
+                format!("data: {{\"seq\": {seq}, \"sent_us\": {sent_us}}}\n\n")
+            } else {
+                format!("data: {{\"seq\": {seq}, \"sent_us\": {sent_us}, \"pad\": \"{padding}\"}}\n\n")
+            };
+            let _ = ticks.send(Bytes::from(event));
+        }
+        tick = every.tick().await;
     }
 }
 

@@ -55,6 +55,7 @@ macro_rules! with_settings {
             pub buffer_age: Option<Spanned<Toggle>>,
             pub on_gap: Option<Spanned<OnGap>>,
             pub linger: Option<Spanned<DurationValue>>,
+            pub coalesce: Option<Spanned<Toggle>>,
             pub max_event_bytes: Option<Spanned<SizeValue>>,
             pub reconnect_initial: Option<Spanned<DurationValue>>,
             pub reconnect_max: Option<Spanned<DurationValue>>,

@@ -45,6 +45,7 @@ fn built_in_defaults() {
     assert_eq!(s.buffer_bytes, 8 << 20);
     assert_eq!(s.stream_key.len(), 4);
     assert_eq!(s.upstream_down_grace, Some(DEFAULT_UPSTREAM_DOWN_GRACE));
+    assert_eq!(s.coalesce, Some(DEFAULT_COALESCE));
 }
 
 #[test]
@@ -66,6 +67,22 @@ fn route_overrides_defaults_overrides_built_in() {
         "http://127.0.0.1:1/base/b/x?y=1"
     );
     assert_eq!(a.settings.linger, DEFAULT_LINGER);
+}
+
+#[test]
+fn coalesce_takes_a_duration_or_off() {
+    let config = load(
+        "[defaults]\ncoalesce = \"off\"\n\
+         [[route]]\npath = \"/a\"\nupstream = \"http://127.0.0.1:1\"\ncoalesce = \"20ms\"\n\
+         [[route]]\npath = \"/b\"\nupstream = \"http://127.0.0.1:1\"\n",
+    )
+    .expect("valid");
+    assert_eq!(
+        config.routes[0].settings.coalesce,
+        Some(Duration::from_millis(20))
+    );
+    assert_eq!(config.routes[1].settings.coalesce, None);
+    assert!(config.to_string().contains("coalesce = \"20ms\""));
 }
 
 #[test]
