@@ -41,7 +41,7 @@ pub const DEFAULT_BUFFER_TOTAL_BYTES: u64 = 256 << 20;
 /// How long a stream stays open after its last client left.
 pub const DEFAULT_LINGER: Duration = Duration::from_secs(30);
 /// The longest a busy stream holds an event to send it with the next ones in one write.
-pub const DEFAULT_COALESCE: Duration = Duration::from_millis(5);
+pub const DEFAULT_COALESCE: Duration = Duration::from_millis(20);
 /// The largest event (or line) accepted from an upstream.
 pub const DEFAULT_MAX_EVENT_BYTES: u64 = 1 << 20;
 /// First upstream reconnect delay.

@@ -314,14 +314,18 @@ fn same_identity(old: &RouteEntry, new: &RouteEntry) -> bool {
         && a.settings.stream_key == b.settings.stream_key
 }
 
-/// A stream with this many subscribers or more holds events for the whole `coalesce`; a
+/// A stream with this many subscribers or more may hold events for the whole `coalesce`; a
 /// smaller one for its share of it. Waking a subscriber costs a task wake and a write to its
-/// socket (a few microseconds, most of it in the kernel), so with the default 5 ms a stream
-/// makes at most about 200,000 client writes per second, however fast its events come.
+/// socket (a few microseconds, most of it in the kernel), so with the default 20 ms a busy
+/// stream makes at most about 50,000 client writes per second, however fast its events come.
 const COALESCE_FULL_AT: u32 = 1000;
 
-/// How long after waking its subscribers a stream waits before waking them again: events that
-/// arrive sooner are held and go out together, one write per client.
+/// The first window after a quiet spell is the full one halved this many times; it doubles
+/// each time events are held again right after a held batch went out.
+const COALESCE_STEPS: u32 = 2;
+
+/// The longest a stream may wait after waking its subscribers before waking them again: events
+/// that arrive sooner are held and go out together, one write per client.
 fn coalesce_window(coalesce: Option<Duration>, subscribers: usize) -> Duration {
     let Some(limit) = coalesce else {
         return Duration::ZERO;
@@ -332,28 +336,42 @@ fn coalesce_window(coalesce: Option<Duration>, subscribers: usize) -> Duration {
 
 /// Paces the wake-ups of a stream's subscribers. An event that comes a window or more after
 /// the last wake-up wakes them at once; one that comes sooner waits for the window's end,
-/// with every other event that comes meanwhile. A quiet stream is never held.
+/// with every other event that comes meanwhile. The window starts at a quarter of the full one
+/// and doubles, up to the full one, while the stream stays busy (events held again right after
+/// a held batch went out); one event that finds the window over starts it afresh. A stream
+/// whose events are further apart than the first window is never held.
 #[derive(Default)]
 struct Pacer {
     /// The last wake-up, if any.
     last: Option<tokio::time::Instant>,
     timer: Option<Pin<Box<Sleep>>>,
+    /// How many times the window doubled since the stream was last quiet.
+    steps: u32,
+    /// The last wake-up released held events.
+    busy: bool,
 }
 
 impl Pacer {
-    /// Events were appended: whether to wake the subscribers now (else the timer will).
-    fn appended(&mut self, window: Duration) -> bool {
+    /// Events were appended: whether to wake the subscribers now (else the timer will). `full`
+    /// is the longest window.
+    fn appended(&mut self, full: Duration) -> bool {
         if self.timer.is_some() {
             return false;
         }
         let now = tokio::time::Instant::now();
-        match self.last.map(|last| last + window) {
-            Some(due) if now < due => {
-                self.timer = Some(Box::pin(tokio::time::sleep_until(due)));
+        let window = |steps: u32| full / (1 << (COALESCE_STEPS - steps.min(COALESCE_STEPS)));
+        match self.last {
+            Some(last) if now < last + window(self.steps) => {
+                if self.busy {
+                    self.steps = (self.steps + 1).min(COALESCE_STEPS);
+                }
+                self.timer = Some(Box::pin(tokio::time::sleep_until(last + window(self.steps))));
                 false
             }
             _ => {
                 self.last = Some(now);
+                self.steps = 0;
+                self.busy = false;
                 true
             }
         }
@@ -364,6 +382,7 @@ impl Pacer {
         fire(&mut self.timer).await;
         self.timer = None;
         self.last = Some(tokio::time::Instant::now());
+        self.busy = true;
     }
 }
 
@@ -908,7 +927,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_window_grows_with_subscribers_up_to_coalesce() {
+    fn the_full_window_grows_with_subscribers_up_to_coalesce() {
         let limit = Some(Duration::from_millis(5));
         assert_eq!(coalesce_window(limit, 1), Duration::from_micros(5));
         assert_eq!(coalesce_window(limit, 200), Duration::from_millis(1));
@@ -923,23 +942,40 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_quiet_stream_wakes_at_once_a_busy_one_once_per_window() {
-        let window = Duration::from_millis(5);
+    async fn a_quiet_stream_wakes_at_once_a_busy_one_once_per_growing_window() {
+        let ms = Duration::from_millis;
+        let full = ms(20);
         let mut pacer = Pacer::default();
-        assert!(pacer.appended(window), "the first event: at once");
-        let woke = tokio::time::Instant::now();
-        tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(!pacer.appended(window), "1 ms later: held");
-        tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(!pacer.appended(window), "held with the one before");
+        assert!(pacer.appended(full), "the first event: at once");
+        let mut woke = tokio::time::Instant::now();
+        tokio::time::advance(ms(1)).await;
+        assert!(!pacer.appended(full), "1 ms later: held");
+        tokio::time::advance(ms(1)).await;
+        assert!(!pacer.appended(full), "held with the one before");
+        // Busy: each window ends with events held, and the next one is twice as long, up to
+        // the full window.
+        for window in [ms(5), ms(10), ms(20), ms(20)] {
+            pacer.due().await;
+            let now = tokio::time::Instant::now();
+            assert_eq!(now - woke, window, "held events go out at the window's end");
+            woke = now;
+            tokio::time::advance(ms(1)).await;
+            assert!(!pacer.appended(full), "busy: held");
+        }
         pacer.due().await;
-        assert_eq!(
-            tokio::time::Instant::now() - woke,
-            window,
-            "held events go out one window after the last wake-up"
+        // Quiet again: an event after the window goes at once, and the window starts afresh.
+        tokio::time::advance(ms(25)).await;
+        assert!(pacer.appended(full), "quiet again: at once");
+        woke = tokio::time::Instant::now();
+        tokio::time::advance(ms(1)).await;
+        assert!(!pacer.appended(full));
+        pacer.due().await;
+        assert_eq!(tokio::time::Instant::now() - woke, ms(5));
+        tokio::time::advance(ms(6)).await;
+        assert!(
+            pacer.appended(full),
+            "a gap longer than the first window: at once"
         );
-        tokio::time::advance(Duration::from_millis(20)).await;
-        assert!(pacer.appended(window), "quiet again: at once");
         assert!(pacer.appended(Duration::ZERO), "no window: always at once");
     }
 

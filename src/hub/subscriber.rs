@@ -17,6 +17,9 @@ use crate::config::OnGap;
 use crate::route::Admission;
 use crate::sse::{encode_comment, encode_event, encode_retry, Event};
 
+/// Most bytes of consecutive events copied into one frame.
+const COPY_BATCH_BYTES: usize = 16 * 1024;
+
 /// The comment written as a heartbeat.
 const HEARTBEAT: Bytes = Bytes::from_static(b":\n");
 
@@ -219,11 +222,28 @@ impl Body for SubscriberBody {
             return Poll::Ready(Some(Err(SlowClient)));
         }
         if let Some(entry) = state.ring.get(this.cursor) {
-            let bytes = entry.bytes.clone();
+            let mut sent = 1;
+            let bytes = if state.ring.get(this.cursor + 1).is_none() {
+                // One event: the buffered bytes themselves.
+                entry.bytes.clone()
+            } else {
+                // Several (a client catching up, or a held batch): copied into one buffer under
+                // one lock, rather than a lock and a shared reference count per event.
+                let mut batch = BytesMut::with_capacity(COPY_BATCH_BYTES);
+                batch.extend_from_slice(&entry.bytes);
+                while let Some(next) = state.ring.get(this.cursor + sent) {
+                    if batch.len() + next.bytes.len() > COPY_BATCH_BYTES {
+                        break;
+                    }
+                    batch.extend_from_slice(&next.bytes);
+                    sent += 1;
+                }
+                batch.freeze()
+            };
             drop(state);
-            this.cursor += 1;
-            this.events_sent += 1;
-            this.unflushed_events += 1;
+            this.cursor += sent;
+            this.events_sent += sent;
+            this.unflushed_events += sent;
             return this.send(bytes);
         }
         if state.closing {
