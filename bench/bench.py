@@ -253,16 +253,25 @@ def scenario_idle(args):
 # The fan-out scenario's last row: ssegate holding events long enough that several share a
 # write (at 100 events/s), to show what the CPU target would cost in latency.
 HELD = "ssegate, coalesce 80ms"
+# And the floor: bench/floor.c, a C loop that only formats each event and send()s it to each
+# client, the least any server writing each event at once can spend.
+FLOOR = "floor: one send() per event per client"
+FLOOR_BIN = os.path.join(ROOT, "target/release/floor")
 
 
 def scenario_fanout(args):
     rows = {}
-    for name in ("direct", "nginx", "ssegate", HELD):
-        app = start_app("10ms", 200)
+    for name in ("direct", "nginx", "ssegate", HELD, FLOOR):
+        if name == FLOOR:
+            app = None
+            port = free_port()
+            proxy = Proc("floor", [FLOOR_BIN, str(port), "10000", "200"], port)
+        else:
+            app = start_app("10ms", 200)
         if name == HELD:
             proxy = start_ssegate(app.port, 'coalesce = "80ms"')
             port = proxy.port
-        else:
+        elif app:
             proxy, port = with_proxy(name, app)
         subject = proxy or app
         marks = {}
@@ -273,7 +282,7 @@ def scenario_fanout(args):
             time.sleep(args.window - 0.2)
             marks["cpu1"] = cpu_seconds(subject.pid)
             marks["t1"] = time.time()
-            marks["upstream"] = app_stats(app)["open_streams"]
+            marks["upstream"] = app_stats(app)["open_streams"] if app else "–"
 
         thread = None
 
@@ -450,7 +459,7 @@ def render(args, started, seconds):
         lines.append("")
         lines.append("| | CPU (cores) | upstream connections | events/s delivered | p50 | p99 | p99.9 | max | lost |")
         lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for name in ("direct", "nginx", "ssegate", HELD):
+        for name in ("direct", "nginx", "ssegate", HELD, FLOOR):
             x = f[name]
             l = x["latency_us"]
             cpu = "(the app)" if name == "direct" else f"{x['cpu_cores']:.3f}"
@@ -464,8 +473,11 @@ def render(args, started, seconds):
                      f"{verdict(s['cpu_cores'] <= n['cpu_cores'] / 2)}; p99 ≤ direct "
                      f"({s['latency_us']['p99'] / 1000:.2f} vs {d['latency_us']['p99'] / 1000:.2f} ms): "
                      f"{verdict(s['latency_us']['p99'] <= d['latency_us']['p99'])}.")
-        h = f[HELD]
+        h, fl = f[HELD], f[FLOOR]
         lines.append("")
+        lines.append(f"The floor row is a C loop that does nothing but one send() per event per client: "
+                     f"{fl['cpu_cores']:.3f} cores, {fl['cpu_cores'] / n['cpu_cores']:.0%} of Nginx's; "
+                     f"ssegate uses {s['cpu_cores'] / fl['cpu_cores']:.2f}× the floor.")
         lines.append(f"The last row lets the stream hold events (20 ms at first, up to 80 ms while it stays busy), so that several share a write: CPU "
                      f"{h['cpu_cores'] / n['cpu_cores']:.0%} of Nginx's, p99 "
                      f"{h['latency_us']['p99'] / 1000:.2f} ms against direct's "

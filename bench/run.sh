@@ -14,6 +14,7 @@ fi
 echo "== building release binaries"
 cargo build --release --bin ssegate --example naive_app
 cargo bench --bench loadgen --no-run 2>&1 | tail -1
+cc -O2 -o target/release/floor bench/floor.c
 loadgen=$(cargo bench --bench loadgen --no-run --message-format=json 2>/dev/null \
   | python3 -c 'import json,sys
 for line in sys.stdin:

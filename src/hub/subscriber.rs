@@ -229,14 +229,19 @@ impl Body for SubscriberBody {
             } else {
                 // Several (a client catching up, or a held batch): copied into one buffer under
                 // one lock, rather than a lock and a shared reference count per event.
-                let mut batch = BytesMut::with_capacity(COPY_BATCH_BYTES);
-                batch.extend_from_slice(&entry.bytes);
+                let mut size = entry.bytes.len();
                 while let Some(next) = state.ring.get(this.cursor + sent) {
-                    if batch.len() + next.bytes.len() > COPY_BATCH_BYTES {
+                    if size + next.bytes.len() > COPY_BATCH_BYTES {
                         break;
                     }
-                    batch.extend_from_slice(&next.bytes);
+                    size += next.bytes.len();
                     sent += 1;
+                }
+                let mut batch = BytesMut::with_capacity(size);
+                for seq in this.cursor..this.cursor + sent {
+                    if let Some(event) = state.ring.get(seq) {
+                        batch.extend_from_slice(&event.bytes);
+                    }
                 }
                 batch.freeze()
             };

@@ -30,8 +30,10 @@ use crate::proxy::{Proxy, ProxyBody};
 
 /// Headers a head may hold (hyper's default is 100).
 const MAX_HEADERS: usize = 100;
-/// Most bytes gathered into one write while a client catches up.
-const MAX_BATCH_BYTES: usize = 64 * 1024;
+/// Most bytes gathered into one write while a client catches up. Several events a subscriber
+/// has ready come as one copied frame, so this is also about what a client whose socket is
+/// full holds beyond the shared buffer.
+const MAX_BATCH_BYTES: usize = 16 * 1024;
 
 /// What the first read of a connection found.
 pub enum Sniffed {
