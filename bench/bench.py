@@ -259,51 +259,79 @@ FLOOR = "floor: one send() per event per client"
 FLOOR_BIN = os.path.join(ROOT, "target/release/floor")
 
 
+FANOUT = ("direct", "nginx", "ssegate", HELD, FLOOR)
+
+
+def fanout_once(args, name):
+    """One measurement of one fan-out variant, on fresh processes."""
+    if name == FLOOR:
+        app = None
+        port = free_port()
+        proxy = Proc("floor", [FLOOR_BIN, str(port), "10000", "200"], port)
+    else:
+        app = start_app("10ms", 200)
+    if name == HELD:
+        proxy = start_ssegate(app.port, 'coalesce = "80ms"')
+        port = proxy.port
+    elif app:
+        proxy, port = with_proxy(name, app)
+    subject = proxy or app
+    marks = {}
+
+    def measure():
+        marks["cpu0"] = cpu_seconds(subject.pid)
+        marks["t0"] = time.time()
+        time.sleep(args.window - 0.2)
+        marks["cpu1"] = cpu_seconds(subject.pid)
+        marks["t1"] = time.time()
+        marks["upstream"] = app_stats(app)["open_streams"] if app else "–"
+
+    thread = None
+
+    def begin():
+        nonlocal thread
+        thread = threading.Thread(target=measure)
+        thread.start()
+
+    report = run_loadgen(args, port, on_measuring=begin, clients=1000, ramp=2000,
+                         warmup="2s", duration=f"{args.window}s")
+    thread.join()
+    for p in (proxy, app):
+        if p:
+            p.stop()
+    cpu = (marks["cpu1"] - marks["cpu0"]) / (marks["t1"] - marks["t0"])
+    return {"cpu_cores": cpu, "upstream_connections": marks["upstream"],
+            "events_per_s": report["events_per_s"], "latency_us": report["latency_us"],
+            "gaps": report["gaps"], "duplicates": report["duplicates"],
+            "errors": report["errors"], "established": report["established"]}
+
+
+def median(values):
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def combine(rounds):
+    """Per figure, the median over the rounds; losses added up; every round kept."""
+    latency = {key: median([r["latency_us"][key] for r in rounds]) for key in ("p50", "p99", "p999", "max")}
+    return {"cpu_cores": median([r["cpu_cores"] for r in rounds]),
+            "upstream_connections": rounds[-1]["upstream_connections"],
+            "events_per_s": median([r["events_per_s"] for r in rounds]), "latency_us": latency,
+            "gaps": sum(r["gaps"] for r in rounds), "duplicates": sum(r["duplicates"] for r in rounds),
+            "errors": sum(r["errors"] for r in rounds), "rounds": rounds}
+
+
 def scenario_fanout(args):
-    rows = {}
-    for name in ("direct", "nginx", "ssegate", HELD, FLOOR):
-        if name == FLOOR:
-            app = None
-            port = free_port()
-            proxy = Proc("floor", [FLOOR_BIN, str(port), "10000", "200"], port)
-        else:
-            app = start_app("10ms", 200)
-        if name == HELD:
-            proxy = start_ssegate(app.port, 'coalesce = "80ms"')
-            port = proxy.port
-        elif app:
-            proxy, port = with_proxy(name, app)
-        subject = proxy or app
-        marks = {}
-
-        def measure():
-            marks["cpu0"] = cpu_seconds(subject.pid)
-            marks["t0"] = time.time()
-            time.sleep(args.window - 0.2)
-            marks["cpu1"] = cpu_seconds(subject.pid)
-            marks["t1"] = time.time()
-            marks["upstream"] = app_stats(app)["open_streams"] if app else "–"
-
-        thread = None
-
-        def begin():
-            nonlocal thread
-            thread = threading.Thread(target=measure)
-            thread.start()
-
-        report = run_loadgen(args, port, on_measuring=begin, clients=1000, ramp=2000,
-                             warmup="2s", duration=f"{args.window}s")
-        thread.join()
-        cpu = (marks["cpu1"] - marks["cpu0"]) / (marks["t1"] - marks["t0"])
-        rows[name] = {"cpu_cores": cpu, "upstream_connections": marks["upstream"],
-                      "events_per_s": report["events_per_s"], "latency_us": report["latency_us"],
-                      "gaps": report["gaps"], "duplicates": report["duplicates"],
-                      "errors": report["errors"], "established": report["established"]}
-        print(f"fan-out {name}: {rows[name]}", flush=True)
-        for p in (proxy, app):
-            if p:
-                p.stop()
-    RESULTS["fanout"] = rows
+    # Rounds interleave the variants (direct, nginx, ssegate, ..., then again), so a noisy
+    # moment on this shared machine hits one round of each rather than all of one.
+    measured = {name: [] for name in FANOUT}
+    for round_no in range(args.rounds):
+        for name in FANOUT:
+            row = fanout_once(args, name)
+            measured[name].append(row)
+            print(f"fan-out {name} (round {round_no + 1}): {row}", flush=True)
+    RESULTS["fanout"] = {name: combine(rows) for name, rows in measured.items()}
 
 
 def scenario_capacity(args):
@@ -350,26 +378,29 @@ def scenario_single(args):
     # The three paths read the same app at the same time, so each event is measured through all
     # of them under the same conditions: the difference is what the proxy adds, not noise
     # between runs.
-    app = start_app("1ms", 200)
-    nginx = start_nginx(app.port)
-    ssegate = start_ssegate(app.port)
-    ports = {"direct": app.port, "nginx": nginx.port, "ssegate": ssegate.port}
-    running = {name: loadgen(args, port, clients=1, warmup="1s", duration=f"{args.window}s")
-               for name, port in ports.items()}
-    rows = {}
-    for name, proc in running.items():
-        report = None
-        for line in proc.stdout:
-            data = json.loads(line)
-            if "phase" not in data:
-                report = data
-        proc.wait()
-        rows[name] = {"events_per_s": report["events_per_s"], "latency_us": report["latency_us"],
-                      "gaps": report["gaps"]}
-        print(f"single {name}: {rows[name]}", flush=True)
-    for p in (ssegate, nginx, app):
-        p.stop()
-    RESULTS["single"] = rows
+    measured = {"direct": [], "nginx": [], "ssegate": []}
+    for round_no in range(args.rounds):
+        app = start_app("1ms", 200)
+        nginx = start_nginx(app.port)
+        ssegate = start_ssegate(app.port)
+        ports = {"direct": app.port, "nginx": nginx.port, "ssegate": ssegate.port}
+        running = {name: loadgen(args, port, clients=1, warmup="1s", duration=f"{args.window}s")
+                   for name, port in ports.items()}
+        for name, proc in running.items():
+            report = None
+            for line in proc.stdout:
+                data = json.loads(line)
+                if "phase" not in data:
+                    report = data
+            proc.wait()
+            row = {"events_per_s": report["events_per_s"], "latency_us": report["latency_us"],
+                   "gaps": report["gaps"], "duplicates": report["duplicates"], "errors": report["errors"],
+                   "cpu_cores": 0, "upstream_connections": 1}
+            measured[name].append(row)
+            print(f"single {name} (round {round_no + 1}): {row}", flush=True)
+        for p in (ssegate, nginx, app):
+            p.stop()
+    RESULTS["single"] = {name: combine(rows) for name, rows in measured.items()}
 
 
 def scenario_resume(args):
@@ -457,9 +488,12 @@ def render(args, started, seconds):
         f = r["fanout"]
         lines.append("### Fan-out: 1,000 clients on one stream, 100 events/s of 200 bytes")
         lines.append("")
+        lines.append(f"Each figure is the median of {args.rounds} rounds; a round measures every row once, "
+                     f"on fresh processes, in the order of the table. Lost: over all rounds.")
+        lines.append("")
         lines.append("| | CPU (cores) | upstream connections | events/s delivered | p50 | p99 | p99.9 | max | lost |")
         lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for name in ("direct", "nginx", "ssegate", HELD, FLOOR):
+        for name in FANOUT:
             x = f[name]
             l = x["latency_us"]
             cpu = "(the app)" if name == "direct" else f"{x['cpu_cores']:.3f}"
@@ -478,10 +512,16 @@ def render(args, started, seconds):
         lines.append(f"The floor row is a C loop that does nothing but one send() per event per client: "
                      f"{fl['cpu_cores']:.3f} cores, {fl['cpu_cores'] / n['cpu_cores']:.0%} of Nginx's; "
                      f"ssegate uses {s['cpu_cores'] / fl['cpu_cores']:.2f}× the floor.")
-        lines.append(f"The last row lets the stream hold events (20 ms at first, up to 80 ms while it stays busy), so that several share a write: CPU "
+        lines.append(f"The `{HELD}` row lets the stream hold events (20 ms at first, up to 80 ms while it stays busy), so that several share a write: CPU "
                      f"{h['cpu_cores'] / n['cpu_cores']:.0%} of Nginx's, p99 "
                      f"{h['latency_us']['p99'] / 1000:.2f} ms against direct's "
                      f"{d['latency_us']['p99'] / 1000:.2f} ms (see the findings above).")
+        lines.append("")
+        lines.append("Rounds (CPU in cores, p99 in ms): " + "; ".join(
+            f"{name}: " + ", ".join(
+                (f"{x['cpu_cores']:.2f} / " if name != "direct" else "") + f"{x['latency_us']['p99'] / 1000:.1f}"
+                for x in f[name]["rounds"])
+            for name in FANOUT) + ".")
         lines.append("")
     if "capacity" in r:
         c = r["capacity"]
@@ -502,15 +542,20 @@ def render(args, started, seconds):
         s = r["single"]
         lines.append("### Single stream: 1 client per path, 1,000 events/s (the three paths read the same app at once)")
         lines.append("")
+        lines.append(f"Each figure is the median of {args.rounds} rounds on fresh processes.")
+        lines.append("")
         lines.append("| | events/s | p50 | p99 | p99.9 | max |")
         lines.append("| --- | ---: | ---: | ---: | ---: | ---: |")
         for name in ("direct", "nginx", "ssegate"):
             l = s[name]["latency_us"]
-            lines.append(f"| {name} | {s[name]['events_per_s']:.0f} | {l['p50']} µs | {l['p99']} µs | "
-                         f"{l['p999']} µs | {l['max']} µs |")
+            lines.append(f"| {name} | {s[name]['events_per_s']:.0f} | {l['p50']:.0f} µs | {l['p99']:.0f} µs | "
+                         f"{l['p999']:.0f} µs | {l['max']:.0f} µs |")
         added = (s["ssegate"]["latency_us"]["p99"] - s["direct"]["latency_us"]["p99"]) / 1000
         lines.append("")
-        lines.append(f"Target added p99 over direct ≤ 0.1 ms: {added:.3f} ms, {verdict(added <= 0.1)}.")
+        lines.append(f"Target added p99 over direct ≤ 0.1 ms: {added:.3f} ms, {verdict(added <= 0.1)}. "
+                     "Added p99 per round: " + ", ".join(
+                         f"{(x['latency_us']['p99'] - y['latency_us']['p99']) / 1000:.3f} ms"
+                         for x, y in zip(s["ssegate"]["rounds"], s["direct"]["rounds"])) + ".")
         lines.append("")
     if "resume" in r:
         x = r["resume"]
@@ -553,6 +598,8 @@ def main():
     parser.add_argument("--capacity-rates", type=int, nargs="*", default=[100, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 4000])
     parser.add_argument("--resume-clients", type=int, default=5000)
     parser.add_argument("--window", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="fan-out and single stream: rounds, reported as medians")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
