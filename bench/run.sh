@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks ssegate against the naive app served directly and against Nginx configured for SSE
 # the way its documentation recommends, in one run, and writes the table into BENCHMARKS.md.
-# Loopback only; about 6 minutes on 2 cores. Needs root (or sudo) only to install Nginx.
+# Loopback only; about 7 minutes on 2 cores. Needs root (or sudo) only to install Nginx.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
