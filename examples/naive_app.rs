@@ -32,6 +32,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    if args.interval < ssegate::demo::MIN_INTERVAL {
+        return Err(format!("--interval must be at least {:?}", ssegate::demo::MIN_INTERVAL).into());
+    }
     let lifetime = match args.lifetime.as_str() {
         "off" => None,
         text => Some(parse_duration(text)?),

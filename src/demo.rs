@@ -138,11 +138,15 @@ impl NaiveApp {
     }
 }
 
+/// The shortest time between events (100,000 events/s).
+pub const MIN_INTERVAL: Duration = Duration::from_micros(10);
+
 async fn ticker(app: NaiveApp, counters: Arc<Counters>, ticks: broadcast::Sender<Bytes>) {
     // The timer ticks at most once a millisecond: a shorter interval sends the events due by
     // each tick together, so the rate holds. After a stall, what was missed is skipped.
-    let step = app.interval.max(Duration::from_millis(1));
-    let interval_ns = app.interval.as_nanos().max(1);
+    let interval = app.interval.max(MIN_INTERVAL);
+    let step = interval.max(Duration::from_millis(1));
+    let interval_ns = interval.as_nanos();
     let per_tick = u64::try_from(step.as_nanos().div_ceil(interval_ns)).unwrap_or(1);
     let mut every = tokio::time::interval(step);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
