@@ -117,6 +117,16 @@ impl Ring {
         self.entries.get(usize::try_from(index).ok()?)
     }
 
+    /// The buffered events from `seq` on, oldest first (none if `seq` was evicted or is to come).
+    pub fn since(&self, seq: u64) -> impl Iterator<Item = &Entry> {
+        let start = seq
+            .checked_sub(self.first_seq())
+            .and_then(|index| usize::try_from(index).ok())
+            .filter(|&index| index <= self.entries.len())
+            .unwrap_or(self.entries.len());
+        self.entries.range(start..)
+    }
+
     /// Whether an event with this app id is buffered (an upstream repeating itself).
     pub fn contains_app_id(&self, id: &str) -> bool {
         self.ids.contains_key(id)
@@ -336,6 +346,21 @@ mod tests {
         assert_eq!(r.newest_id().as_deref(), Some("c"));
         push(&mut r, Some("d"), now);
         assert_eq!(r.resume("a"), Resume::Gap);
+    }
+
+    #[test]
+    fn since_reads_from_a_sequence_number_on() {
+        let now = Instant::now();
+        let mut r = ring(3, 1000, true);
+        for _ in 0..5 {
+            push(&mut r, None, now);
+        }
+        let seqs = |from| r.since(from).map(|e| e.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(3), [3, 4, 5]);
+        assert_eq!(seqs(4), [4, 5]);
+        assert_eq!(seqs(6), [] as [u64; 0], "nothing yet");
+        assert_eq!(seqs(99), [] as [u64; 0]);
+        assert_eq!(seqs(1), [] as [u64; 0], "evicted: nothing, not the oldest");
     }
 
     #[test]

@@ -221,27 +221,26 @@ impl Body for SubscriberBody {
             tracing::info!(route = %stream.path, stream = %stream.digest, "slow client disconnected: the events it still needed were evicted");
             return Poll::Ready(Some(Err(SlowClient)));
         }
-        if let Some(entry) = state.ring.get(this.cursor) {
-            let mut sent = 1;
-            let bytes = if state.ring.get(this.cursor + 1).is_none() {
+        // The events ready for this client, as many as fit one frame (at least one).
+        let (mut first, mut sent, mut size) = (None, 0u64, 0);
+        for entry in state.ring.since(this.cursor) {
+            if sent > 0 && size + entry.bytes.len() > COPY_BATCH_BYTES {
+                break;
+            }
+            first.get_or_insert(&entry.bytes);
+            sent += 1;
+            size += entry.bytes.len();
+        }
+        if let Some(first) = first {
+            let bytes = if sent == 1 {
                 // One event: the buffered bytes themselves.
-                entry.bytes.clone()
+                first.clone()
             } else {
                 // Several (a client catching up, or a held batch): copied into one buffer under
                 // one lock, rather than a lock and a shared reference count per event.
-                let mut size = entry.bytes.len();
-                while let Some(next) = state.ring.get(this.cursor + sent) {
-                    if size + next.bytes.len() > COPY_BATCH_BYTES {
-                        break;
-                    }
-                    size += next.bytes.len();
-                    sent += 1;
-                }
                 let mut batch = BytesMut::with_capacity(size);
-                for seq in this.cursor..this.cursor + sent {
-                    if let Some(event) = state.ring.get(seq) {
-                        batch.extend_from_slice(&event.bytes);
-                    }
+                for entry in state.ring.since(this.cursor).take(sent as usize) {
+                    batch.extend_from_slice(&entry.bytes);
                 }
                 batch.freeze()
             };
