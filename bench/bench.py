@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import socket
+from statistics import median
 import subprocess
 import sys
 import tempfile
@@ -250,8 +251,8 @@ def scenario_idle(args):
     RESULTS["idle"] = rows
 
 
-# The fan-out scenario's last row: ssegate holding events long enough that several share a
-# write (at 100 events/s), to show what the CPU target would cost in latency.
+# A fan-out row with ssegate holding events long enough that several share a write (at 100
+# events/s), to show what the CPU target would cost in latency.
 HELD = "ssegate, coalesce 80ms"
 # And the floor: bench/floor.c, a C loop that only formats each event and send()s it to each
 # client, the least any server writing each event at once can spend.
@@ -304,12 +305,6 @@ def fanout_once(args, name):
             "events_per_s": report["events_per_s"], "latency_us": report["latency_us"],
             "gaps": report["gaps"], "duplicates": report["duplicates"],
             "errors": report["errors"], "established": report["established"]}
-
-
-def median(values):
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def combine(rounds):
