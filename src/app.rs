@@ -108,7 +108,7 @@ impl App {
             None => (None, None),
         };
         let metrics = Arc::new(Metrics::new());
-        let hub = Hub::new(config.buffer_total_bytes, config.max_streams, metrics.clone());
+        let hub = Hub::new(&config, metrics.clone());
         let proxy = Proxy::new(&config, hub.clone(), metrics.clone());
         let control = Control {
             inner: Arc::new(ControlInner {
@@ -156,6 +156,9 @@ impl App {
         tracing::info!(listen = %self.local_addr, admin = ?self.admin_addr, routes = config.routes.len(), "ssegate listening");
         for route in &config.routes {
             tracing::info!(path = %route.path, upstream = %route.upstream, "route");
+        }
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
         }
         let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin = self.admin.map(|listener| {
@@ -271,6 +274,9 @@ impl Control {
         *self.inner.limits.write().unwrap_or_else(PoisonError::into_inner) = Limits::of(&config);
         self.inner.proxy.reload(&config);
         let routes = config.routes.len();
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
         *self.inner.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
         tracing::info!(routes, "config reloaded");
         Ok(())

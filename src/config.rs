@@ -22,7 +22,9 @@ use toml::Spanned;
 pub use error::ConfigError;
 use error::Source;
 use raw::{RawConfig, RawDefaults, RawRoute};
-pub use value::{format_duration, format_limit, format_size, format_toggle, parse_duration, parse_size};
+pub use value::{
+    format_duration, format_limit, format_size, format_toggle, parse_duration, parse_size, Cidr,
+};
 
 /// Where ssegate listens when `listen` is not set.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -68,8 +70,23 @@ pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The largest request body passed through.
 pub const DEFAULT_MAX_REQUEST_BODY: u64 = 64 << 20;
-/// The stream key when a route sets none: one user's stream is never served to another.
-pub const DEFAULT_STREAM_KEY: &[&str] = &["path", "query", "header:authorization", "header:cookie"];
+/// Streams one client may have opened, live or lingering, at once.
+pub const DEFAULT_MAX_STREAMS_PER_CLIENT: u64 = 100;
+/// New streams one client may open per second, on average.
+pub const DEFAULT_NEW_STREAMS_PER_CLIENT: u64 = 20;
+/// New streams one client may open at once before its rate applies.
+pub const DEFAULT_NEW_STREAMS_BURST: u64 = 40;
+/// The stream key when a route sets none: one user's stream is never served to another (their
+/// credentials), nor one tenant's to another (the Host they asked for).
+pub const DEFAULT_STREAM_KEY: &[&str] = &[
+    "path",
+    "query",
+    "header:authorization",
+    "header:cookie",
+    "header:host",
+];
+/// Headers a shared stream's key should hold, or it may serve one user's stream to another.
+pub const PRIVATE_KEY_HEADERS: &[&str] = &["authorization", "cookie", "host"];
 
 /// Which GET requests of a route are SSE subscriptions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -169,8 +186,23 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// How long an idle HTTP/1.1 keep-alive connection stays open between requests.
     pub keepalive_timeout: Duration,
+    /// Peers whose `X-Forwarded-For` names the client (load balancers in front of ssegate).
+    pub trusted_proxies: Vec<Cidr>,
+    /// Streams one client may have opened (live or lingering); `None`: no limit.
+    pub max_streams_per_client: Option<usize>,
+    /// New streams one client may open per second, and at once; `None`: no limit.
+    pub new_streams_per_client: Option<StreamRate>,
     /// Routes, in file order.
     pub routes: Vec<Route>,
+}
+
+/// How fast one client may open new streams: a token bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamRate {
+    /// Streams per second, on average.
+    pub per_second: u64,
+    /// Streams at once, before the rate applies.
+    pub burst: u64,
 }
 
 /// One `[[route]]` with its effective settings.
@@ -236,9 +268,47 @@ pub struct Settings {
     pub upstream_response_timeout: Option<Duration>,
     /// The largest request body passed through (larger: 413).
     pub max_request_body: u64,
+    /// Whether the upstream gets the path with repeated slashes merged (routing always merges).
+    pub merge_slashes: bool,
+    /// Whether `%2F`, `%5C` and a backslash may appear in a path (else 400).
+    pub allow_encoded_slashes: bool,
 }
 
 impl Config {
+    /// What is valid but likely a mistake, one sentence each: `ssegate check` prints these, and
+    /// ssegate logs them when it loads the config.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for route in &self.routes {
+            let settings = &route.settings;
+            if settings.mode != StreamMode::Shared || route.sse == SseMode::Never {
+                continue;
+            }
+            let missing: Vec<&str> = PRIVATE_KEY_HEADERS
+                .iter()
+                .copied()
+                .filter(|name| {
+                    !settings
+                        .stream_key
+                        .iter()
+                        .any(|part| matches!(part, KeyPart::Header(h) if h.as_str() == *name))
+                })
+                .collect();
+            if !missing.is_empty() {
+                warnings.push(format!(
+                    "[[route]] {:?}: stream_key leaves out {}: subscriptions that differ only there share one stream, so one user's (or tenant's) events may reach another; fine for a public feed, else add them (and any other header the app reads credentials from, such as \"header:x-api-key\")",
+                    route.path,
+                    missing
+                        .iter()
+                        .map(|name| format!("\"header:{name}\""))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+        warnings
+    }
+
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -307,6 +377,30 @@ impl Config {
             "keepalive_timeout",
             DEFAULT_KEEPALIVE_TIMEOUT,
         )?;
+        let mut trusted_proxies = Vec::new();
+        for block in raw.trusted_proxies.iter().flat_map(|list| list.get_ref()) {
+            trusted_proxies.push(
+                Cidr::parse(block.get_ref())
+                    .map_err(|why| source.error(block.span(), format!("key `trusted_proxies`: {why}")))?,
+            );
+        }
+        let max_streams_per_client = raw
+            .max_streams_per_client
+            .as_ref()
+            .map_or(Some(DEFAULT_MAX_STREAMS_PER_CLIENT), |v| v.get_ref().0)
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        let burst = match &raw.new_streams_burst {
+            Some(v) if *v.get_ref() == 0 => {
+                return Err(source.error(v.span(), "key `new_streams_burst`: must be at least 1"));
+            }
+            Some(v) => *v.get_ref(),
+            None => DEFAULT_NEW_STREAMS_BURST,
+        };
+        let new_streams_per_client = raw
+            .new_streams_per_client
+            .as_ref()
+            .map_or(Some(DEFAULT_NEW_STREAMS_PER_CLIENT), |v| v.get_ref().0)
+            .map(|per_second| StreamRate { per_second, burst });
         let max_connections = raw
             .max_connections
             .as_ref()
@@ -371,6 +465,9 @@ impl Config {
                 .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX)),
             header_read_timeout,
             keepalive_timeout,
+            trusted_proxies,
+            max_streams_per_client,
+            new_streams_per_client,
             routes: routes.into_iter().map(|(route, _)| route).collect(),
         })
     }
@@ -536,6 +633,8 @@ fn resolve_route(
             DEFAULT_UPSTREAM_RESPONSE_TIMEOUT,
         ),
         max_request_body: pick!(max_request_body).map_or(DEFAULT_MAX_REQUEST_BODY, |v| v.get_ref().0),
+        merge_slashes: pick!(merge_slashes).is_none_or(|v| *v.get_ref()),
+        allow_encoded_slashes: pick!(allow_encoded_slashes).is_some_and(|v| *v.get_ref()),
     };
     Ok(Route {
         path,
@@ -556,6 +655,37 @@ fn normalise_path(path: &str) -> Result<String, String> {
         ));
     }
     let trimmed = path.trim_end_matches('/');
+    // Request paths are normalised before routing (see `proxy::target`); a prefix that is not
+    // in normal form could never match.
+    if trimmed
+        .split('/')
+        .skip(1)
+        .any(|segment| matches!(segment, "" | "." | ".."))
+        || path.contains('\\')
+    {
+        return Err(format!(
+            "{path:?} must be a normalised path: no empty, \".\" or \"..\" segments, no backslash"
+        ));
+    }
+    let bytes = trimmed.as_bytes();
+    for (i, _) in trimmed.match_indices('%') {
+        let escape = bytes
+            .get(i + 1..i + 3)
+            .and_then(|hex| std::str::from_utf8(hex).ok());
+        let value = escape.and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        let normal = match (escape, value) {
+            (Some(hex), Some(v)) => {
+                !(v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~'))
+                    && hex == hex.to_ascii_uppercase()
+            }
+            _ => false,
+        };
+        if !normal {
+            return Err(format!(
+                "{path:?} must be a normalised path: percent-escapes only for reserved characters, in upper-case hex (requests are decoded before routing)"
+            ));
+        }
+    }
     Ok(if trimmed.is_empty() {
         "/".to_owned()
     } else {
@@ -609,8 +739,16 @@ impl Upstream {
         })
     }
 
-    /// The upstream URL for a request: the base path, then the request's path and query.
+    /// The upstream URL for a request: the base path, then the request's path and query. An
+    /// asterisk-form target (`OPTIONS *`) stays `*`: it names the server, not a path.
     pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        if path_and_query == "*" {
+            return Uri::builder()
+                .scheme(self.scheme.clone())
+                .authority(self.authority.clone())
+                .path_and_query("*")
+                .build();
+        }
         let mut joined = String::with_capacity(self.base_path.len() + path_and_query.len());
         joined.push_str(&self.base_path);
         joined.push_str(path_and_query);
@@ -694,6 +832,21 @@ impl fmt::Display for Config {
             "keepalive_timeout = \"{}\"",
             format_duration(self.keepalive_timeout)
         )?;
+        let blocks: Vec<String> = self.trusted_proxies.iter().map(|b| format!("\"{b}\"")).collect();
+        writeln!(f, "trusted_proxies = [{}]", blocks.join(", "))?;
+        writeln!(
+            f,
+            "max_streams_per_client = {}",
+            format_limit(self.max_streams_per_client.map(|n| n as u64))
+        )?;
+        writeln!(
+            f,
+            "new_streams_per_client = {}",
+            format_limit(self.new_streams_per_client.map(|r| r.per_second))
+        )?;
+        if let Some(rate) = self.new_streams_per_client {
+            writeln!(f, "new_streams_burst = {}", rate.burst)?;
+        }
         if let Some(tls) = &self.tls {
             writeln!(f, "\n[tls]")?;
             writeln!(f, "cert = {:?}", tls.cert.display().to_string())?;
@@ -754,6 +907,8 @@ impl fmt::Display for Config {
                 format_toggle(s.upstream_response_timeout)
             )?;
             writeln!(f, "max_request_body = \"{}\"", format_size(s.max_request_body))?;
+            writeln!(f, "merge_slashes = {}", s.merge_slashes)?;
+            writeln!(f, "allow_encoded_slashes = {}", s.allow_encoded_slashes)?;
         }
         Ok(())
     }

@@ -4,10 +4,14 @@
 //! - [`stream`]: one stream's state and the task (an actor) that owns its upstream.
 //! - [`subscriber`]: the response body of one client, a cursor into the ring.
 //! - [`key`]: stream keys and `Last-Event-ID`.
+//! - [`budget`]: how many streams one client may open, and how fast.
+//! - [`held`]: the body of a subscription held until its client's budget allows its stream.
 //!
 //! Per-event work (parse, id, encode, buffer) happens once per stream, in its task; a client
 //! costs a cursor, a waker slot and a few counters.
 
+pub mod budget;
+pub mod held;
 pub mod key;
 pub mod ring;
 pub mod stream;
@@ -23,8 +27,12 @@ use hyper::body::Incoming;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::route::{Admission, RouteEntry, Router};
+use budget::{Budgets, ClientId, Grant};
+pub use held::HeldBody;
+use key::StreamKey;
 use stream::{Phase, Stream, Subscriber, Template};
 pub use subscriber::{SlowClient, Start, SubscriberBody};
 
@@ -37,13 +45,18 @@ pub struct Hub {
 /// What streams share with the hub.
 #[derive(Debug)]
 pub struct Shared {
-    streams: Mutex<HashMap<String, Arc<Stream>>>,
+    streams: Mutex<HashMap<StreamKey, Arc<Stream>>>,
     buffered: AtomicUsize,
+    /// Bytes of the request heads streams keep (counted in `buffered` too).
+    heads: AtomicUsize,
     buffer_cap: AtomicUsize,
     max_streams: AtomicUsize,
     evicting: AtomicBool,
     shutting_down: AtomicBool,
     private_ids: AtomicU64,
+    /// Turns true when ssegate stops: held subscriptions end.
+    stopping: tokio::sync::watch::Sender<bool>,
+    budgets: Arc<Budgets>,
     metrics: Arc<Metrics>,
 }
 
@@ -53,6 +66,31 @@ pub struct Pending {
     subscriber: Subscriber,
     /// Present when this subscription opened the stream: receives a definitive first answer.
     opener: Option<oneshot::Receiver<Response<Incoming>>>,
+}
+
+/// What [`Hub::join`] did with a subscription.
+#[derive(Debug)]
+pub enum Joined {
+    /// It picked (or opened) its stream.
+    Pending(Pending),
+    /// Its stream would be new, and its client's budget does not allow one now.
+    Held(Held),
+    /// Its stream would be new, and `max_streams` streams are live (or their request heads
+    /// fill `buffer_total_bytes`). The template comes back.
+    Full(Template),
+}
+
+/// A subscription waiting for its client's budget to allow its stream; everything needed to
+/// join again.
+#[derive(Debug)]
+pub struct Held {
+    hub: Hub,
+    route: Arc<RouteEntry>,
+    key: Option<StreamKey>,
+    template: Template,
+    client: ClientId,
+    wait: budget::Wait,
+    counted: Counted,
 }
 
 enum Decided {
@@ -99,20 +137,31 @@ pub struct StreamInfo {
 }
 
 impl Hub {
-    /// A hub whose buffers together hold at most `buffer_total_bytes`.
-    pub fn new(buffer_total_bytes: u64, max_streams: usize, metrics: Arc<Metrics>) -> Hub {
+    /// A hub under the limits of `config`: `buffer_total_bytes`, `max_streams` and the
+    /// per-client budgets.
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Hub {
         Hub {
             shared: Arc::new(Shared {
                 streams: Mutex::new(HashMap::new()),
                 buffered: AtomicUsize::new(0),
-                buffer_cap: AtomicUsize::new(usize::try_from(buffer_total_bytes).unwrap_or(usize::MAX)),
-                max_streams: AtomicUsize::new(max_streams),
+                heads: AtomicUsize::new(0),
+                buffer_cap: AtomicUsize::new(
+                    usize::try_from(config.buffer_total_bytes).unwrap_or(usize::MAX),
+                ),
+                max_streams: AtomicUsize::new(config.max_streams),
                 evicting: AtomicBool::new(false),
                 shutting_down: AtomicBool::new(false),
                 private_ids: AtomicU64::new(0),
+                stopping: tokio::sync::watch::Sender::new(false),
+                budgets: Budgets::new(config),
                 metrics,
             }),
         }
+    }
+
+    /// Clients whose budget is tracked now.
+    pub fn tracked_clients(&self) -> usize {
+        self.shared.budgets.tracked()
     }
 
     /// Streams alive now.
@@ -130,45 +179,80 @@ impl Hub {
         self.shared.is_shutting_down()
     }
 
-    /// Joins the stream with `key` on `route`, opening it (and its upstream request, built from
-    /// `template`) if there is none. `key` is `None` for a private, per-client stream.
-    ///
-    /// `None` when the stream would be new and `max_streams` streams are live already: every
-    /// stream holds an upstream request (and lingers after its last client), so their number is
-    /// bounded like everything else.
+    /// Joins the stream with `key` on `route`, opening it (and its upstream request, from
+    /// `template`) if there is none and `client`'s budget allows. `key` is `None` for a
+    /// private, per-client stream.
     pub fn join(
         &self,
         route: &Arc<RouteEntry>,
-        key: Option<String>,
-        template: impl FnOnce() -> Template,
-    ) -> Option<Pending> {
-        let (private, key) = match key {
-            Some(key) => (false, key),
+        key: Option<StreamKey>,
+        template: Template,
+        client: ClientId,
+    ) -> Joined {
+        let (private, stream_key) = match &key {
+            Some(key) => (false, key.clone()),
             None => {
                 let n = self.shared.private_ids.fetch_add(1, Ordering::Relaxed);
-                (true, format!("{}\nprivate={n}", route.config.path))
+                (true, key::private_key(&route.config.path, n))
             }
         };
         let mut streams = self.shared.lock_streams();
-        if let Some(stream) = streams.get(&key) {
+        if let Some(stream) = streams.get(&stream_key) {
             let mut state = stream.lock();
             if !state.closing {
                 let subscriber = stream.join(&mut state);
-                return Some(Pending {
+                return Joined::Pending(Pending {
                     subscriber,
                     opener: None,
                 });
             }
         }
-        if streams.len() >= self.shared.max_streams.load(Ordering::Relaxed) {
-            return None;
+        // Every stream holds an upstream request (and lingers after its last client), and
+        // keeps its request head: their number and their heads are bounded like everything.
+        let head = template.size();
+        let cap = self.shared.buffer_cap.load(Ordering::Relaxed);
+        if streams.len() >= self.shared.max_streams.load(Ordering::Relaxed)
+            || self.shared.heads.load(Ordering::Relaxed) + head > cap
+        {
+            return Joined::Full(template);
         }
-        let stream = Stream::new(route.clone(), key.clone(), private, self.shared.clone());
+        let charge = match self.shared.budgets.take(client) {
+            Grant::Granted(charge) => charge,
+            Grant::Wait(wait, first) => {
+                drop(streams);
+                route.metrics.held.inc();
+                route.metrics.held_total.inc();
+                if first {
+                    tracing::warn!(route = %route.config.path, %client, limit = wait.reason, fault = "client", "client over its budget of new streams: its subscriptions are held (200, heartbeats) until it may open more");
+                } else {
+                    tracing::debug!(route = %route.config.path, %client, limit = wait.reason, "subscription held for its client's stream budget");
+                }
+                return Joined::Held(Held {
+                    hub: self.clone(),
+                    route: route.clone(),
+                    key,
+                    template,
+                    client,
+                    wait,
+                    counted: Counted(route.metrics.held.clone()),
+                });
+            }
+        };
+        self.shared.heads.fetch_add(head, Ordering::Relaxed);
+        self.shared.account(head, 0);
+        let stream = Stream::new(
+            route.clone(),
+            stream_key.clone(),
+            private,
+            head,
+            charge,
+            self.shared.clone(),
+        );
         let subscriber = stream.join(&mut stream.lock());
         let (tx, rx) = oneshot::channel();
-        stream.spawn(template(), Some(tx));
-        streams.insert(key, stream);
-        Some(Pending {
+        stream.spawn(template, Some(tx));
+        streams.insert(stream_key, stream);
+        Joined::Pending(Pending {
             subscriber,
             opener: Some(rx),
         })
@@ -176,12 +260,15 @@ impl Hub {
 
     /// Applies a reloaded config to the live streams: each goes on under its route's new
     /// version, or ends cleanly when its route is gone or its identity changed.
-    pub fn reconfigure(&self, router: &Router<RouteEntry>, buffer_total_bytes: u64, max_streams: usize) {
-        self.shared.max_streams.store(max_streams, Ordering::Relaxed);
+    pub fn reconfigure(&self, router: &Router<RouteEntry>, config: &Config) {
+        self.shared
+            .max_streams
+            .store(config.max_streams, Ordering::Relaxed);
         self.shared.buffer_cap.store(
-            usize::try_from(buffer_total_bytes).unwrap_or(usize::MAX),
+            usize::try_from(config.buffer_total_bytes).unwrap_or(usize::MAX),
             Ordering::Relaxed,
         );
+        self.shared.budgets.reconfigure(config);
         let streams: Vec<Arc<Stream>> = self.shared.lock_streams().values().cloned().collect();
         for stream in streams {
             stream.reconfigure(router.get(&stream.path));
@@ -201,6 +288,7 @@ impl Hub {
     /// cleanly (browsers reconnect, to another instance, with their Last-Event-ID).
     pub fn shutdown(&self) {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
+        self.shared.stopping.send_replace(true);
         let streams: Vec<Arc<Stream>> = self.shared.lock_streams().values().cloned().collect();
         for stream in streams {
             stream.poke();
@@ -243,8 +331,59 @@ impl Pending {
     }
 }
 
+impl Held {
+    /// Waits until the client's budget allows the stream (or it is live by now, opened by
+    /// someone else), then joins it. `None` when ssegate stops first.
+    pub async fn admitted(self) -> Option<Pending> {
+        let Held {
+            hub,
+            route,
+            key,
+            mut template,
+            client,
+            mut wait,
+            counted: _counted,
+        } = self;
+        let mut stopping = hub.shared.stopping.subscribe();
+        loop {
+            tokio::select! {
+                () = wait.done() => {}
+                _ = stopping.wait_for(|stopping| *stopping) => return None,
+            }
+            loop {
+                match hub.join(&route, key.clone(), template, client) {
+                    Joined::Pending(pending) => return Some(pending),
+                    Joined::Held(held) => {
+                        template = held.template;
+                        wait = held.wait;
+                        break;
+                    }
+                    // `max_streams` reached: asked about again a second later.
+                    Joined::Full(back) => {
+                        template = back;
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            _ = stopping.wait_for(|stopping| *stopping) => return None,
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Counts a held subscription in its route's gauge while it lives.
+#[derive(Debug)]
+struct Counted(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 impl Shared {
-    pub(crate) fn lock_streams(&self) -> MutexGuard<'_, HashMap<String, Arc<Stream>>> {
+    pub(crate) fn lock_streams(&self) -> MutexGuard<'_, HashMap<StreamKey, Arc<Stream>>> {
         self.streams.lock().unwrap_or_else(PoisonError::into_inner)
     }
 

@@ -77,6 +77,9 @@ fn check(path: &std::path::Path) -> ExitCode {
         None => None,
     };
     use std::io::Write;
+    for warning in config.warnings() {
+        eprintln!("warning: {warning}");
+    }
     // A closed stdout (`| head`) is not an error of the config.
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "# {}: valid. Effective settings:", path.display());

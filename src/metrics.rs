@@ -80,6 +80,10 @@ pub struct Metrics {
     upstream_reconnects: Family<RouteLabel, Counter>,
     upstream_failures: Family<RouteLabel, Counter>,
     refused: Family<RouteLabel, Counter>,
+    held: Family<RouteLabel, Gauge>,
+    held_total: Family<RouteLabel, Counter>,
+    /// Requests refused before routing (bad target, Host or path): the client's fault.
+    pub bad_requests: Counter,
     requests: Family<RequestLabels, Counter>,
     request_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
 }
@@ -117,6 +121,10 @@ pub struct RouteMetrics {
     pub upstream_failures: Counter,
     /// Requests refused for the route's `max_clients`.
     pub refused: Counter,
+    /// Subscriptions held now for their client's stream budget.
+    pub held: Gauge,
+    /// Subscriptions ever held for their client's stream budget.
+    pub held_total: Counter,
     metrics: std::sync::Arc<Metrics>,
 }
 
@@ -151,6 +159,9 @@ impl Metrics {
             upstream_reconnects: Family::default(),
             upstream_failures: Family::default(),
             refused: Family::default(),
+            held: Family::default(),
+            held_total: Family::default(),
+            bad_requests: Counter::default(),
             requests: Family::default(),
             request_duration: Family::new_with_constructor(duration_histogram),
             registry: Registry::default(),
@@ -249,6 +260,21 @@ impl Metrics {
             metrics.refused.clone(),
         );
         r.register(
+            "held_subscriptions",
+            "SSE subscriptions held now until their client may open another stream, by route",
+            metrics.held.clone(),
+        );
+        r.register(
+            "subscriptions_held",
+            "SSE subscriptions held until their client could open another stream, by route",
+            metrics.held_total.clone(),
+        );
+        r.register(
+            "bad_requests",
+            "Requests refused with 400 before routing: malformed target, Host or path",
+            metrics.bad_requests.clone(),
+        );
+        r.register(
             "requests",
             "Pass-through requests, by route and status class",
             metrics.requests.clone(),
@@ -282,6 +308,8 @@ impl Metrics {
             upstream_reconnects: self.upstream_reconnects.get_or_create_owned(&label),
             upstream_failures: self.upstream_failures.get_or_create_owned(&label),
             refused: self.refused.get_or_create_owned(&label),
+            held: self.held.get_or_create_owned(&label),
+            held_total: self.held_total.get_or_create_owned(&label),
             metrics: self.clone(),
         }
     }

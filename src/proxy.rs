@@ -2,6 +2,7 @@
 //! subscribes it to an SSE stream of the hub.
 
 mod body;
+pub mod target;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -11,20 +12,22 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body as _;
-use http_body_util::{Either, Empty, Limited};
+use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 
 pub use body::{AccessLog, ProxyBody};
 
-use crate::config::{Config, SseMode, StreamMode};
+use crate::config::{Cidr, Config, SseMode, StreamMode};
+use crate::hub::budget::ClientId;
 use crate::hub::key::{last_event_id, query_without_last_event_id, stream_key};
 use crate::hub::stream::Template;
-use crate::hub::{Hub, Outcome, SubscriberBody};
+use crate::hub::{HeldBody, Hub, Joined, Outcome};
 use crate::metrics::Metrics;
 use crate::route::{RouteEntry, Router};
 use crate::server::InFlight;
-use crate::upstream::headers::strip_hop_by_hop;
-use crate::upstream::{Peer, UpstreamBody, UpstreamError};
+use crate::upstream::headers::{client_address, strip_hop_by_hop};
+use crate::upstream::{ClientBody, Peer, UpstreamBody, UpstreamError};
+use target::Target;
 
 /// A request body ssegate can send upstream: the client's streamed body (bounded by the
 /// route's `max_request_body`), or none (a request head read by the server's lean path).
@@ -37,7 +40,7 @@ pub trait RequestBody: Send + 'static {
 
 impl RequestBody for Incoming {
     fn upstream(self, limit: usize) -> UpstreamBody {
-        Either::Left(Limited::new(self, limit))
+        Either::Left(ClientBody::new(self, limit))
     }
     fn declared_len(&self) -> u64 {
         self.size_hint().lower()
@@ -63,6 +66,8 @@ pub struct Proxy {
 struct Inner {
     /// The routes in force; a reload swaps the whole router at once.
     router: RwLock<Arc<Router<RouteEntry>>>,
+    /// Peers whose `X-Forwarded-For` names the client.
+    trusted_proxies: RwLock<Arc<[Cidr]>>,
     hub: Hub,
     metrics: Arc<Metrics>,
 }
@@ -74,6 +79,7 @@ impl Proxy {
         Proxy {
             inner: Arc::new(Inner {
                 router: RwLock::new(Arc::new(router)),
+                trusted_proxies: RwLock::new(config.trusted_proxies.clone().into()),
                 hub,
                 metrics,
             }),
@@ -96,24 +102,44 @@ impl Proxy {
         let previous = self.router();
         let router = Arc::new(RouteEntry::router(config, &self.inner.metrics, Some(&previous)));
         *self.inner.router.write().unwrap_or_else(PoisonError::into_inner) = router.clone();
-        self.inner
-            .hub
-            .reconfigure(&router, config.buffer_total_bytes, config.max_streams);
+        *self
+            .inner
+            .trusted_proxies
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = config.trusted_proxies.clone().into();
+        self.inner.hub.reconfigure(&router, config);
+    }
+
+    /// The client a request came from, for its stream budget.
+    fn client(&self, peer: std::net::IpAddr, request: &Request<impl Sized>) -> ClientId {
+        let trusted = self
+            .inner
+            .trusted_proxies
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        ClientId::from(client_address(peer, request.headers(), &trusted))
     }
 
     /// Whether `request` (a head, with no body) would be an SSE subscription: the server serves
-    /// those on its lean path.
+    /// those on its lean path. A request ssegate would refuse is not one: hyper serves it, and
+    /// [`Proxy::handle`] refuses it there.
     pub fn is_subscription_head<B>(&self, request: &Request<B>) -> bool {
-        self.router()
-            .find(request.uri().path())
-            .is_some_and(|route| is_subscription(route.config.sse, request))
+        let Ok(target) = Target::of(request) else {
+            return false;
+        };
+        self.router().find(&target.merged).is_some_and(|route| {
+            target.path_for(&route.config.settings).is_ok()
+                && !announces_body(request)
+                && is_subscription(route.config.sse, request)
+        })
     }
 
     /// Serves one request from the client at `remote`; `in_flight` keeps it counted on its
     /// connection until the response ends.
     pub async fn handle<B: RequestBody>(
         &self,
-        request: Request<B>,
+        mut request: Request<B>,
         remote: SocketAddr,
         in_flight: InFlight,
     ) -> Response<ProxyBody> {
@@ -122,11 +148,10 @@ impl Proxy {
             addr: remote,
             secure: in_flight.secure(),
         };
-        let route = self.router().find(request.uri().path()).cloned();
-        let (method, path) = (request.method().clone(), request.uri().path().to_owned());
-        let log = |status, route: Option<&RouteEntry>| AccessLog {
+        let method = request.method().clone();
+        let log = |path: &str, status, route: Option<&RouteEntry>| AccessLog {
             method: method.clone(),
-            path: path.clone(),
+            path: path.to_owned(),
             status,
             upstream: route.map_or_else(|| "-".to_owned(), |r| r.client.upstream().to_string()),
             started,
@@ -134,19 +159,37 @@ impl Proxy {
             metrics: route.map(|r| r.metrics.clone()),
             admission: None,
         };
-        let Some(route) = route else {
-            let response = error_response(StatusCode::NOT_FOUND, "ssegate: no route for this path\n");
-            let log = log(response.status(), None);
-            return finish(response, log, in_flight);
-        };
         if request.method() == Method::CONNECT {
             let response = error_response(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "ssegate: CONNECT is not proxied\n",
             );
-            let log = log(response.status(), Some(&route));
+            let log = log(request.uri().path(), response.status(), None);
             return finish(response, log, in_flight);
         }
+        // One path decides the route and reaches the upstream: normalised here, once.
+        let target = match Target::of(&request) {
+            Ok(target) => target,
+            Err(why) => {
+                let response = self.refuse(&request, remote, why);
+                let log = log(request.uri().path(), response.status(), None);
+                return finish(response, log, in_flight);
+            }
+        };
+        let Some(route) = self.router().find(&target.merged).cloned() else {
+            let response = error_response(StatusCode::NOT_FOUND, "ssegate: no route for this path\n");
+            let log = log(&target.path, response.status(), None);
+            return finish(response, log, in_flight);
+        };
+        let applied = target
+            .path_for(&route.config.settings)
+            .and_then(|path| target.apply(&mut request, path));
+        if let Err(why) = applied {
+            let response = self.refuse(&request, remote, why);
+            let log = log(&target.path, response.status(), Some(&route));
+            return finish(response, log, in_flight);
+        }
+        let path = request.uri().path().to_owned();
         let Some(admission) = route.admit() else {
             tracing::warn!(route = %route.config.path, "max_clients reached; answering 503");
             let mut response = error_response(
@@ -156,24 +199,52 @@ impl Proxy {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            let log = log(response.status(), Some(&route));
+            let log = log(&path, response.status(), Some(&route));
             return finish(response, log, in_flight);
         };
         if is_subscription(route.config.sse, &request) {
+            if announces_body(&request) {
+                // EventSource never sends a body; a subscription that announces one is trying to
+                // make the upstream read bytes that are not its request.
+                let response =
+                    self.refuse(&request, remote, "a subscription (GET) announcing a request body");
+                let log = log(&path, response.status(), Some(&route));
+                return finish(response, log, in_flight);
+            }
             return match self.subscribe(&route, request, peer, admission).await {
                 Ok(response) => response.map(|body| body.hold(in_flight)),
                 Err((response, admission)) => {
-                    let mut log = log(response.status(), Some(&route));
+                    let mut log = log(&path, response.status(), Some(&route));
                     log.admission = admission;
                     finish(response, log, in_flight)
                 }
             };
         }
-        let mut entry = log(StatusCode::OK, Some(&route));
+        let mut entry = log(&path, StatusCode::OK, Some(&route));
         let response = pass_through(&route, request, peer).await;
         entry.status = response.status();
         entry.admission = Some(admission);
         finish(response, entry, in_flight)
+    }
+
+    /// A 400 for a request that is the client's fault, with the log line that says so.
+    fn refuse<B>(
+        &self,
+        request: &Request<B>,
+        remote: SocketAddr,
+        why: impl std::fmt::Display,
+    ) -> Response<ProxyBody> {
+        self.inner.metrics.bad_requests.inc();
+        tracing::info!(%remote, method = %request.method(), target = %request.uri(), fault = "client", reason = %why, "bad request; answering 400");
+        let mut response = Response::new(ProxyBody::full(Bytes::from(format!(
+            "ssegate: bad request: {why}\n"
+        ))));
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
     }
 
     /// An SSE subscription: joins (or opens) the stream for its key and answers 200 with a
@@ -197,29 +268,50 @@ impl Proxy {
         let settings = &route.config.settings;
         let resume_from = last_event_id(request.headers(), request.uri().query());
         let shared = settings.mode == StreamMode::Shared;
+        let template = upstream_template(route, &request, remote, shared, resume_from.as_deref());
+        // The key is made of what the upstream receives: the path as normalised, the headers
+        // as forwarded (a credential a client names in `Connection` is in neither).
         let key = shared.then(|| {
             stream_key(
                 &route.config.path,
                 &settings.stream_key,
-                request.uri(),
-                request.headers(),
+                request.uri().path(),
+                request.uri().query(),
+                &template.headers,
             )
         });
-        let Some(pending) = hub.join(route, key, || {
-            upstream_template(route, &request, remote, shared, resume_from.as_deref())
-        }) else {
-            route.metrics.refused.inc();
-            tracing::warn!(route = %route.config.path, "max_streams reached; a subscription that needs a new stream gets 503");
-            let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, "ssegate: too many streams\n");
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return Err((response, Some(admission)));
+        let client = self.client(remote.addr.ip(), &request);
+        let pending = match hub.join(route, key, template, client) {
+            Joined::Pending(pending) => pending,
+            Joined::Held(held) => {
+                // Answered now, as a stream whose app is down would be; joined when the
+                // client's budget allows.
+                let resume_from = resume_from.clone();
+                let admit = async move {
+                    let pending = held.admitted().await?;
+                    Some(pending.attach(resume_from.as_deref(), Some(admission)))
+                };
+                return Ok(sse_response(ProxyBody::held(HeldBody::new(
+                    admit,
+                    settings.retry,
+                    settings.heartbeat,
+                ))));
+            }
+            Joined::Full(_) => {
+                route.metrics.refused.inc();
+                tracing::warn!(route = %route.config.path, "max_streams reached; a subscription that needs a new stream gets 503");
+                let mut response =
+                    error_response(StatusCode::SERVICE_UNAVAILABLE, "ssegate: too many streams\n");
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return Err((response, Some(admission)));
+            }
         };
         match pending.outcome(settings.upstream_connect_timeout).await {
-            Outcome::Subscribe(pending) => Ok(sse_response(
+            Outcome::Subscribe(pending) => Ok(sse_response(ProxyBody::sse(
                 pending.attach(resume_from.as_deref(), Some(admission)),
-            )),
+            ))),
             Outcome::Answer(response) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
@@ -260,6 +352,9 @@ fn upstream_template<B>(
     };
     let mut headers = request.headers().clone();
     let upstream_uri = route.client.rewrite(uri, &mut headers, &path_and_query, remote);
+    // A subscription's upstream request has no body, so it announces none: a Content-Length
+    // kept here would make the app read the next request on the connection as this one's body.
+    headers.remove(header::CONTENT_LENGTH);
     if shared {
         headers.remove("last-event-id");
     } else if let Some(value) = resume_from.and_then(|id| HeaderValue::from_str(id).ok()) {
@@ -307,6 +402,13 @@ async fn pass_through<B: RequestBody>(
             tracing::info!(route = %route.config.path, %method, %path, fault = "client", "request body over max_request_body; answering 413");
             error_response(StatusCode::PAYLOAD_TOO_LARGE, "ssegate: request body too large\n")
         }
+        Err(error) if error.is_client_body() => {
+            tracing::info!(route = %route.config.path, %method, %path, fault = "client", error = %error, "the client's request body could not be read; answering 400");
+            error_response(
+                StatusCode::BAD_REQUEST,
+                "ssegate: the request body could not be read\n",
+            )
+        }
         Err(error) => {
             let (status, body) = match error {
                 UpstreamError::ConnectTimeout(_) | UpstreamError::ResponseTimeout(_) => (
@@ -332,10 +434,21 @@ async fn pass_through<B: RequestBody>(
     }
 }
 
+/// Whether a request announces a body: a `Content-Length` other than 0 (any of them), or any
+/// `Transfer-Encoding`.
+fn announces_body<B>(request: &Request<B>) -> bool {
+    let headers = request.headers();
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .any(|value| value.as_bytes() != b"0")
+}
+
 /// The 200 response of a subscription. Its headers keep every intermediary from buffering or
 /// caching it; it has no Content-Length and is never compressed.
-fn sse_response(body: SubscriberBody) -> Response<ProxyBody> {
-    let mut response = Response::new(ProxyBody::sse(body));
+fn sse_response(body: ProxyBody) -> Response<ProxyBody> {
+    let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

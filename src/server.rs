@@ -34,6 +34,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 /// Largest request head (request line and headers) accepted from a client, in bytes.
 pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 
+/// Requests (SSE subscriptions included) one HTTP/2 connection may have open at once, as Nginx's
+/// `http2_max_concurrent_streams`. A page's EventSources share one connection, so this is far
+/// above what a page opens; it bounds what one connection can make ssegate hold.
+pub const MAX_H2_STREAMS: u32 = 128;
+
 /// The connection settings in force; a reload replaces them (new connections use them).
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -99,7 +104,8 @@ pub async fn serve(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(MAX_REQUEST_HEAD_BYTES as u32);
+        .max_header_list_size(MAX_REQUEST_HEAD_BYTES as u32)
+        .max_concurrent_streams(MAX_H2_STREAMS);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let lean = Tracker::default();

@@ -21,7 +21,55 @@ use headers::{add_forwarded, strip_hop_by_hop};
 
 /// A request body bound upstream: the client's streamed body (bounded by `max_request_body`),
 /// or nothing (SSE subscriptions).
-pub type UpstreamBody = Either<Limited<Incoming>, Empty<Bytes>>;
+pub type UpstreamBody = Either<ClientBody, Empty<Bytes>>;
+
+pin_project_lite::pin_project! {
+    /// A client's request body on its way upstream, bounded by `max_request_body`. Its errors
+    /// are marked as the client's ([`ClientBodyError`]): a body the client cut short or framed
+    /// badly is its fault, not the upstream's.
+    pub struct ClientBody {
+        #[pin]
+        body: Limited<Incoming>,
+    }
+}
+
+impl ClientBody {
+    /// `body`, cut off past `limit` bytes.
+    pub fn new(body: Incoming, limit: usize) -> ClientBody {
+        ClientBody {
+            body: Limited::new(body, limit),
+        }
+    }
+}
+
+/// Reading the client's request body failed: malformed framing, a connection cut short, or
+/// more bytes than `max_request_body`.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the client's request body failed")]
+pub struct ClientBodyError(#[source] pub BoxError);
+
+impl http_body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        self.project()
+            .body
+            .poll_frame(cx)
+            .map_err(|error| Box::new(ClientBodyError(error)) as BoxError)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
 
 /// Boxed error with the standard bounds.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -63,12 +111,22 @@ pub enum UpstreamError {
 impl UpstreamError {
     /// Whether the exchange failed because the client's request body went over its limit.
     pub fn is_body_too_large(&self) -> bool {
+        self.caused_by::<LengthLimitError>()
+    }
+
+    /// Whether the exchange failed because of the client's request body (cut short, badly
+    /// framed, too large): the client's fault.
+    pub fn is_client_body(&self) -> bool {
+        self.caused_by::<ClientBodyError>()
+    }
+
+    fn caused_by<E: StdError + 'static>(&self) -> bool {
         let UpstreamError::Failed(error) = self else {
             return false;
         };
         let mut next: Option<&(dyn StdError + 'static)> = Some(error.as_ref());
         while let Some(e) = next {
-            if e.is::<LengthLimitError>() {
+            if e.is::<E>() {
                 return true;
             }
             next = e.source();

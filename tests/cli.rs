@@ -48,9 +48,28 @@ fn good_config_prints_effective_settings_per_route() {
         "{}",
         routes[1]
     );
-    assert!(
-        routes[1].contains("stream_key = [\"path\", \"query\", \"header:authorization\", \"header:cookie\"]")
+    assert!(routes[1].contains(
+        "stream_key = [\"path\", \"query\", \"header:authorization\", \"header:cookie\", \"header:host\"]"
+    ));
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
+
+#[test]
+fn check_warns_about_a_shared_key_without_credentials() {
+    let (code, _stdout, stderr) = check(
+        "wide-key.toml",
+        "[[route]]\npath = \"/feed\"\nupstream = \"http://127.0.0.1:3000\"\nstream_key = [\"path\", \"header:cookie\"]\n\n[[route]]\npath = \"/private\"\nupstream = \"http://127.0.0.1:3000\"\nmode = \"per-client\"\nstream_key = [\"path\"]\n",
     );
+    assert_eq!(code, 0, "a warning is not an error: {stderr}");
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 1, "only the shared route: {stderr}");
+    assert!(warnings[0].contains("\"/feed\""), "{}", warnings[0]);
+    assert!(
+        warnings[0].contains("\"header:authorization\", \"header:host\""),
+        "{}",
+        warnings[0]
+    );
+    assert!(warnings[0].contains("x-api-key"), "{}", warnings[0]);
 }
 
 #[test]

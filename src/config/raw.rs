@@ -20,6 +20,10 @@ pub struct RawConfig {
     pub max_streams: Option<Spanned<LimitValue>>,
     pub header_read_timeout: Option<Spanned<DurationValue>>,
     pub keepalive_timeout: Option<Spanned<DurationValue>>,
+    pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
+    pub max_streams_per_client: Option<Spanned<LimitValue>>,
+    pub new_streams_per_client: Option<Spanned<LimitValue>>,
+    pub new_streams_burst: Option<Spanned<u64>>,
     pub tls: Option<RawTls>,
     pub defaults: Option<RawDefaults>,
     #[serde(default, rename = "route")]
@@ -64,6 +68,8 @@ macro_rules! with_settings {
             pub max_clients: Option<Spanned<LimitValue>>,
             pub upstream_response_timeout: Option<Spanned<Toggle>>,
             pub max_request_body: Option<Spanned<SizeValue>>,
+            pub merge_slashes: Option<Spanned<bool>>,
+            pub allow_encoded_slashes: Option<Spanned<bool>>,
         }
     };
 }

@@ -43,7 +43,18 @@ fn built_in_defaults() {
     assert_eq!(s.ids, IdMode::Inject);
     assert_eq!(s.mode, StreamMode::Shared);
     assert_eq!(s.buffer_bytes, 8 << 20);
-    assert_eq!(s.stream_key.len(), 4);
+    assert_eq!(s.stream_key.len(), 5);
+    assert!(s.merge_slashes);
+    assert!(!s.allow_encoded_slashes);
+    assert_eq!(config.max_streams_per_client, Some(100));
+    assert_eq!(
+        config.new_streams_per_client,
+        Some(StreamRate {
+            per_second: 20,
+            burst: 40
+        })
+    );
+    assert!(config.trusted_proxies.is_empty());
     assert_eq!(s.upstream_down_grace, Some(DEFAULT_UPSTREAM_DOWN_GRACE));
     assert_eq!(s.coalesce, Some(DEFAULT_COALESCE));
 }
@@ -120,6 +131,14 @@ fn errors_name_the_key_and_line() {
         ("backoff upside down", "[defaults]\nreconnect_initial = \"1m\"\nreconnect_max = \"1s\"\n[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\n", 2, &["`reconnect_initial`"]),
         ("no routes", "listen = \"127.0.0.1:1\"\n", 2, &["no [[route]]"]),
         ("toml syntax", "listen = \n", 1, &["listen"]),
+        ("bad trusted proxy", "trusted_proxies = [\"10.0.0.0/8\", \"10.0.0.1/8\"]\n[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\n", 1, &["`trusted_proxies`", "\"10.0.0.1/8\"", "network address"]),
+        ("trusted proxy not an address", "trusted_proxies = [\"lb.internal\"]\n[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\n", 1, &["`trusted_proxies`", "not an IP address"]),
+        ("zero burst", "new_streams_burst = 0\n[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\n", 1, &["`new_streams_burst`", "at least 1"]),
+        ("zero streams per client", "max_streams_per_client = 0\n[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\n", 1, &["`max_streams_per_client`", "at least 1"]),
+        ("route path not normal", "[[route]]\npath = \"/a/../b\"\nupstream = \"http://a:1\"\n", 2, &["`path`", "normalised"]),
+        ("route path with repeated slashes", "[[route]]\npath = \"//a\"\nupstream = \"http://a:1\"\n", 2, &["`path`", "normalised"]),
+        ("route path with a decodable escape", "[[route]]\npath = \"/%61\"\nupstream = \"http://a:1\"\n", 2, &["`path`", "percent-escapes"]),
+        ("merge_slashes not a bool", "[defaults]\nmerge_slashes = \"yes\"\n", 2, &["`merge_slashes`"]),
     ];
     for (name, text, line, needles) in cases {
         let (got_line, message) = error(text);
@@ -131,6 +150,33 @@ fn errors_name_the_key_and_line() {
             );
         }
     }
+}
+
+#[test]
+fn client_limits_and_path_rules() {
+    let config = load(
+        "trusted_proxies = [\"10.0.0.0/8\", \"2001:db8::1\"]\nmax_streams_per_client = \"off\"\n\
+         new_streams_per_client = 5\nnew_streams_burst = 7\n\
+         [defaults]\nmerge_slashes = false\n\
+         [[route]]\npath = \"/a%2F\"\nupstream = \"http://127.0.0.1:1\"\nallow_encoded_slashes = true\n",
+    )
+    .expect("valid");
+    assert_eq!(config.trusted_proxies.len(), 2);
+    assert_eq!(config.max_streams_per_client, None);
+    assert_eq!(
+        config.new_streams_per_client,
+        Some(StreamRate {
+            per_second: 5,
+            burst: 7
+        })
+    );
+    let route = &config.routes[0];
+    assert_eq!(route.path, "/a%2F");
+    assert!(!route.settings.merge_slashes);
+    assert!(route.settings.allow_encoded_slashes);
+    let off = load("new_streams_per_client = \"off\"\n[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\n")
+        .expect("valid");
+    assert_eq!(off.new_streams_per_client, None);
 }
 
 #[test]

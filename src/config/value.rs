@@ -1,6 +1,7 @@
 //! The value syntaxes of the config file: durations, sizes, and "off".
 
 use std::fmt;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use serde::de::{self, Deserializer, Visitor};
@@ -21,6 +22,69 @@ pub struct SizeValue(pub u64);
 /// A count, or `"off"` for no limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitValue(pub Option<u64>);
+
+/// An address block such as `10.0.0.0/8` or `fd00::/8`; a bare address is a block of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `addr/prefix` or a bare address; the error says what was expected.
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let bad = |why: &str| format!("{text:?} is not an address block such as \"10.0.0.0/8\" ({why})");
+        let (addr, prefix) = match text.trim().split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (text.trim(), None),
+        };
+        let network: IpAddr = addr.parse().map_err(|_| bad("not an IP address"))?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(digits) => match digits.parse::<u8>() {
+                Ok(n) if n <= max && digits.bytes().all(|b| b.is_ascii_digit()) => n,
+                _ => return Err(bad(&format!("the prefix length must be 0 to {max}"))),
+            },
+        };
+        let cidr = Cidr { network, prefix };
+        if cidr.mask(network) != network {
+            return Err(bad("bits are set after the prefix; write the network address"));
+        }
+        Ok(cidr)
+    }
+
+    /// `ip` with the bits after this block's prefix cleared.
+    fn mask(&self, ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(v4) => {
+                let bits = u32::from(v4);
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                IpAddr::V4((bits & mask).into())
+            }
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6);
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                IpAddr::V6((bits & mask).into())
+            }
+        }
+    }
+
+    /// Whether `ip` is in this block (an IPv4-mapped IPv6 address counts as its IPv4 one).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        ip.is_ipv4() == self.network.is_ipv4() && self.mask(ip) == self.network
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
 
 /// Parses a duration string; the error says what was expected.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -184,6 +248,34 @@ mod tests {
         assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
         assert_eq!(format_duration(Duration::from_secs(600)), "10m");
         assert_eq!(format_toggle(None), "off");
+    }
+
+    #[test]
+    fn address_blocks() {
+        let block = Cidr::parse("10.0.0.0/8").expect("valid");
+        assert!(block.contains("10.1.2.3".parse().expect("ip")));
+        assert!(block.contains("::ffff:10.1.2.3".parse().expect("ip")));
+        assert!(!block.contains("11.0.0.1".parse().expect("ip")));
+        assert!(!block.contains("::1".parse().expect("ip")));
+        let one = Cidr::parse("192.168.1.7").expect("valid");
+        assert!(one.contains("192.168.1.7".parse().expect("ip")));
+        assert!(!one.contains("192.168.1.8".parse().expect("ip")));
+        let v6 = Cidr::parse("fd00::/8").expect("valid");
+        assert!(v6.contains("fd12::1".parse().expect("ip")));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .expect("valid")
+            .contains("8.8.8.8".parse().expect("ip")));
+        assert_eq!(v6.to_string(), "fd00::/8");
+        for bad in [
+            "10.0.0.1/8",
+            "10.0.0.0/33",
+            "10.0.0.0/",
+            "10.0.0.0/+8",
+            "example.com",
+            "::/129",
+        ] {
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

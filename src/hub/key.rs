@@ -2,9 +2,9 @@
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::sync::OnceLock;
 
 use http::header::HeaderMap;
-use http::Uri;
 
 use crate::config::KeyPart;
 
@@ -15,46 +15,86 @@ pub const LAST_EVENT_ID_PARAM: &str = "lastEventId";
 /// and only this much of it is echoed in a `gap` event.
 pub const MAX_LAST_EVENT_ID: usize = 1024;
 
-/// The stream key of a subscription: the route, then each configured part. It holds
-/// credentials when the key includes them, so it is never logged; see [`digest`].
-pub fn stream_key(route_path: &str, parts: &[KeyPart], uri: &Uri, headers: &HeaderMap) -> String {
-    let mut key = String::with_capacity(64);
-    key.push_str(route_path);
+/// What identifies a stream: the route and the configured parts of a subscription, as bytes.
+/// It holds credentials when the key includes them, so it is never logged; see [`digest`].
+pub type StreamKey = Box<[u8]>;
+
+/// Appends `bytes` with its length before it, so no two different sequences of parts encode
+/// alike (joined with separators, `Bearer a=x` and the two values `Bearer a`, `x` would).
+fn put(key: &mut Vec<u8>, bytes: &[u8]) {
+    key.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+    key.extend_from_slice(bytes);
+}
+
+/// The stream key of a subscription to `route_path`: each configured part, taken from the
+/// request as the upstream receives it (its normalised `path` and `query`, and `headers` after
+/// hop-by-hop removal), the bytes exactly as they came.
+pub fn stream_key(
+    route_path: &str,
+    parts: &[KeyPart],
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> StreamKey {
+    let mut key = Vec::with_capacity(128);
+    put(&mut key, route_path.as_bytes());
     for part in parts {
-        key.push('\n');
         match part {
             KeyPart::Path => {
-                let _ = write!(key, "path={}", uri.path());
+                key.push(b'p');
+                put(&mut key, path.as_bytes());
             }
             KeyPart::Query => {
-                let _ = write!(
-                    key,
-                    "query={}",
-                    query_without_last_event_id(uri.query()).unwrap_or_default()
+                key.push(b'q');
+                put(
+                    &mut key,
+                    query_without_last_event_id(query).unwrap_or_default().as_bytes(),
                 );
             }
             KeyPart::Header(name) => {
-                let _ = write!(key, "header:{name}");
                 // Absent and empty differ; repeated values all count, in order.
-                for value in headers.get_all(name) {
-                    key.push('=');
-                    key.push_str(&String::from_utf8_lossy(value.as_bytes()));
+                key.push(b'h');
+                put(&mut key, name.as_str().as_bytes());
+                let values = headers.get_all(name);
+                key.extend_from_slice(&(values.iter().count() as u64).to_be_bytes());
+                for value in values {
+                    put(&mut key, value.as_bytes());
                 }
             }
         }
     }
-    key
+    key.into_boxed_slice()
 }
 
-/// A short, stable digest of a stream key for logs: never the credentials themselves.
-pub fn digest(key: &str) -> String {
-    // FNV-1a: stable across runs and processes, unlike the std hasher's random keys.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in key.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
+/// The key of the `n`th private (per-client) stream of a route: never equal to a shared key.
+pub fn private_key(route_path: &str, n: u64) -> StreamKey {
+    let mut key = Vec::with_capacity(route_path.len() + 17);
+    put(&mut key, route_path.as_bytes());
+    key.push(b'#');
+    key.extend_from_slice(&n.to_be_bytes());
+    key.into_boxed_slice()
+}
+
+/// A short digest of a stream key for logs and `/streams`: HMAC-SHA256 under a key drawn at
+/// random when the process starts, so a digest can be compared within one process's logs but
+/// never used to test guessed credentials offline.
+pub fn digest(key: &[u8]) -> String {
+    static SECRET: OnceLock<ring::hmac::Key> = OnceLock::new();
+    let secret = SECRET.get_or_init(|| {
+        let rng = ring::rand::SystemRandom::new();
+        ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng).unwrap_or_else(|_| {
+            // No system randomness: fall back to what varies per process. The digest is then
+            // only as strong as this seed, and still never the key itself.
+            let seed = format!("{:?}{}", std::time::SystemTime::now(), std::process::id());
+            ring::hmac::Key::new(ring::hmac::HMAC_SHA256, seed.as_bytes())
+        })
+    });
+    let tag = ring::hmac::sign(secret, key);
+    let mut hex = String::with_capacity(16);
+    for byte in &tag.as_ref()[..8] {
+        let _ = write!(hex, "{byte:02x}");
     }
-    format!("{hash:016x}")
+    hex
 }
 
 /// The id a subscription resumes from: the `Last-Event-ID` header, or else the `lastEventId`
@@ -125,14 +165,28 @@ mod tests {
         builder.body(()).expect("request").into_parts().0
     }
 
-    fn default_key(request: &Parts) -> String {
-        let parts = [
-            KeyPart::Path,
-            KeyPart::Query,
-            KeyPart::Header("authorization".parse().expect("name")),
-            KeyPart::Header("cookie".parse().expect("name")),
-        ];
-        stream_key("/events", &parts, &request.uri, &request.headers)
+    fn default_key(request: &Parts) -> StreamKey {
+        let parts: Vec<KeyPart> = crate::config::DEFAULT_STREAM_KEY
+            .iter()
+            .map(|part| match *part {
+                "path" => KeyPart::Path,
+                "query" => KeyPart::Query,
+                header => KeyPart::Header(
+                    header
+                        .strip_prefix("header:")
+                        .expect("header part")
+                        .parse()
+                        .expect("name"),
+                ),
+            })
+            .collect();
+        stream_key(
+            "/events",
+            &parts,
+            request.uri.path(),
+            request.uri.query(),
+            &request.headers,
+        )
     }
 
     #[test]
@@ -151,7 +205,37 @@ mod tests {
         let other_room = default_key(&parts("/events?room=2", &[("authorization", "Bearer alice")]));
         assert_ne!(alice, other_room);
         assert_eq!(digest(&alice), digest(&resuming));
-        assert!(!digest(&alice).contains("alice"));
+        assert_ne!(digest(&alice), digest(&bob));
+        assert_eq!(digest(&alice).len(), 16);
+        let tenant_a = default_key(&parts("/events", &[("host", "a.example")]));
+        let tenant_b = default_key(&parts("/events", &[("host", "b.example")]));
+        assert_ne!(tenant_a, tenant_b, "the Host is part of the default key");
+    }
+
+    #[test]
+    fn parts_cannot_be_confused() {
+        // Joined with `=`, these two once made the same key.
+        let one = default_key(&parts("/events", &[("authorization", "Bearer alice=x")]));
+        let two = default_key(&parts(
+            "/events",
+            &[("authorization", "Bearer alice"), ("authorization", "x")],
+        ));
+        assert_ne!(one, two);
+        // A header cannot pose as the path or query.
+        let a = default_key(&parts("/events?a", &[]));
+        let b = default_key(&parts("/events", &[("cookie", "a")]));
+        assert_ne!(a, b);
+        // Bytes that are not UTF-8 are kept as they are, not folded into U+FFFD.
+        let mut first = parts("/events", &[]);
+        first
+            .headers
+            .insert("cookie", http::HeaderValue::from_bytes(b"s=\xfe").expect("value"));
+        let mut second = parts("/events", &[]);
+        second
+            .headers
+            .insert("cookie", http::HeaderValue::from_bytes(b"s=\xff").expect("value"));
+        assert_ne!(default_key(&first), default_key(&second));
+        assert_ne!(private_key("/events", 1), private_key("/events", 2));
     }
 
     #[test]

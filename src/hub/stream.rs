@@ -18,6 +18,8 @@ use tokio::time::{sleep, Sleep};
 
 use prometheus_client::metrics::gauge::Gauge;
 
+use super::budget::Charge;
+use super::key::StreamKey;
 use super::ring::{Limits, Ring};
 use super::Shared;
 use crate::config::{format_duration, IdMode, OnGap, Settings};
@@ -52,6 +54,18 @@ pub struct Template {
     pub headers: HeaderMap,
 }
 
+impl Template {
+    /// About the bytes this request head holds, for `buffer_total_bytes`.
+    pub fn size(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
+        self.uri.to_string().len() + headers + 64
+    }
+}
+
 /// A stream shared by the subscriptions with one key (or owned by one, in per-client mode).
 #[derive(Debug)]
 pub struct Stream {
@@ -59,7 +73,9 @@ pub struct Stream {
     pub(super) path: String,
     /// The route's metric handles (the same series for every version of the route).
     pub(super) metrics: RouteMetrics,
-    pub(super) key: String,
+    pub(super) key: StreamKey,
+    /// Bytes of the request head kept for reconnects, counted in the hub's total.
+    head: usize,
     /// Digest of the key, for logs.
     pub(super) digest: String,
     /// Per-client mode: one subscriber, no priming, no resume from the buffer.
@@ -94,6 +110,8 @@ pub struct State {
     pub(super) closing: bool,
     /// The upstream's own `retry:`, used when the route sets none.
     pub(super) upstream_retry: Option<u64>,
+    /// The stream's charge on the budget of the client that opened it, until it ends.
+    charge: Option<Charge>,
 }
 
 /// Wakers of waiting subscribers, one slot each: waking is O(subscribers), registering O(1),
@@ -397,8 +415,10 @@ async fn fire(timer: &mut Option<Pin<Box<Sleep>>>) {
 impl Stream {
     pub(super) fn new(
         route: Arc<RouteEntry>,
-        key: String,
+        key: StreamKey,
         private: bool,
+        head: usize,
+        charge: Charge,
         shared: Arc<Shared>,
     ) -> Arc<Stream> {
         let settings = &route.config.settings;
@@ -410,6 +430,7 @@ impl Stream {
             path: route.config.path.clone(),
             metrics,
             key,
+            head,
             digest,
             private,
             shared,
@@ -424,6 +445,7 @@ impl Stream {
                 heartbeat_gen: 0,
                 closing: false,
                 upstream_retry: None,
+                charge: Some(charge),
             }),
             control: Notify::new(),
             phase: watch::channel(Phase::Opening).0,
@@ -872,13 +894,15 @@ impl Stream {
             }
         }
         let mut wakers = Vec::new();
-        let subscribers = {
+        let (subscribers, charge) = {
             let mut state = self.lock();
             state.closing = true;
             state.end_reason = reason;
             state.wakers.drain_into(&mut wakers);
-            state.subscribers
+            (state.subscribers, state.charge.take())
         };
+        // The client that opened the stream may open another.
+        drop(charge);
         for waker in wakers {
             waker.wake();
         }
@@ -917,7 +941,8 @@ impl Stream {
 impl Drop for Stream {
     fn drop(&mut self) {
         let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
-        self.shared.release(state.ring.bytes());
+        self.shared.heads.fetch_sub(self.head, Ordering::Relaxed);
+        self.shared.release(state.ring.bytes() + self.head);
         self.metrics.streams.dec();
     }
 }

@@ -13,7 +13,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
-use crate::hub::SubscriberBody;
+use crate::hub::{HeldBody, SubscriberBody};
 use crate::metrics::RouteMetrics;
 use crate::route::Admission;
 use crate::server::InFlight;
@@ -36,6 +36,7 @@ pin_project! {
         Upstream { #[pin] body: Incoming },
         Full { #[pin] body: Full<Bytes> },
         Sse { body: SubscriberBody },
+        Held { body: HeldBody },
     }
 }
 
@@ -92,6 +93,11 @@ impl ProxyBody {
         ProxyBody::of(Inner::Sse { body })
     }
 
+    /// A subscription held for its client's stream budget.
+    pub fn held(body: HeldBody) -> Self {
+        ProxyBody::of(Inner::Held { body })
+    }
+
     /// A complete body.
     pub fn full(bytes: Bytes) -> Self {
         ProxyBody::of(Inner::Full {
@@ -133,6 +139,7 @@ impl Body for ProxyBody {
             InnerProj::Upstream { body } => body.poll_frame(cx).map_err(Into::into),
             InnerProj::Full { body } => body.poll_frame(cx).map_err(|never| match never {}),
             InnerProj::Sse { body } => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            InnerProj::Held { body } => Pin::new(body).poll_frame(cx).map_err(Into::into),
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -155,6 +162,7 @@ impl Body for ProxyBody {
             Inner::Upstream { body } => body.is_end_stream(),
             Inner::Full { body } => body.is_end_stream(),
             Inner::Sse { body } => body.is_end_stream(),
+            Inner::Held { body } => body.is_end_stream(),
         }
     }
 
@@ -163,6 +171,7 @@ impl Body for ProxyBody {
             Inner::Upstream { body } => body.size_hint(),
             Inner::Full { body } => body.size_hint(),
             Inner::Sse { body } => body.size_hint(),
+            Inner::Held { body } => body.size_hint(),
         }
     }
 }

@@ -121,6 +121,8 @@ fn parse(buf: &[u8]) -> Parsed {
 }
 
 /// A GET with no body, no upgrade and no 100-continue: nothing the lean path would mishandle.
+/// Every `Content-Length` counts (a `0` followed by a `40` is a body of 40 to some readers);
+/// anything else goes to hyper, which frames it or refuses it.
 fn eligible(request: &Request<()>) -> bool {
     let headers = request.headers();
     request.method() == Method::GET
@@ -128,8 +130,9 @@ fn eligible(request: &Request<()>) -> bool {
         && !headers.contains_key(header::UPGRADE)
         && !headers.contains_key(header::EXPECT)
         && headers
-            .get(header::CONTENT_LENGTH)
-            .is_none_or(|v| v.as_bytes() == b"0")
+            .get_all(header::CONTENT_LENGTH)
+            .iter()
+            .all(|v| v.as_bytes() == b"0")
 }
 
 /// Writes a response as HTTP/1.1 (chunked body, `Connection: close`), then ends the connection.
@@ -418,6 +421,24 @@ mod tests {
             panic!()
         };
         assert!(!eligible(&upgrade));
+        for lengths in [
+            &b"content-length: 0\r\ncontent-length: 40\r\n"[..],
+            b"content-length: 40\r\n",
+            b"content-length: 00\r\n",
+            b"transfer-encoding: chunked\r\n",
+        ] {
+            let head = [&b"GET / HTTP/1.1\r\nhost: a\r\n"[..], lengths, b"\r\n"].concat();
+            let Parsed::Complete(request, _) = parse(&head) else {
+                panic!("complete head")
+            };
+            assert!(!eligible(&request), "{}", String::from_utf8_lossy(lengths));
+        }
+        let Parsed::Complete(zeros, _) =
+            parse(b"GET / HTTP/1.1\r\ncontent-length: 0\r\ncontent-length: 0\r\n\r\n")
+        else {
+            panic!()
+        };
+        assert!(eligible(&zeros));
     }
 
     #[test]

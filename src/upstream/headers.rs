@@ -1,8 +1,10 @@
 //! Header rules of a proxy: hop-by-hop removal and the `X-Forwarded-*` family.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::Cidr;
 
 /// Headers that describe one connection, not the message, and so stop at a proxy.
 ///
@@ -95,6 +97,36 @@ pub fn add_forwarded(
     };
 }
 
+/// The address of the client behind a request: its peer, or, when the peer is a trusted proxy
+/// (a load balancer in front of ssegate), the nearest address in `X-Forwarded-For` that is not
+/// one. Addresses left of it were written by the client and prove nothing.
+pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|block| block.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let values: Vec<&HeaderValue> = headers.get_all("x-forwarded-for").iter().collect();
+    for value in values.into_iter().rev() {
+        let Ok(text) = value.to_str() else {
+            return client;
+        };
+        for hop in text.rsplit(',') {
+            let hop = hop.trim();
+            let ip = hop
+                .parse::<IpAddr>()
+                .or_else(|_| hop.parse::<SocketAddr>().map(|addr| addr.ip()));
+            match ip {
+                Ok(ip) if is_trusted(ip) => client = ip,
+                Ok(ip) => return ip,
+                // Garbage from a hop we trust: the last address we could read is the client.
+                Err(_) => return client,
+            }
+        }
+    }
+    client
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,6 +168,54 @@ mod tests {
         let mut headers = map(&[("te", "gzip, trailers;q=1")]);
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.get("te").map(|v| v.as_bytes()), Some(&b"trailers"[..]));
+    }
+
+    #[test]
+    fn the_client_is_the_nearest_untrusted_hop() {
+        let trusted = [Cidr::parse("10.0.0.0/8").expect("cidr")];
+        let ip = |text: &str| text.parse::<IpAddr>().expect("ip");
+        let xff = |value: &str| map(&[("x-forwarded-for", value)]);
+        let peer = ip("10.0.0.5");
+        assert_eq!(
+            client_address(ip("203.0.113.9"), &xff("1.2.3.4"), &trusted),
+            ip("203.0.113.9"),
+            "an untrusted peer is the client, whatever it claims"
+        );
+        assert_eq!(
+            client_address(peer, &xff("198.51.100.7"), &trusted),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            client_address(peer, &xff("1.1.1.1, 198.51.100.7, 10.0.0.9"), &trusted),
+            ip("198.51.100.7"),
+            "the spoofable left part is ignored"
+        );
+        assert_eq!(
+            client_address(
+                peer,
+                &map(&[
+                    ("x-forwarded-for", "1.1.1.1"),
+                    ("x-forwarded-for", "198.51.100.7")
+                ]),
+                &trusted
+            ),
+            ip("198.51.100.7"),
+            "repeated headers are one list"
+        );
+        assert_eq!(client_address(peer, &xff("10.0.0.9"), &trusted), ip("10.0.0.9"));
+        assert_eq!(client_address(peer, &map(&[]), &trusted), peer);
+        assert_eq!(
+            client_address(peer, &xff("junk, 10.0.0.7"), &trusted),
+            ip("10.0.0.7")
+        );
+        assert_eq!(
+            client_address(peer, &xff("198.51.100.7:4431"), &trusted),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            client_address(peer, &xff("[2001:db8::1]:443"), &trusted),
+            ip("2001:db8::1")
+        );
     }
 
     #[test]

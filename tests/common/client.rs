@@ -76,3 +76,80 @@ pub async fn raw_exchange(addr: std::net::SocketAddr, raw: &[u8], limit: Duratio
     let _ = tokio::time::timeout(limit, stream.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// A TCP connection to `addr` from the local address `from` (any of 127.0.0.0/8 works on
+/// loopback): a client at another address.
+pub async fn tcp_from(from: std::net::IpAddr, addr: std::net::SocketAddr) -> TcpStream {
+    let socket = match from {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .expect("socket");
+    socket.bind((from, 0).into()).expect("bind the client's address");
+    within("connect", socket.connect(addr)).await.expect("connect")
+}
+
+/// Reads from `stream` until a whole response head has arrived (or the peer closed); returns
+/// what was read, the head and whatever came with it.
+pub async fn read_head(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    within("a response head", async {
+        loop {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+            }
+            if out.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Writes `raw` on a fresh connection and returns the response head (and what came with it).
+pub async fn raw_head(addr: std::net::SocketAddr, raw: &[u8]) -> String {
+    let mut stream = within("connect", TcpStream::connect(addr))
+        .await
+        .expect("connect");
+    stream.write_all(raw).await.expect("write");
+    read_head(&mut stream).await
+}
+
+/// The status code of a raw response head, 0 if there is none.
+pub fn status_of(head: &str) -> u16 {
+    head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// An HTTP/2 client (the `h2` crate, so requests go out exactly as built) on `io`.
+pub async fn h2_client<IO>(io: IO) -> h2::client::SendRequest<Bytes>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, connection) = within("h2 handshake", h2::client::handshake(io))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// Sends `request` (no body) over h2 and returns the response status, or the reason the stream
+/// was reset.
+pub async fn h2_status(
+    client: &mut h2::client::SendRequest<Bytes>,
+    request: Request<()>,
+    end: bool,
+) -> Result<StatusCode, String> {
+    let mut ready = within("h2 ready", client.clone().ready())
+        .await
+        .map_err(|e| e.to_string())?;
+    let (response, _body) = ready.send_request(request, end).map_err(|e| e.to_string())?;
+    match within("h2 response", response).await {
+        Ok(response) => Ok(response.status()),
+        Err(error) => Err(error.to_string()),
+    }
+}

@@ -291,3 +291,142 @@ impl SseApp {
         self.upstream.connections()
     }
 }
+
+/// A request as a [`RawUpstream`] read it off the wire.
+#[derive(Debug, Clone)]
+pub struct RawRequest {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawRequest {
+    /// Every value of header `name`.
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// A keep-alive HTTP/1.1 app written from the RFC, not from hyper: it answers each request at
+/// once with a short 200, then honours `Content-Length` as the framing of what follows, as
+/// servers do. A proxy that announces a body it does not send makes it read the next request
+/// on the connection as that body.
+pub struct RawUpstream {
+    pub addr: SocketAddr,
+    seen: Arc<std::sync::Mutex<Vec<RawRequest>>>,
+    changed: Arc<tokio::sync::Notify>,
+    task: JoinHandle<()>,
+}
+
+impl RawUpstream {
+    pub async fn start() -> RawUpstream {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let (record, notify) = (seen.clone(), changed.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (record, notify) = (record.clone(), notify.clone());
+                tokio::spawn(async move {
+                    let mut buf: Vec<u8> = Vec::new();
+                    loop {
+                        // One head, parsed as soon as it is complete.
+                        let (request, len) = loop {
+                            let mut headers = [httparse::EMPTY_HEADER; 64];
+                            let mut head = httparse::Request::new(&mut headers);
+                            if let Ok(httparse::Status::Complete(len)) = head.parse(&buf) {
+                                let request = RawRequest {
+                                    method: head.method.unwrap_or("").to_owned(),
+                                    target: head.path.unwrap_or("").to_owned(),
+                                    headers: head
+                                        .headers
+                                        .iter()
+                                        .map(|h| {
+                                            (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned())
+                                        })
+                                        .collect(),
+                                    body: Vec::new(),
+                                };
+                                break (request, len);
+                            }
+                            let mut chunk = [0u8; 4096];
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        buf.drain(..len);
+                        let response =
+                            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(response).await.is_err() {
+                            return;
+                        }
+                        let length: usize = request
+                            .header_values("content-length")
+                            .first()
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        while buf.len() < length {
+                            let mut chunk = [0u8; 4096];
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let mut request = request;
+                        request.body = buf.drain(..length.min(buf.len())).collect();
+                        record.lock().expect("lock").push(request);
+                        notify.notify_waiters();
+                    }
+                });
+            }
+        });
+        RawUpstream {
+            addr,
+            seen,
+            changed,
+            task,
+        }
+    }
+
+    /// Every request read so far.
+    pub fn requests(&self) -> Vec<RawRequest> {
+        self.seen.lock().expect("lock").clone()
+    }
+
+    /// Waits for a request with this method and target; returns it.
+    pub async fn wait_for(&self, method: &str, target: &str) -> RawRequest {
+        super::within(&format!("{method} {target} at the upstream"), async {
+            loop {
+                let changed = self.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if let Some(found) = self
+                    .requests()
+                    .into_iter()
+                    .find(|r| r.method == method && r.target == target)
+                {
+                    return found;
+                }
+                changed.await;
+            }
+        })
+        .await
+    }
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
