@@ -6,9 +6,10 @@ mod h1;
 mod io;
 
 pub use conn::{ConnState, Expiry, InFlight};
+pub use h1::{sniff, Sniffed};
 pub use io::ConnIo;
 
-use h1::{Prefixed, Sniffed};
+use h1::Prefixed;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -219,7 +219,15 @@ impl Parser {
             // "Append the field value to the data buffer, then append a single U+000A LINE FEED
             // (LF) character to the data buffer."
             b"data" => {
-                self.data.push_str(&String::from_utf8_lossy(value));
+                let decoded = String::from_utf8_lossy(value);
+                // The limit holds for the event as delivered too: an invalid byte decodes to
+                // three (U+FFFD), so data within the limit on the wire can outgrow it here.
+                if self.data.len() + decoded.len() + 1 > self.max_event_bytes {
+                    self.dropping = true;
+                    self.data.clear();
+                    return;
+                }
+                self.data.push_str(&decoded);
                 self.data.push('\n');
             }
             // "If the field value does not contain U+0000 NULL, then set the last event ID buffer

@@ -207,6 +207,26 @@ fn oversize_event_made_of_many_small_lines_is_dropped() {
     assert_eq!(parser.dropped_events(), 1);
 }
 
+// Found by fuzzing: 40 invalid bytes in a 60-byte line decode to 120 bytes of U+FFFD, so an
+// event within the limit on the wire was delivered over it.
+#[test]
+fn the_limit_holds_for_the_event_as_decoded() {
+    let mut input = b"data: ".to_vec();
+    input.extend_from_slice(&[0x9f; 40]);
+    input.extend_from_slice(b"\n\ndata: ok\n\n");
+    let items = parse_chunks(&[&input], 64);
+    assert_eq!(items, vec![Item::Dropped, msg("ok")]);
+    let mut input = b"data: ".to_vec();
+    input.extend_from_slice(&[0x9f; 19]);
+    input.extend_from_slice(b"\n\n");
+    let items = parse_chunks(&[&input], 64);
+    assert_eq!(
+        items,
+        vec![msg(&"\u{fffd}".repeat(19))],
+        "57 bytes decoded: within"
+    );
+}
+
 #[test]
 fn endless_line_is_never_buffered_whole() {
     let mut parser = Parser::new(1000);
