@@ -437,7 +437,12 @@ impl Config {
         let mut routes: Vec<(Route, std::ops::Range<usize>)> = Vec::new();
         for raw_route in &raw.routes {
             let route = resolve_route(&source, raw_route.get_ref(), &defaults)?;
-            if let Some((_, first)) = routes.iter().find(|(r, _)| r.path == route.path) {
+            // Routing compares segments regardless of case (see `route::same_segment`), so
+            // two prefixes that differ only in case would be one.
+            if let Some((_, first)) = routes
+                .iter()
+                .find(|(r, _)| r.path.eq_ignore_ascii_case(&route.path))
+            {
                 let line = text[..first.start].matches('\n').count() + 1;
                 return Err(source.error(
                     raw_route.get_ref().path.span(),

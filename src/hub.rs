@@ -54,6 +54,9 @@ pub struct Shared {
     evicting: AtomicBool,
     shutting_down: AtomicBool,
     private_ids: AtomicU64,
+    /// The routes of the last reload (none before one): held subscriptions take their route's
+    /// new version from here, or end if it is gone.
+    router: std::sync::RwLock<Option<Arc<Router<RouteEntry>>>>,
     /// Turns true when ssegate stops: held subscriptions end.
     stopping: tokio::sync::watch::Sender<bool>,
     budgets: Arc<Budgets>,
@@ -152,6 +155,7 @@ impl Hub {
                 evicting: AtomicBool::new(false),
                 shutting_down: AtomicBool::new(false),
                 private_ids: AtomicU64::new(0),
+                router: std::sync::RwLock::new(None),
                 stopping: tokio::sync::watch::Sender::new(false),
                 budgets: Budgets::new(config),
                 metrics,
@@ -220,8 +224,10 @@ impl Hub {
             Grant::Granted(charge) => charge,
             Grant::Wait(wait, first) => {
                 drop(streams);
+                // A held subscription keeps its request head too: counted like a stream's.
+                self.shared.heads.fetch_add(head, Ordering::Relaxed);
+                self.shared.account(head, 0);
                 route.metrics.held.inc();
-                route.metrics.held_total.inc();
                 if first {
                     tracing::warn!(route = %route.config.path, %client, limit = wait.reason, fault = "client", "client over its budget of new streams: its subscriptions are held (200, heartbeats) until it may open more");
                 } else {
@@ -234,7 +240,11 @@ impl Hub {
                     template,
                     client,
                     wait,
-                    counted: Counted(route.metrics.held.clone()),
+                    counted: Counted {
+                        gauge: route.metrics.held.clone(),
+                        shared: self.shared.clone(),
+                        head,
+                    },
                 });
             }
         };
@@ -260,7 +270,8 @@ impl Hub {
 
     /// Applies a reloaded config to the live streams: each goes on under its route's new
     /// version, or ends cleanly when its route is gone or its identity changed.
-    pub fn reconfigure(&self, router: &Router<RouteEntry>, config: &Config) {
+    pub fn reconfigure(&self, router: &Arc<Router<RouteEntry>>, config: &Config) {
+        *self.shared.router.write().unwrap_or_else(PoisonError::into_inner) = Some(router.clone());
         self.shared
             .max_streams
             .store(config.max_streams, Ordering::Relaxed);
@@ -337,7 +348,7 @@ impl Held {
     pub async fn admitted(self) -> Option<Pending> {
         let Held {
             hub,
-            route,
+            mut route,
             key,
             mut template,
             client,
@@ -351,6 +362,10 @@ impl Held {
                 _ = stopping.wait_for(|stopping| *stopping) => return None,
             }
             loop {
+                // A reload may have changed the route since: go on under its new version, or
+                // end (the client comes back under the new config) if it is gone or is
+                // another upstream now.
+                route = hub.shared.current(&route)?;
                 match hub.join(&route, key.clone(), template, client) {
                     Joined::Pending(pending) => return Some(pending),
                     Joined::Held(held) => {
@@ -372,17 +387,37 @@ impl Held {
     }
 }
 
-/// Counts a held subscription in its route's gauge while it lives.
+/// Counts a held subscription in its route's gauge, and its request head in the buffered
+/// bytes, while it lives.
 #[derive(Debug)]
-struct Counted(prometheus_client::metrics::gauge::Gauge);
+struct Counted {
+    gauge: prometheus_client::metrics::gauge::Gauge,
+    shared: Arc<Shared>,
+    head: usize,
+}
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.dec();
+        self.gauge.dec();
+        self.shared.heads.fetch_sub(self.head, Ordering::Relaxed);
+        self.shared.release(self.head);
     }
 }
 
 impl Shared {
+    /// The version of `route` in force: itself before any reload; `None` when a reload removed
+    /// it or changed what identifies its streams.
+    fn current(&self, route: &Arc<RouteEntry>) -> Option<Arc<RouteEntry>> {
+        let router = self.router.read().unwrap_or_else(PoisonError::into_inner);
+        match router.as_ref() {
+            None => Some(route.clone()),
+            Some(router) => router
+                .get(&route.config.path)
+                .filter(|new| stream::same_identity(route, new))
+                .cloned(),
+        }
+    }
+
     pub(crate) fn lock_streams(&self) -> MutexGuard<'_, HashMap<StreamKey, Arc<Stream>>> {
         self.streams.lock().unwrap_or_else(PoisonError::into_inner)
     }

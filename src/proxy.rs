@@ -284,6 +284,7 @@ impl Proxy {
         let pending = match hub.join(route, key, template, client) {
             Joined::Pending(pending) => pending,
             Joined::Held(held) => {
+                route.metrics.held_total.inc();
                 // Answered now, as a stream whose app is down would be; joined when the
                 // client's budget allows.
                 let resume_from = resume_from.clone();

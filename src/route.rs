@@ -117,11 +117,32 @@ impl<R> Router<R> {
     }
 }
 
+/// Whether `prefix` matches `path` on segment boundaries, each segment compared as some app
+/// behind ssegate may read it (see [`same_segment`]).
 fn matches(prefix: &str, path: &str) -> bool {
-    prefix == "/"
-        || path
-            .strip_prefix(prefix)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    if prefix == "/" {
+        return true;
+    }
+    let mut segments = path.split('/');
+    prefix
+        .split('/')
+        .all(|want| segments.next().is_some_and(|have| same_segment(want, have)))
+}
+
+/// Whether the request path segment `have` names the route segment `want`, for an app that
+/// reads paths leniently: path parameters ignored (`admin;jsessionid=x`, which Java servers
+/// strip), ASCII case ignored (case-insensitive servers), trailing dots ignored (Windows). A
+/// spelling one app may read as a route's path goes to that route, never around it through a
+/// wider one; the upstream still gets the path as sent (normalised).
+pub fn same_segment(want: &str, have: &str) -> bool {
+    fn lenient(segment: &str) -> &str {
+        let segment = segment.split(';').next().unwrap_or(segment);
+        match segment.trim_end_matches('.') {
+            "" => segment,
+            trimmed => trimmed,
+        }
+    }
+    lenient(want).eq_ignore_ascii_case(lenient(have))
 }
 
 #[cfg(test)]
@@ -146,6 +167,20 @@ mod tests {
         ];
         for (path, expected) in cases {
             assert_eq!(router.find(path).map(|r| r.as_str()), expected, "path {path}");
+        }
+        // Spellings an app may read as a route's path go to that route.
+        for (path, expected) in [
+            ("/events;jsessionid=1/x", "/events"),
+            ("/EVENTS/Admin/1", "/events/admin"),
+            ("/events./admin../1", "/events/admin"),
+            ("/events/admin;x", "/events/admin"),
+            ("/events%3B/x", "/"),
+        ] {
+            assert_eq!(
+                router.find(path).map(|r| r.as_str()),
+                Some(expected),
+                "path {path}"
+            );
         }
         let no_root = Router::new([("/events".to_owned(), Arc::new(()))]);
         assert!(no_root.find("/eventsfoo").is_none());

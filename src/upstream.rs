@@ -17,7 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::Upstream;
-use headers::{add_forwarded, strip_hop_by_hop};
+use headers::{add_forwarded, drop_confusable, strip_hop_by_hop};
 
 /// A request body bound upstream: the client's streamed body (bounded by `max_request_body`),
 /// or nothing (SSE subscriptions).
@@ -196,6 +196,7 @@ impl UpstreamClient {
             HeaderValue::from_str(authority.as_str()).ok()
         });
         strip_hop_by_hop(headers);
+        drop_confusable(headers);
         let proto = if client.secure { "https" } else { "http" };
         add_forwarded(headers, client.addr.ip(), proto, host.clone());
         if let Some(host) = host {

@@ -302,11 +302,20 @@ async fn one_normalised_path_routes_and_reaches_the_upstream() {
         assert_eq!(status_of(&head), 200, "{path}: {head}");
         admin.wait_for("GET", &format!("/admin/x?n={n}")).await;
     }
+    // Spellings that some app reads as /admin (Java strips `;params`, case-insensitive and
+    // Windows servers ignore case and trailing dots) go to the /admin route, as sent.
+    for path in ["/admin;jsessionid=x/y", "/ADMIN/y", "/admin./y"] {
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
+        let head = raw_head(proxy.addr, raw.as_bytes()).await;
+        assert_eq!(status_of(&head), 200, "{path}: {head}");
+        admin.wait_for("GET", path).await;
+    }
     for path in [
         "/admin%2Fx",
         "/admin%2fx",
         "/events/a%5Cb",
         "/events/..;/admin/x",
+        "/events/%2e%2e%3b/admin/x",
         "/events/%zz",
     ] {
         let raw = format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n");
@@ -478,6 +487,51 @@ async fn a_held_subscription_opens_its_stream_when_the_client_may() {
         app.requests().iter().all(|r| r.uri.query() != Some("gone")),
         "the abandoned held subscription opened its stream"
     );
+}
+
+// Found by probing: a held subscription kept the route it started with, and after a reload
+// that pointed the route elsewhere it opened its stream on the old upstream.
+#[tokio::test]
+async fn a_held_subscription_follows_a_reload() {
+    let old = SseApp::start().await;
+    let new = SseApp::start().await;
+    let dir = temp_dir("held-reload");
+    let file = dir.join("ssegate.toml");
+    let config = |upstream: std::net::SocketAddr| {
+        format!(
+            "max_streams_per_client = 1\n[defaults]\nlinger = \"50ms\"\n[[route]]\npath = \"/events\"\nupstream = \"http://{upstream}\"\n"
+        )
+    };
+    std::fs::write(&file, config(old.addr())).expect("write");
+    let proxy = Sidecar::start_file(&file).await;
+    let me = ip("127.0.0.7");
+    let (first, _) = subscribe_from(&proxy, me, "/events?a", "").await;
+    old.wait_requests(1).await;
+    let (mut held, head) = subscribe_from(&proxy, me, "/events?b", "").await;
+    let seen = read_until(&mut held, head, "retry:").await;
+    std::fs::write(&file, config(new.addr())).expect("write");
+    proxy.control.reload().expect("reload");
+    drop(first);
+    // Its route now leads elsewhere: the held subscription ends cleanly (the client comes back
+    // under the new config) rather than open a stream on the old upstream.
+    use tokio::io::AsyncReadExt;
+    let mut rest = Vec::new();
+    within("the held response to end", held.read_to_end(&mut rest))
+        .await
+        .expect("read");
+    let ended = seen + &String::from_utf8_lossy(&rest);
+    assert!(
+        ended.ends_with("0\r\n\r\n"),
+        "a clean end of the chunked body: {ended:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        old.requests().iter().all(|r| r.uri.query() != Some("b")),
+        "the held subscription opened its stream on the old upstream"
+    );
+    proxy
+        .metric_reaches("ssegate_held_subscriptions{route=\"/events\"}", 0.0)
+        .await;
 }
 
 #[tokio::test]

@@ -138,6 +138,7 @@ fn errors_name_the_key_and_line() {
         ("route path not normal", "[[route]]\npath = \"/a/../b\"\nupstream = \"http://a:1\"\n", 2, &["`path`", "normalised"]),
         ("route path with repeated slashes", "[[route]]\npath = \"//a\"\nupstream = \"http://a:1\"\n", 2, &["`path`", "normalised"]),
         ("route path with a decodable escape", "[[route]]\npath = \"/%61\"\nupstream = \"http://a:1\"\n", 2, &["`path`", "percent-escapes"]),
+        ("routes differing only in case", "[[route]]\npath = \"/Admin\"\nupstream = \"http://a:1\"\n[[route]]\npath = \"/admin\"\nupstream = \"http://b:1\"\n", 5, &["duplicate route path"]),
         ("merge_slashes not a bool", "[defaults]\nmerge_slashes = \"yes\"\n", 2, &["`merge_slashes`"]),
     ];
     for (name, text, line, needles) in cases {

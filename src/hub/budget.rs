@@ -139,12 +139,8 @@ impl Budgets {
         let now = Instant::now();
         let mut inner = self.lock();
         let (max_streams, rate) = (inner.max_streams, inner.rate);
-        if max_streams.is_none() && rate.is_none() {
-            return Grant::Granted(Charge {
-                budgets: self.clone(),
-                client,
-            });
-        }
+        // Streams are counted even with no limit in force, so a reload that sets one counts
+        // the streams already open, and every release matches a count.
         if inner.accounts.len() >= 2 * inner.swept_at.max(512) {
             inner.sweep(now);
         }
@@ -325,6 +321,42 @@ mod tests {
             "one token at 10/s"
         );
         assert!(matches!(budgets.take(a), Grant::Granted(_)));
+    }
+
+    fn config(toml: &str) -> Config {
+        Config::from_toml(
+            &format!("{toml}\n[[route]]\npath = \"/\"\nupstream = \"http://127.0.0.1:1\"\n"),
+            "t",
+        )
+        .expect("config")
+    }
+
+    // Found by probing: streams opened while no limit was in force were not counted, but
+    // their release was, so after a reload that set a limit a client could open twice it.
+    #[test]
+    fn streams_opened_without_a_limit_count_once_one_is_set() {
+        let budgets = Budgets::new(&config(
+            "max_streams_per_client = \"off\"\nnew_streams_per_client = \"off\"",
+        ));
+        let a = client("10.0.0.1");
+        let old: Vec<Charge> = (0..3)
+            .map(|_| match budgets.take(a) {
+                Grant::Granted(charge) => charge,
+                Grant::Wait(..) => panic!("no limit"),
+            })
+            .collect();
+        budgets.reconfigure(&config(
+            "max_streams_per_client = 2\nnew_streams_per_client = \"off\"",
+        ));
+        assert!(
+            matches!(budgets.take(a), Grant::Wait(..)),
+            "three are open already"
+        );
+        drop(old);
+        let new: Vec<Grant> = (0..3).map(|_| budgets.take(a)).collect();
+        assert!(matches!(new[0], Grant::Granted(_)));
+        assert!(matches!(new[1], Grant::Granted(_)));
+        assert!(matches!(new[2], Grant::Wait(..)), "two, not more");
     }
 
     #[test]

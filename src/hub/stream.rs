@@ -324,7 +324,7 @@ fn limits(settings: &Settings) -> Limits {
 
 /// Whether a stream of route `old` can go on under route `new`: same upstream, and the same
 /// rules for what a stream is and how its ids work.
-fn same_identity(old: &RouteEntry, new: &RouteEntry) -> bool {
+pub(super) fn same_identity(old: &RouteEntry, new: &RouteEntry) -> bool {
     let (a, b) = (&old.config, &new.config);
     a.upstream == b.upstream
         && a.settings.mode == b.settings.mode

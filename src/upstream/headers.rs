@@ -60,6 +60,43 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Headers whose meaning a client could fake with an underscore for a dash: framing, the
+/// connection, and what ssegate itself tells the upstream.
+const CONFUSABLE: [&str; 12] = [
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "te",
+    "upgrade",
+    "keep-alive",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+    "x-real-ip",
+];
+
+/// Removes request headers that spell one of [`CONFUSABLE`] with `_` for `-`
+/// (`Content_Length`, `X_Forwarded_For`). CGI and WSGI servers map both spellings to one
+/// variable (`HTTP_X_FORWARDED_FOR`), so such a header could override what ssegate sets, or
+/// frame the request for the app differently than for ssegate; Nginx drops every header with an
+/// underscore by default for this reason. Other underscore headers pass.
+pub fn drop_confusable(headers: &mut HeaderMap) {
+    let fakes: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().contains('_'))
+        .filter(|name| {
+            let dashed = name.as_str().replace('_', "-");
+            CONFUSABLE.contains(&dashed.as_str())
+        })
+        .cloned()
+        .collect();
+    for name in fakes {
+        headers.remove(name);
+    }
+}
+
 /// Adds the client's address to `X-Forwarded-For` (after any addresses already there) and sets
 /// `X-Forwarded-Proto` and `X-Forwarded-Host` (from `host`, the Host the client asked for).
 pub fn add_forwarded(
@@ -108,11 +145,10 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> Ip
     let mut client = peer;
     let values: Vec<&HeaderValue> = headers.get_all("x-forwarded-for").iter().collect();
     for value in values.into_iter().rev() {
-        let Ok(text) = value.to_str() else {
-            return client;
-        };
-        for hop in text.rsplit(',') {
-            let hop = hop.trim();
+        // Hop by hop from the right, as bytes: a hop that is not an address (not even text)
+        // ends the walk; only hops our proxies wrote are believed.
+        for hop in value.as_bytes().rsplit(|&b| b == b',') {
+            let hop = std::str::from_utf8(hop).map(str::trim).unwrap_or("");
             let ip = hop
                 .parse::<IpAddr>()
                 .or_else(|_| hop.parse::<SocketAddr>().map(|addr| addr.ip()));
@@ -161,6 +197,22 @@ mod tests {
         let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, vec!["trailer", "x-kept"]);
+    }
+
+    #[test]
+    fn underscore_spellings_of_framing_and_forwarding_headers_are_dropped() {
+        let mut headers = map(&[
+            ("content_length", "40"),
+            ("transfer_encoding", "chunked"),
+            ("x_forwarded_for", "1.2.3.4"),
+            ("x_forwarded-host", "evil"),
+            ("x_api_key", "kept"),
+            ("x-forwarded-for", "10.0.0.1"),
+        ]);
+        drop_confusable(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, vec!["x-forwarded-for", "x_api_key"]);
     }
 
     #[test]
