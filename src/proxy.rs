@@ -404,6 +404,7 @@ async fn pass_through<B: RequestBody>(
             error_response(StatusCode::PAYLOAD_TOO_LARGE, "ssegate: request body too large\n")
         }
         Err(error) if error.is_client_body() => {
+            route.metrics.all().bad_requests.inc();
             tracing::info!(route = %route.config.path, %method, %path, fault = "client", error = %error, "the client's request body could not be read; answering 400");
             error_response(
                 StatusCode::BAD_REQUEST,
