@@ -154,6 +154,23 @@ impl Ring {
         }
     }
 
+    /// The id a client has seen when the next event it gets is `seq`: the id of event
+    /// `seq - 1`, as [`Ring::newest_id`] would have said right after it was appended.
+    pub fn id_before(&self, seq: u64) -> Option<String> {
+        if seq >= self.next_seq {
+            return self.newest_id();
+        }
+        let previous = seq.checked_sub(1)?;
+        if let Some(entry) = self.get(previous) {
+            return self.id_of(entry);
+        }
+        match &self.evicted_tail {
+            Some((id, tail)) if *tail == previous => Some(id.to_string()),
+            _ if self.inject => Some(self.injected_id(previous)),
+            _ => None,
+        }
+    }
+
     /// Appends an encoded event and evicts what the limits no longer allow. Returns the new
     /// event's sequence number and the bytes freed by eviction.
     pub fn push(&mut self, app_id: Option<Box<str>>, bytes: Bytes, now: Instant) -> (u64, usize) {
@@ -361,6 +378,27 @@ mod tests {
         assert_eq!(seqs(6), [] as [u64; 0], "nothing yet");
         assert_eq!(seqs(99), [] as [u64; 0]);
         assert_eq!(seqs(1), [] as [u64; 0], "evicted: nothing, not the oldest");
+    }
+
+    #[test]
+    fn the_id_before_a_position() {
+        let now = Instant::now();
+        let mut r = ring(3, 1000, true);
+        assert_eq!(r.id_before(1), Some(r.injected_id(0)));
+        for _ in 0..5 {
+            push(&mut r, None, now);
+        }
+        assert_eq!(r.id_before(6), Some(r.injected_id(5)));
+        assert_eq!(r.id_before(4), Some(r.injected_id(3)));
+        assert_eq!(r.id_before(3), Some(r.injected_id(2)), "evicted, still named");
+        let mut app = ring(2, 1000, false);
+        assert_eq!(app.id_before(1), None);
+        push(&mut app, Some("a"), now);
+        push(&mut app, Some("b"), now);
+        push(&mut app, Some("c"), now);
+        assert_eq!(app.id_before(2).as_deref(), Some("a"), "the evicted tail");
+        assert_eq!(app.id_before(3).as_deref(), Some("b"));
+        assert_eq!(app.id_before(4).as_deref(), Some("c"));
     }
 
     #[test]

@@ -157,6 +157,10 @@ impl Wakers {
 pub struct Subscriber {
     pub(super) stream: Arc<Stream>,
     pub(super) slot: usize,
+    /// The sequence number the stream's next event had when this subscription joined: a new
+    /// subscriber gets every event from there on, so the one that opens a stream gets the
+    /// app's first event even when it comes with the response head.
+    pub(super) joined_at: u64,
 }
 
 impl Drop for Subscriber {
@@ -497,6 +501,7 @@ impl Stream {
         Subscriber {
             stream: self.clone(),
             slot: state.wakers.insert(),
+            joined_at: state.ring.next_seq(),
         }
     }
 

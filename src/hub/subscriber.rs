@@ -86,12 +86,16 @@ impl SubscriberBody {
             // their Last-Event-ID went to the app.
             _ if stream.private => (ring.first_seq(), Start::Fresh),
             None => {
-                if let Some(id) = ring.newest_id() {
+                // Everything since it joined (for the subscription that opened the stream: the
+                // app's first event), primed with the id just before, so a client that drops
+                // before its first event resumes from exactly there.
+                let cursor = subscriber.joined_at.max(ring.first_seq());
+                if let Some(id) = ring.id_before(cursor) {
                     prelude.extend_from_slice(b"id: ");
                     prelude.extend_from_slice(id.as_bytes());
                     prelude.extend_from_slice(b"\n");
                 }
-                (ring.next_seq(), Start::Fresh)
+                (cursor, Start::Fresh)
             }
             Some(id) => match (id.len() <= MAX_LAST_EVENT_ID).then(|| ring.resume(id)) {
                 Some(Resume::At(cursor)) => (cursor, Start::Resumed),
