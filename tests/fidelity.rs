@@ -85,3 +85,34 @@ async fn the_first_subscriber_gets_the_apps_first_event() {
         "{missed} of 200 fresh streams skipped the app's first event"
     );
 }
+
+// The story: any event whose id was already buffered was dropped as a repeat, at any time, so
+// an app that gave six events the same id delivered one.
+#[tokio::test]
+async fn repeated_ids_are_events_except_in_a_replay_after_a_reconnect() {
+    let app = SseApp::start().await;
+    let proxy = Sidecar::route("/events", app.addr(), "reconnect_initial = \"20ms\"").await;
+    let mut client = SseClient::connect(&proxy.url("/events"), &[]).await;
+    app.wait_requests(1).await;
+    for n in 1..=6 {
+        app.send(&format!("id: same\ndata: {n}\n\n"));
+    }
+    assert_eq!(data(&client.events(6).await), ["1", "2", "3", "4", "5", "6"]);
+    app.close_streams();
+    let seen = app.wait_requests(2).await;
+    assert_eq!(seen[1].header("last-event-id"), Some("same"));
+    // The app replays from the id it was given, then goes on; later it repeats an id again,
+    // within one connection: an event like any other.
+    app.send("id: same\ndata: 6\n\nid: next\ndata: 7\n\nid: same\ndata: 8\n\n");
+    assert_eq!(data(&client.events(2).await), ["7", "8"]);
+    assert_eq!(
+        proxy
+            .metric("ssegate_events_repeated_total{route=\"/events\"}")
+            .await,
+        1.0
+    );
+    // Resuming by an id that occurs several times resumes after its newest occurrence.
+    let mut resumed = SseClient::connect(&proxy.url("/events"), &[("last-event-id", "same")]).await;
+    app.send("id: last\ndata: 9\n\n");
+    assert_eq!(resumed.next_event().await.data, "9");
+}

@@ -198,6 +198,9 @@ struct Scratch {
     wakers: Vec<Waker>,
     encoded: BytesMut,
     pending_retry: Option<u64>,
+    /// The upstream was reopened with Last-Event-ID and may be replaying events it sent before:
+    /// events whose id is buffered are repeats until the first one that is not.
+    replaying: bool,
 }
 
 type Head = Pin<Box<dyn Future<Output = Result<Response<Incoming>, UpstreamError>> + Send>>;
@@ -577,6 +580,7 @@ impl Stream {
             wakers: Vec::new(),
             encoded: BytesMut::new(),
             pending_retry: None,
+            replaying: false,
         };
         let path = &self.path;
         tracing::debug!(route = %path, stream = %self.digest, "stream opened");
@@ -687,6 +691,7 @@ impl Stream {
                     }
                     Step::Retry => {
                         let last_id = parser.last_event_id();
+                        scratch.replaying = !last_id.is_empty();
                         conn = Conn::Connecting(self.connect(&route, &template, (!last_id.is_empty()).then_some(last_id)));
                     }
                 },
@@ -782,10 +787,15 @@ impl Stream {
                 match item {
                     Item::Event(event) => {
                         let app_id = event.id.as_deref().filter(|id| !id.is_empty());
-                        if app_id.is_some_and(|id| state.ring.contains_app_id(id)) {
-                            // The upstream replayed an event it had already sent.
-                            repeats += 1;
-                            continue;
+                        if scratch.replaying {
+                            if app_id.is_some_and(|id| state.ring.contains_app_id(id)) {
+                                // Replayed after the reconnect: already buffered and sent.
+                                repeats += 1;
+                                continue;
+                            }
+                            // The replay met new events: from here on, an id seen before is
+                            // the app's to repeat, and reaches clients like any event.
+                            scratch.replaying = false;
                         }
                         if scratch.encoded.capacity() < event.data.len() + 256 {
                             scratch.encoded.reserve(ENCODE_BLOCK.max(event.data.len() + 256));
