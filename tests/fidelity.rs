@@ -116,3 +116,115 @@ async fn repeated_ids_are_events_except_in_a_replay_after_a_reconnect() {
     app.send("id: last\ndata: 9\n\n");
     assert_eq!(resumed.next_event().await.data, "9");
 }
+
+/// A naive app at 10 events/s: a counter that goes up whether or not anyone listens, each
+/// number sent to the streams open at that moment; it ends each stream `lifetime` after it
+/// opened. Returns the numbers one client got over `drops` stream ends.
+async fn naive_drops(proxy_extra: &str, lifetime: Duration, drops: usize) -> (Vec<u32>, usize) {
+    let app = Arc::new(SseApp::start().await);
+    let proxy = Sidecar::route("/events", app.addr(), proxy_extra).await;
+    let mut client = SseClient::connect(&proxy.url("/events"), &[]).await;
+    app.wait_requests(1).await;
+    let writer = app.clone();
+    let ticker = tokio::spawn(async move {
+        let mut n = 0u32;
+        let mut opened = tokio::time::Instant::now();
+        let mut ends = 0;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        while ends < drops {
+            tick.tick().await;
+            n += 1;
+            writer.send(&format!("data: {n}\n\n"));
+            if opened.elapsed() >= lifetime && writer.open_streams() > 0 {
+                writer.close_streams();
+                ends += 1;
+                opened = tokio::time::Instant::now();
+            }
+        }
+        n
+    });
+    let last = ticker.await.expect("ticker");
+    let mut got = Vec::new();
+    while let Ok(event) = tokio::time::timeout(Duration::from_millis(300), client.next_event()).await {
+        got.push(event.data.parse::<u32>().expect("number"));
+    }
+    (got, last as usize)
+}
+
+#[tokio::test]
+async fn a_stream_the_app_ends_after_a_while_is_reopened_at_once() {
+    // A backoff longer than the test: any wait before reopening shows.
+    let (got, sent) = naive_drops(
+        "reconnect_initial = \"5s\"\nreconnect_max = \"10s\"",
+        Duration::from_millis(1200),
+        4,
+    )
+    .await;
+    let lost = sent - got.len();
+    println!(
+        "events lost over 4 stream ends at 10 events/s: {lost} ({:.1} per end)",
+        lost as f64 / 4.0
+    );
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "in order, no repeats: {got:?}"
+    );
+    assert!(
+        lost <= 8,
+        "lost {lost} of {sent}: the stream was not reopened at once ({got:?})"
+    );
+}
+
+#[tokio::test]
+async fn an_app_that_keeps_ending_its_stream_at_once_is_backed_off() {
+    let app = SseApp::start().await;
+    let proxy = Sidecar::route(
+        "/events",
+        app.addr(),
+        "reconnect_initial = \"100ms\"\nreconnect_max = \"5s\"",
+    )
+    .await;
+    let _client = SseClient::connect(&proxy.url("/events"), &[]).await;
+    app.wait_requests(1).await;
+    // A one-shot endpoint: every stream it opens ends before its first event.
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        app.close_streams();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let requests = app.requests().len();
+    println!("upstream requests in 3 s to an endpoint that ends every stream at once: {requests}");
+    // 100 ms doubling (with jitter from half to all of each step): 0.05-0.1, 0.1-0.2, 0.2-0.4,
+    // 0.4-0.8, 0.8-1.6 s... at most 6 requests in 3 s, where a fixed delay would make 30.
+    assert!(requests <= 7, "{requests} requests in 3 s");
+}
+
+#[tokio::test]
+async fn per_client_without_ids_ends_with_the_app_and_with_ids_resumes() {
+    let app = SseApp::start().await;
+    let proxy = Sidecar::route(
+        "/events",
+        app.addr(),
+        "mode = \"per-client\"\nreconnect_initial = \"20ms\"",
+    )
+    .await;
+    // No ids: re-requesting would replay the app's beginning; the response ends instead.
+    let mut client = SseClient::connect(&proxy.url("/events"), &[]).await;
+    app.wait_requests(1).await;
+    app.send("data: one\n\n");
+    assert_eq!(client.next_event().await.data, "one");
+    app.close_streams();
+    assert!(client.until_end().await, "a clean end");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(app.requests().len(), 1, "not re-requested");
+    // With ids: ssegate reconnects with the last one, and the client's response goes on.
+    let mut client = SseClient::connect(&proxy.url("/events"), &[]).await;
+    app.wait_requests(2).await;
+    app.send("id: 7\ndata: seven\n\n");
+    assert_eq!(client.next_event().await.data, "seven");
+    app.close_streams();
+    let seen = app.wait_requests(3).await;
+    assert_eq!(seen[2].header("last-event-id"), Some("7"));
+    app.send("id: 8\ndata: eight\n\n");
+    assert_eq!(client.next_event().await.data, "eight");
+}

@@ -28,6 +28,9 @@ use crate::route::RouteEntry;
 use crate::sse::{encode_event, encode_retry, Item, Parser};
 use crate::upstream::{chain, UpstreamError};
 
+/// An upstream stream that lasted this long and gave an event is reopened at once when it ends
+/// cleanly, and resets the backoff.
+const SETTLED: Duration = Duration::from_secs(1);
 /// How often a stream evicts aged events and checks how long its upstream has been down.
 const UPKEEP: Duration = Duration::from_millis(250);
 /// Encoded events are carved out of blocks this large, so most events cost no allocation.
@@ -190,6 +193,8 @@ enum End {
     Rejected(StatusCode),
     /// A definitive answer came on a reconnect (or after the opener stopped waiting).
     Definitive(StatusCode),
+    /// Per-client, the app ended its stream and gave no id to resume by.
+    AppEnded,
 }
 
 /// Reusable buffers of the task, so steady-state ingestion allocates nothing but events.
@@ -566,6 +571,8 @@ impl Stream {
         let mut conn = Conn::Connecting(self.connect(&route, &template, None));
         let mut down_since: Option<Instant> = None;
         let mut was_live = false;
+        // When the upstream stream in progress started, and whether it gave an event yet.
+        let mut streaming: Option<(Instant, bool)> = None;
         let mut heartbeat = route
             .config
             .settings
@@ -648,7 +655,10 @@ impl Stream {
                             was_live = true;
                             conn = Conn::Reading(response.into_body(), Connected::new(&self.metrics.upstream_streams));
                             self.connected.store(true, Ordering::Relaxed);
-                            backoff.reset();
+                            // The backoff is reset only once this stream proves it lasts (see
+                            // Step::End): an endpoint that ends every stream at once is backed
+                            // off like one that fails.
+                            streaming = Some((Instant::now(), false));
                             down_since = None;
                             self.open(&mut opener);
                         }
@@ -669,6 +679,9 @@ impl Stream {
                     }
                     Step::Chunk(chunk) => {
                         if let Some(subscribers) = self.ingest(&route, &mut parser, &chunk, &mut scratch) {
+                            if let Some((_, got_event)) = streaming.as_mut() {
+                                *got_event = true;
+                            }
                             if pacer.appended(coalesce_window(route.config.settings.coalesce, subscribers)) {
                                 self.wake(&mut scratch.wakers);
                             }
@@ -679,7 +692,28 @@ impl Stream {
                     }
                     Step::End(error) => {
                         parser.finish();
-                        let delay = backoff.next();
+                        let (lasted, got_event) = streaming
+                            .take()
+                            .map_or((Duration::ZERO, false), |(since, got)| (since.elapsed(), got));
+                        // A stream that streamed for a while ended as apps' workers do when they
+                        // time out: reopened at once, since a naive app loses what it sends while
+                        // no connection is open. One that ends sooner (a one-shot endpoint) is
+                        // backed off like a failure, so the app is never polled in a tight loop.
+                        let settled = lasted >= SETTLED && got_event;
+                        if settled || lasted >= route.config.settings.reconnect_max {
+                            backoff.reset();
+                        }
+                        if error.is_none() && self.private && parser.last_event_id().is_empty() {
+                            // Per-client, without ids: a new request would replay the app's
+                            // beginning to this client as duplicates. Its response ends as
+                            // the app's did; the browser reconnects per its retry.
+                            break End::AppEnded;
+                        }
+                        let delay = if error.is_none() && settled {
+                            Duration::ZERO
+                        } else {
+                            backoff.next()
+                        };
                         self.metrics.upstream_reconnects.inc();
                         self.connected.store(false, Ordering::Relaxed);
                         self.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -898,6 +932,7 @@ impl Stream {
             End::Lingered => "no subscriber within linger",
             End::DownTooLong(_) => "upstream down longer than upstream_down_grace",
             End::Rejected(_) | End::Definitive(_) => "upstream answered with a non-stream response",
+            End::AppEnded => "the app ended its stream (per-client, no id to resume by)",
         };
         {
             let mut streams = self.shared.lock_streams();
@@ -945,6 +980,9 @@ impl Stream {
             }
             End::Rejected(status) => {
                 tracing::info!(%route, stream = %self.digest, %status, "upstream answered the subscription with a non-stream response; passed to that client")
+            }
+            End::AppEnded => {
+                tracing::debug!(%route, stream = %self.digest, "the app ended its per-client stream without ids; the client's response ends too")
             }
             End::Definitive(status) => {
                 tracing::warn!(%route, stream = %self.digest, subscribers, %status, "upstream answered a reconnect with a non-stream response; ending the stream so clients ask again")
