@@ -81,6 +81,7 @@ pub struct Metrics {
     upstream_failures: Family<RouteLabel, Counter>,
     refused: Family<RouteLabel, Counter>,
     held: Family<RouteLabel, Gauge>,
+    unsendable_ids: Family<RouteLabel, Counter>,
     held_total: Family<RouteLabel, Counter>,
     /// Requests refused before routing (bad target, Host or path): the client's fault.
     pub bad_requests: Counter,
@@ -125,6 +126,8 @@ pub struct RouteMetrics {
     pub held: Gauge,
     /// Subscriptions ever held for their client's stream budget.
     pub held_total: Counter,
+    /// App ids a client could not send back, replaced or left out.
+    pub unsendable_ids: Counter,
     metrics: std::sync::Arc<Metrics>,
 }
 
@@ -161,6 +164,7 @@ impl Metrics {
             refused: Family::default(),
             held: Family::default(),
             held_total: Family::default(),
+            unsendable_ids: Family::default(),
             bad_requests: Counter::default(),
             requests: Family::default(),
             request_duration: Family::new_with_constructor(duration_histogram),
@@ -270,6 +274,11 @@ impl Metrics {
             metrics.held_total.clone(),
         );
         r.register(
+            "unsendable_ids",
+            "App event ids a client could not send back as Last-Event-ID, replaced (inject) or left out (passthrough), by route",
+            metrics.unsendable_ids.clone(),
+        );
+        r.register(
             "bad_requests",
             "Requests refused with 400 before routing: malformed target, Host or path",
             metrics.bad_requests.clone(),
@@ -310,6 +319,7 @@ impl Metrics {
             refused: self.refused.get_or_create_owned(&label),
             held: self.held.get_or_create_owned(&label),
             held_total: self.held_total.get_or_create_owned(&label),
+            unsendable_ids: self.unsendable_ids.get_or_create_owned(&label),
             metrics: self.clone(),
         }
     }

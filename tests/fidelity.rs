@@ -228,3 +228,66 @@ async fn per_client_without_ids_ends_with_the_app_and_with_ids_resumes() {
     app.send("id: 8\ndata: eight\n\n");
     assert_eq!(client.next_event().await.data, "eight");
 }
+
+// The story: an app id with a control character was forwarded; the browser's reconnect then
+// carried it in Last-Event-ID, got 400, and its EventSource stopped for good.
+#[tokio::test]
+async fn ids_a_client_cannot_send_back_are_never_handed_out() {
+    let app = SseApp::start().await;
+    let long = "x".repeat(2000);
+    let odd = format!(
+        "id: bell\u{7}id\ndata: a\n\nid:  padded\ndata: b\n\nid: {long}\ndata: c\n\nid: fine\ndata: d\n\n"
+    );
+    let proxy = Sidecar::start(&format!(
+        "[[route]]\npath = \"/inject\"\nupstream = \"http://{0}\"\n\
+         [[route]]\npath = \"/passthrough\"\nupstream = \"http://{0}\"\nids = \"passthrough\"\n",
+        app.addr()
+    ))
+    .await;
+    let mut inject = SseClient::connect(&proxy.url("/inject"), &[]).await;
+    let mut passthrough = SseClient::connect(&proxy.url("/passthrough"), &[]).await;
+    app.wait_requests(2).await;
+    app.send(&odd);
+    let events = inject.events(4).await;
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone().unwrap_or_default()).collect();
+    assert!(
+        ids[..3].iter().all(|id| id.contains('-') && id.len() < 20),
+        "{ids:?}"
+    );
+    assert_eq!(ids[3], "fine");
+    let events = passthrough.events(4).await;
+    let ids: Vec<Option<String>> = events.iter().map(|e| e.id.clone()).collect();
+    assert_eq!(ids, [None, None, None, Some("fine".to_owned())]);
+    assert_eq!(
+        proxy
+            .metric("ssegate_unsendable_ids_total{route=\"/inject\"}")
+            .await,
+        3.0
+    );
+    assert_eq!(
+        proxy
+            .metric("ssegate_unsendable_ids_total{route=\"/passthrough\"}")
+            .await,
+        3.0
+    );
+    // Every id handed out resumes.
+    let mut resumed =
+        SseClient::connect(&proxy.url("/inject"), &[("last-event-id", &ids_of(&inject)[0])]).await;
+    assert_eq!(data(&resumed.events(3).await), ["b", "c", "d"]);
+    // An id ssegate cannot find is a gap, answered 200, never a 4xx.
+    for junk in ["zzz", "é-1", "fine\tx"] {
+        let client = SseClient::connect(&proxy.url("/inject"), &[("last-event-id", junk)]).await;
+        assert_eq!(client.status, http::StatusCode::OK, "{junk:?}");
+    }
+}
+
+fn ids_of(client: &SseClient) -> Vec<String> {
+    // The ids in the raw stream, in order.
+    client
+        .text()
+        .lines()
+        .filter_map(|line| line.strip_prefix("id: "))
+        .filter(|id| !id.ends_with("-0"))
+        .map(str::to_owned)
+        .collect()
+}

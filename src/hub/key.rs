@@ -15,6 +15,17 @@ pub const LAST_EVENT_ID_PARAM: &str = "lastEventId";
 /// and only this much of it is echoed in a `gap` event.
 pub const MAX_LAST_EVENT_ID: usize = 1024;
 
+/// Whether a client can send `id` back in a `Last-Event-ID` header and be found by it: a valid
+/// header value (no control character but tab), with no leading or trailing space or tab (HTTP
+/// strips them), at most [`MAX_LAST_EVENT_ID`] bytes. ssegate hands out no other id: a browser
+/// whose reconnect carries a header the server must refuse stops its EventSource for good.
+pub fn is_resumable(id: &str) -> bool {
+    id.len() <= MAX_LAST_EVENT_ID
+        && !id.starts_with([' ', '\t'])
+        && !id.ends_with([' ', '\t'])
+        && id.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
 /// What identifies a stream: the route and the configured parts of a subscription, as bytes.
 /// It holds credentials when the key includes them, so it is never logged; see [`digest`].
 pub type StreamKey = Box<[u8]>;
@@ -236,6 +247,24 @@ mod tests {
             .insert("cookie", http::HeaderValue::from_bytes(b"s=\xff").expect("value"));
         assert_ne!(default_key(&first), default_key(&second));
         assert_ne!(private_key("/events", 1), private_key("/events", 2));
+    }
+
+    #[test]
+    fn ids_a_client_can_send_back() {
+        for id in ["1", "abc-42", "with space", "tab\tinside", "é", &"x".repeat(1024)] {
+            assert!(is_resumable(id), "{id:?}");
+        }
+        for id in [
+            " lead",
+            "trail ",
+            "\tlead",
+            "bell\u{7}",
+            "del\u{7f}",
+            "esc\u{1b}[0m",
+            &"x".repeat(1025),
+        ] {
+            assert!(!is_resumable(id), "{id:?}");
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tokio::time::{sleep, Sleep};
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::budget::Charge;
-use super::key::StreamKey;
+use super::key::{is_resumable, StreamKey};
 use super::ring::{Limits, Ring};
 use super::Shared;
 use crate::config::{format_duration, IdMode, OnGap, Settings};
@@ -206,6 +206,8 @@ struct Scratch {
     /// The upstream was reopened with Last-Event-ID and may be replaying events it sent before:
     /// events whose id is buffered are repeats until the first one that is not.
     replaying: bool,
+    /// The log said once that this stream's app gives ids a client cannot send back.
+    told_unsendable: bool,
 }
 
 type Head = Pin<Box<dyn Future<Output = Result<Response<Incoming>, UpstreamError>> + Send>>;
@@ -588,6 +590,7 @@ impl Stream {
             encoded: BytesMut::new(),
             pending_retry: None,
             replaying: false,
+            told_unsendable: false,
         };
         let path = &self.path;
         tracing::debug!(route = %path, stream = %self.digest, "stream opened");
@@ -815,11 +818,22 @@ impl Stream {
         let inject = settings.ids == IdMode::Inject;
         let now = Instant::now();
         let (mut added, mut freed, mut events, mut dropped, mut repeats) = (0, 0, 0u64, 0u64, 0u64);
+        let mut unsendable = 0u64;
         let subscribers = {
             let mut state = self.lock();
             for item in scratch.items.drain(..) {
                 match item {
-                    Item::Event(event) => {
+                    Item::Event(mut event) => {
+                        if event
+                            .id
+                            .as_deref()
+                            .is_some_and(|id| !id.is_empty() && !is_resumable(id))
+                        {
+                            // A client could not send this id back: in inject mode the event
+                            // gets ssegate's id instead, in passthrough mode none.
+                            event.id = None;
+                            unsendable += 1;
+                        }
                         let app_id = event.id.as_deref().filter(|id| !id.is_empty());
                         if scratch.replaying {
                             if app_id.is_some_and(|id| state.ring.contains_app_id(id)) {
@@ -863,6 +877,10 @@ impl Stream {
             metrics.events_dropped.inc_by(dropped);
             tracing::warn!(route = %self.path, stream = %self.digest, dropped, limit = settings.max_event_bytes, "dropped upstream events larger than max_event_bytes");
         }
+        if unsendable > 0 && !std::mem::replace(&mut scratch.told_unsendable, true) {
+            tracing::warn!(route = %self.path, stream = %self.digest, events = unsendable, ids = ?settings.ids, "the app gave ids a client could not send back as Last-Event-ID (control characters, edge whitespace or over 1 KiB): replaced by ssegate's own (inject) or left out (passthrough)");
+        }
+        metrics.unsendable_ids.inc_by(unsendable);
         if repeats > 0 {
             metrics.repeats_dropped.inc_by(repeats);
             tracing::debug!(route = %self.path, stream = %self.digest, repeats, "dropped events the upstream sent again");
