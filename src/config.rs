@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
-use http::{HeaderName, Uri};
+use http::{HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -84,6 +84,18 @@ pub const DEFAULT_STREAM_KEY: &[&str] = &[
     "header:authorization",
     "header:cookie",
     "header:host",
+    "header:origin",
+];
+/// Headers `response_headers` may not set: they describe the connection or the body's framing.
+const FRAMING_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "content-length",
+    "upgrade",
+    "te",
+    "trailer",
 ];
 /// Headers a shared stream's key should hold, or it may serve one user's stream to another.
 pub const PRIVATE_KEY_HEADERS: &[&str] = &["authorization", "cookie", "host"];
@@ -272,6 +284,9 @@ pub struct Settings {
     pub merge_slashes: bool,
     /// Whether `%2F`, `%5C` and a backslash may appear in a path (else 400).
     pub allow_encoded_slashes: bool,
+    /// Headers every SSE response and every passed-through response of the route carries,
+    /// replacing the app's of the same name.
+    pub response_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Config {
@@ -613,6 +628,20 @@ fn resolve_route(
             "must be above zero".to_owned(),
         ));
     }
+    let mut response_headers = Vec::new();
+    for (name, value) in pick!(response_headers).iter().flat_map(|table| table.get_ref()) {
+        let bad = |why: String| fail(value.span(), "response_headers", why);
+        let parsed = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
+            .map_err(|_| bad(format!("{name:?} is not a valid header name")))?;
+        if FRAMING_HEADERS.contains(&parsed.as_str()) {
+            return Err(bad(format!(
+                "{name:?} describes the connection or the body's framing, which ssegate sets itself"
+            )));
+        }
+        let value = HeaderValue::from_str(value.get_ref())
+            .map_err(|_| bad(format!("the value of {name:?} is not a valid header value")))?;
+        response_headers.push((parsed, value));
+    }
     let settings = Settings {
         retry: toggle(pick!(retry), DEFAULT_RETRY),
         heartbeat: toggle(pick!(heartbeat), DEFAULT_HEARTBEAT),
@@ -640,6 +669,7 @@ fn resolve_route(
         max_request_body: pick!(max_request_body).map_or(DEFAULT_MAX_REQUEST_BODY, |v| v.get_ref().0),
         merge_slashes: pick!(merge_slashes).is_none_or(|v| *v.get_ref()),
         allow_encoded_slashes: pick!(allow_encoded_slashes).is_some_and(|v| *v.get_ref()),
+        response_headers,
     };
     Ok(Route {
         path,
@@ -914,6 +944,18 @@ impl fmt::Display for Config {
             writeln!(f, "max_request_body = \"{}\"", format_size(s.max_request_body))?;
             writeln!(f, "merge_slashes = {}", s.merge_slashes)?;
             writeln!(f, "allow_encoded_slashes = {}", s.allow_encoded_slashes)?;
+            let headers: Vec<String> = s
+                .response_headers
+                .iter()
+                .map(|(name, value)| {
+                    format!(
+                        "{:?} = {:?}",
+                        name.as_str(),
+                        String::from_utf8_lossy(value.as_bytes())
+                    )
+                })
+                .collect();
+            writeln!(f, "response_headers = {{ {} }}", headers.join(", "))?;
         }
         Ok(())
     }

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use http::header::{HeaderMap, HeaderValue};
 use http::Response;
 use hyper::body::Incoming;
 use serde::Serialize;
@@ -33,7 +34,7 @@ use crate::route::{Admission, RouteEntry, Router};
 use budget::{Budgets, ClientId, Grant};
 pub use held::HeldBody;
 use key::StreamKey;
-use stream::{Phase, Stream, Subscriber, Template};
+use stream::{First, Phase, Stream, Subscriber, Template};
 pub use subscriber::{SlowClient, Start, SubscriberBody};
 
 /// The registry of live streams. Cheap to clone.
@@ -67,8 +68,11 @@ pub struct Shared {
 #[derive(Debug)]
 pub struct Pending {
     subscriber: Subscriber,
-    /// Present when this subscription opened the stream: receives a definitive first answer.
-    opener: Option<oneshot::Receiver<Response<Incoming>>>,
+    /// Present when this subscription opened the stream: receives the first answer.
+    opener: Option<oneshot::Receiver<First>>,
+    /// The `Set-Cookie` fields of the answer to the upstream request this subscription caused:
+    /// a cookie is set for one client, so no other subscriber gets them.
+    cookies: Vec<HeaderValue>,
 }
 
 /// What [`Hub::join`] did with a subscription.
@@ -99,7 +103,7 @@ pub struct Held {
 enum Decided {
     Answer(Response<Incoming>),
     Refused,
-    Serve,
+    Serve(Vec<HeaderValue>),
 }
 
 /// How a pending subscription is to be answered.
@@ -208,6 +212,7 @@ impl Hub {
                 return Joined::Pending(Pending {
                     subscriber,
                     opener: None,
+                    cookies: Vec::new(),
                 });
             }
         }
@@ -265,6 +270,7 @@ impl Hub {
         Joined::Pending(Pending {
             subscriber,
             opener: Some(rx),
+            cookies: Vec::new(),
         })
     }
 
@@ -312,27 +318,59 @@ impl Pending {
     /// this subscription. Subscriptions never hang: past `limit` they are served from the
     /// stream (with heartbeats) while its task keeps trying.
     pub async fn outcome(self, limit: Duration) -> Outcome {
-        let Pending { subscriber, opener } = self;
+        let Pending {
+            subscriber,
+            opener,
+            cookies,
+        } = self;
         let mut phase = subscriber.stream.phase.subscribe();
         let decided = async {
             match opener {
-                // The task sends the opener a definitive answer, or drops the sender unused
-                // once the stream can serve.
-                Some(opener) => opener.await.ok().map(Decided::Answer).unwrap_or(Decided::Serve),
+                // The task sends the opener the first answer (a definitive one, or the
+                // stream's cookies), or drops the sender unused once the stream can serve.
+                Some(opener) => match opener.await {
+                    Ok(First::Definitive(response)) => Decided::Answer(response),
+                    Ok(First::Stream(cookies)) => Decided::Serve(cookies),
+                    Err(_) => Decided::Serve(Vec::new()),
+                },
                 None => match phase.wait_for(|p| *p != Phase::Opening).await.map(|p| *p) {
                     Ok(Phase::Rejected) => Decided::Refused,
-                    _ => Decided::Serve,
+                    _ => Decided::Serve(Vec::new()),
                 },
             }
         };
         match tokio::time::timeout(limit, decided).await {
             Ok(Decided::Answer(response)) => Outcome::Answer(response),
             Ok(Decided::Refused) => Outcome::AskUpstream,
-            Ok(Decided::Serve) | Err(_) => Outcome::Subscribe(Pending {
+            Ok(Decided::Serve(first)) => Outcome::Subscribe(Pending {
                 subscriber,
                 opener: None,
+                cookies: first,
+            }),
+            Err(_) => Outcome::Subscribe(Pending {
+                subscriber,
+                opener: None,
+                cookies,
             }),
         }
+    }
+
+    /// The app's headers for this subscriber's response: those of the stream's latest upstream
+    /// response (none before the app ever answered), and the cookies of the answer to the
+    /// upstream request this subscription caused.
+    pub fn app_headers(&self) -> HeaderMap {
+        let mut headers = self
+            .subscriber
+            .stream
+            .lock()
+            .app_headers
+            .as_deref()
+            .cloned()
+            .unwrap_or_default();
+        for cookie in &self.cookies {
+            headers.append(http::header::SET_COOKIE, cookie.clone());
+        }
+        headers
     }
 
     /// The response body for this subscriber, placed after `last_event_id`; it holds

@@ -9,7 +9,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use http_body_util::{Either, Empty};
@@ -292,11 +292,8 @@ impl Proxy {
                     let pending = held.admitted().await?;
                     Some(pending.attach(resume_from.as_deref(), Some(admission)))
                 };
-                return Ok(sse_response(ProxyBody::held(HeldBody::new(
-                    admit,
-                    settings.retry,
-                    settings.heartbeat,
-                ))));
+                let body = ProxyBody::held(HeldBody::new(admit, settings.retry, settings.heartbeat));
+                return Ok(sse_response(body, HeaderMap::new(), route));
             }
             Joined::Full(_) => {
                 route.metrics.refused.inc();
@@ -310,12 +307,15 @@ impl Proxy {
             }
         };
         match pending.outcome(settings.upstream_connect_timeout).await {
-            Outcome::Subscribe(pending) => Ok(sse_response(ProxyBody::sse(
-                pending.attach(resume_from.as_deref(), Some(admission)),
-            ))),
+            Outcome::Subscribe(pending) => {
+                let app = pending.app_headers();
+                let body = ProxyBody::sse(pending.attach(resume_from.as_deref(), Some(admission)));
+                Ok(sse_response(body, app, route))
+            }
             Outcome::Answer(response) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
+                add_response_headers(&mut parts.headers, route);
                 Err((
                     Response::from_parts(parts, ProxyBody::upstream(body)),
                     Some(admission),
@@ -397,6 +397,7 @@ async fn pass_through<B: RequestBody>(
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            add_response_headers(&mut parts.headers, route);
             Response::from_parts(parts, ProxyBody::upstream(body))
         }
         Err(error) if error.is_body_too_large() => {
@@ -447,11 +448,21 @@ fn announces_body<B>(request: &Request<B>) -> bool {
             .any(|value| value.as_bytes() != b"0")
 }
 
-/// The 200 response of a subscription. Its headers keep every intermediary from buffering or
-/// caching it; it has no Content-Length and is never compressed.
-fn sse_response(body: ProxyBody) -> Response<ProxyBody> {
+/// The route's `response_headers`, replacing the app's of the same name.
+fn add_response_headers(headers: &mut HeaderMap, route: &RouteEntry) {
+    for (name, value) in &route.config.settings.response_headers {
+        headers.insert(name.clone(), value.clone());
+    }
+}
+
+/// The 200 response of a subscription: the app's headers (`app`: CORS above all), the route's
+/// `response_headers`, and ssegate's own, which keep every intermediary from buffering or
+/// caching it. It has no Content-Length and is never compressed.
+fn sse_response(body: ProxyBody, app: HeaderMap, route: &RouteEntry) -> Response<ProxyBody> {
     let mut response = Response::new(body);
+    *response.headers_mut() = app;
     let headers = response.headers_mut();
+    add_response_headers(headers, route);
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),

@@ -49,7 +49,7 @@ fn good_config_prints_effective_settings_per_route() {
         routes[1]
     );
     assert!(routes[1].contains(
-        "stream_key = [\"path\", \"query\", \"header:authorization\", \"header:cookie\", \"header:host\"]"
+        "stream_key = [\"path\", \"query\", \"header:authorization\", \"header:cookie\", \"header:host\", \"header:origin\"]"
     ));
     assert!(!stderr.contains("warning"), "{stderr}");
 }

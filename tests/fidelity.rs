@@ -291,3 +291,153 @@ fn ids_of(client: &SseClient) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+const APP_HEADERS: &[(&str, &str)] = &[
+    ("access-control-allow-origin", "http://page.test"),
+    ("access-control-allow-credentials", "true"),
+    ("x-app", "1"),
+    ("set-cookie", "session=abc; HttpOnly"),
+    ("content-encoding", "gzip"),
+    ("connection", "x-hop"),
+    ("x-hop", "1"),
+];
+
+// The story: a subscriber's 200 carried only ssegate's three headers, so a cross-origin
+// EventSource never saw Access-Control-Allow-Origin and failed.
+#[tokio::test]
+async fn the_apps_headers_reach_subscribers_and_its_cookie_only_the_one_it_was_for() {
+    let app = SseApp::start().await;
+    app.set_headers(APP_HEADERS);
+    let proxy = Sidecar::route("/events", app.addr(), "").await;
+    let origin = [("origin", "http://page.test")];
+    let opener = SseClient::connect(&proxy.url("/events"), &origin).await;
+    app.wait_requests(1).await;
+    let joiner = SseClient::connect(&proxy.url("/events"), &origin).await;
+    assert_eq!(app.requests().len(), 1, "one stream");
+    for (who, client) in [("opener", &opener), ("joiner", &joiner)] {
+        assert_eq!(
+            client.header("access-control-allow-origin"),
+            Some("http://page.test"),
+            "{who}"
+        );
+        assert_eq!(
+            client.header("access-control-allow-credentials"),
+            Some("true"),
+            "{who}"
+        );
+        assert_eq!(client.header("x-app"), Some("1"), "{who}");
+        assert_eq!(client.header("content-type"), Some("text/event-stream"), "{who}");
+        assert_eq!(client.header("cache-control"), Some("no-cache"), "{who}");
+        assert_eq!(
+            client.header("content-encoding"),
+            None,
+            "{who}: ssegate never compresses"
+        );
+        assert_eq!(client.header("x-hop"), None, "{who}: hop-by-hop");
+    }
+    assert_eq!(opener.header("set-cookie"), Some("session=abc; HttpOnly"));
+    assert_eq!(
+        joiner.header("set-cookie"),
+        None,
+        "a cookie is set for one client"
+    );
+    // Another origin is another stream: a reflected Access-Control-Allow-Origin is right for
+    // everyone on a stream.
+    let _other = SseClient::connect(&proxy.url("/events"), &[("origin", "http://other.test")]).await;
+    app.wait_requests(2).await;
+}
+
+#[tokio::test]
+async fn per_client_subscribers_get_every_header_of_their_own_response() {
+    let app = SseApp::start().await;
+    app.set_headers(APP_HEADERS);
+    let proxy = Sidecar::route("/events", app.addr(), "mode = \"per-client\"").await;
+    for _ in 0..2 {
+        let client = SseClient::connect(&proxy.url("/events"), &[]).await;
+        assert_eq!(client.header("set-cookie"), Some("session=abc; HttpOnly"));
+        assert_eq!(client.header("x-app"), Some("1"));
+    }
+}
+
+#[tokio::test]
+async fn response_headers_are_on_every_response_of_the_route_even_before_the_app_answers() {
+    let down = dead_addr().await;
+    let extra = "response_headers = { \"Access-Control-Allow-Origin\" = \"https://app.example\", \"X-Served-By\" = \"ssegate\" }";
+    let proxy = Sidecar::route(
+        "/events",
+        down,
+        &format!("{extra}\nupstream_connect_timeout = \"200ms\""),
+    )
+    .await;
+    // The app is down: no app headers yet, the route's are there.
+    let client = SseClient::connect(&proxy.url("/events"), &[]).await;
+    assert_eq!(client.status, http::StatusCode::OK);
+    assert_eq!(
+        client.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert_eq!(client.header("x-served-by"), Some("ssegate"));
+    // A passed-through response carries them too, replacing the app's of that name.
+    let app = Upstream::start(|_request| async {
+        http::Response::builder()
+            .header("access-control-allow-origin", "*")
+            .body(full("ok"))
+            .expect("response")
+    })
+    .await;
+    let proxy = Sidecar::route("/api", app.addr, extra).await;
+    let reply = get(&proxy.url("/api/x"), &[]).await;
+    assert_eq!(
+        reply.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert_eq!(
+        reply
+            .headers
+            .get_all("access-control-allow-origin")
+            .iter()
+            .count(),
+        1
+    );
+    assert_eq!(reply.header("x-served-by"), Some("ssegate"));
+}
+
+#[tokio::test]
+async fn cors_preflights_pass_through_to_the_app() {
+    let app = Upstream::start(|request: http::Request<hyper::body::Incoming>| async move {
+        let asked = request
+            .headers()
+            .get("access-control-request-headers")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        http::Response::builder()
+            .status(204)
+            .header("access-control-allow-origin", "http://page.test")
+            .header("access-control-allow-headers", asked)
+            .header("x-method", request.method().as_str())
+            .body(full(""))
+            .expect("response")
+    })
+    .await;
+    let proxy = Sidecar::route("/events", app.addr, "sse = \"always\"").await;
+    let preflight = http::Request::builder()
+        .method("OPTIONS")
+        .uri(proxy.url("/events"))
+        .header("origin", "http://page.test")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "last-event-id")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let reply = send(preflight).await;
+    assert_eq!(reply.status, http::StatusCode::NO_CONTENT);
+    assert_eq!(reply.header("x-method"), Some("OPTIONS"));
+    assert_eq!(
+        reply.header("access-control-allow-headers"),
+        Some("last-event-id")
+    );
+    assert_eq!(
+        reply.header("access-control-allow-origin"),
+        Some("http://page.test")
+    );
+}

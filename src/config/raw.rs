@@ -70,6 +70,7 @@ macro_rules! with_settings {
             pub max_request_body: Option<Spanned<SizeValue>>,
             pub merge_slashes: Option<Spanned<bool>>,
             pub allow_encoded_slashes: Option<Spanned<bool>>,
+            pub response_headers: Option<Spanned<std::collections::BTreeMap<String, Spanned<String>>>>,
         }
     };
 }

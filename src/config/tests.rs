@@ -43,7 +43,8 @@ fn built_in_defaults() {
     assert_eq!(s.ids, IdMode::Inject);
     assert_eq!(s.mode, StreamMode::Shared);
     assert_eq!(s.buffer_bytes, 8 << 20);
-    assert_eq!(s.stream_key.len(), 5);
+    assert_eq!(s.stream_key.len(), 6);
+    assert!(s.response_headers.is_empty());
     assert!(s.merge_slashes);
     assert!(!s.allow_encoded_slashes);
     assert_eq!(config.max_streams_per_client, Some(100));
@@ -139,6 +140,9 @@ fn errors_name_the_key_and_line() {
         ("route path with repeated slashes", "[[route]]\npath = \"//a\"\nupstream = \"http://a:1\"\n", 2, &["`path`", "normalised"]),
         ("route path with a decodable escape", "[[route]]\npath = \"/%61\"\nupstream = \"http://a:1\"\n", 2, &["`path`", "percent-escapes"]),
         ("routes differing only in case", "[[route]]\npath = \"/Admin\"\nupstream = \"http://a:1\"\n[[route]]\npath = \"/admin\"\nupstream = \"http://b:1\"\n", 5, &["duplicate route path"]),
+        ("response header of the framing", "[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\nresponse_headers = { \"Content-Length\" = \"5\" }\n", 4, &["`response_headers`", "framing"]),
+        ("response header name", "[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\nresponse_headers = { \"bad name\" = \"5\" }\n", 4, &["`response_headers`", "not a valid header name"]),
+        ("response header value", "[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\nresponse_headers = { \"x-a\" = \"a\\nb\" }\n", 4, &["`response_headers`", "not a valid header value"]),
         ("merge_slashes not a bool", "[defaults]\nmerge_slashes = \"yes\"\n", 2, &["`merge_slashes`"]),
     ];
     for (name, text, line, needles) in cases {
@@ -175,6 +179,22 @@ fn client_limits_and_path_rules() {
     assert_eq!(route.path, "/a%2F");
     assert!(!route.settings.merge_slashes);
     assert!(route.settings.allow_encoded_slashes);
+    let with_headers = load(
+        "[defaults]\nresponse_headers = { \"Access-Control-Allow-Origin\" = \"https://app.example\", \"X-Quote\" = \"a \\\"b\\\"\" }\n\
+         [[route]]\npath = \"/\"\nupstream = \"http://a:1\"\n",
+    )
+    .expect("valid");
+    let headers = &with_headers.routes[0].settings.response_headers;
+    assert_eq!(headers.len(), 2);
+    assert_eq!(headers[0].0.as_str(), "access-control-allow-origin");
+    assert_eq!(headers[1].1.as_bytes(), b"a \"b\"");
+    let printed = with_headers.to_string();
+    assert_eq!(
+        load(&printed).expect("prints as valid TOML").routes[0]
+            .settings
+            .response_headers,
+        *headers
+    );
     let off = load("new_streams_per_client = \"off\"\n[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\n")
         .expect("valid");
     assert_eq!(off.new_streams_per_client, None);

@@ -9,7 +9,7 @@ use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE, SET_COOKIE};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Empty};
 use hyper::body::Incoming;
@@ -26,6 +26,7 @@ use crate::config::{format_duration, IdMode, OnGap, Settings};
 use crate::metrics::RouteMetrics;
 use crate::route::RouteEntry;
 use crate::sse::{encode_event, encode_retry, Item, Parser};
+use crate::upstream::headers::stream_headers;
 use crate::upstream::{chain, UpstreamError};
 
 /// An upstream stream that lasted this long and gave an event is reopened at once when it ends
@@ -46,6 +47,15 @@ pub enum Phase {
     /// The upstream gave a definitive non-stream answer; each waiting subscription must ask the
     /// upstream itself, since that answer is never shared.
     Rejected,
+}
+
+/// The first answer to a stream's upstream request, for the subscription that caused it.
+#[derive(Debug)]
+pub enum First {
+    /// A definitive (non-stream) answer: that subscription's alone, passed on as is.
+    Definitive(Response<Incoming>),
+    /// An event stream: its `Set-Cookie` fields, for that subscription only.
+    Stream(Vec<HeaderValue>),
 }
 
 /// The request a stream sends upstream (and again on every reconnect).
@@ -113,6 +123,9 @@ pub struct State {
     pub(super) closing: bool,
     /// The upstream's own `retry:`, used when the route sets none.
     pub(super) upstream_retry: Option<u64>,
+    /// The end-to-end headers of the latest upstream response (no `Set-Cookie`): every
+    /// subscriber's response carries them. `None` until the app first answers.
+    pub(super) app_headers: Option<Arc<HeaderMap>>,
     /// The stream's charge on the budget of the client that opened it, until it ends.
     charge: Option<Charge>,
 }
@@ -459,6 +472,7 @@ impl Stream {
                 heartbeat_gen: 0,
                 closing: false,
                 upstream_retry: None,
+                app_headers: None,
                 charge: Some(charge),
             }),
             control: Notify::new(),
@@ -550,20 +564,12 @@ impl Stream {
 
     /// Starts the task that owns the upstream. `opener` receives a definitive (non-stream)
     /// first answer; it is dropped unanswered once subscribers can be served.
-    pub(super) fn spawn(
-        self: &Arc<Self>,
-        template: Template,
-        opener: Option<oneshot::Sender<Response<Incoming>>>,
-    ) {
+    pub(super) fn spawn(self: &Arc<Self>, template: Template, opener: Option<oneshot::Sender<First>>) {
         let stream = self.clone();
         tokio::spawn(async move { stream.run(template, opener).await });
     }
 
-    async fn run(
-        self: Arc<Self>,
-        template: Template,
-        mut opener: Option<oneshot::Sender<Response<Incoming>>>,
-    ) {
+    async fn run(self: Arc<Self>, template: Template, mut opener: Option<oneshot::Sender<First>>) {
         let mut route = self.route();
         let mut parser = Parser::new(route.config.settings.max_event_bytes);
         let mut backoff = Backoff::new(
@@ -656,13 +662,21 @@ impl Stream {
                                 self.announce_outage(&route, &mut scratch);
                             }
                             was_live = true;
-                            conn = Conn::Reading(response.into_body(), Connected::new(&self.metrics.upstream_streams));
+                            let (head, body) = response.into_parts();
+                            conn = Conn::Reading(body, Connected::new(&self.metrics.upstream_streams));
                             self.connected.store(true, Ordering::Relaxed);
                             // The backoff is reset only once this stream proves it lasts (see
                             // Step::End): an endpoint that ends every stream at once is backed
                             // off like one that fails.
                             streaming = Some((Instant::now(), false));
                             down_since = None;
+                            // Every subscriber from now on gets the app's latest headers; its
+                            // cookies go to the subscription that caused this request, if any.
+                            self.lock().app_headers = Some(Arc::new(stream_headers(&head.headers)));
+                            if let Some(tx) = opener.take() {
+                                let cookies = head.headers.get_all(SET_COOKIE).iter().cloned().collect();
+                                let _ = tx.send(First::Stream(cookies));
+                            }
                             self.open(&mut opener);
                         }
                         Answer::Transient => {
@@ -671,7 +685,7 @@ impl Stream {
                         }
                         Answer::Definitive => {
                             let status = response.status();
-                            if opener.take().is_some_and(|tx| tx.send(response).is_ok()) {
+                            if opener.take().is_some_and(|tx| tx.send(First::Definitive(response)).is_ok()) {
                                 break End::Rejected(status);
                             }
                             break End::Definitive(status);
@@ -740,7 +754,7 @@ impl Stream {
     }
 
     /// Subscribers can be served from now on: release the opener and everyone waiting.
-    fn open(&self, opener: &mut Option<oneshot::Sender<Response<Incoming>>>) {
+    fn open(&self, opener: &mut Option<oneshot::Sender<First>>) {
         opener.take();
         self.phase.send_if_modified(|phase| {
             let opening = *phase == Phase::Opening;
@@ -757,7 +771,7 @@ impl Stream {
         route: &RouteEntry,
         backoff: &mut Backoff,
         down_since: &mut Option<Instant>,
-        opener: &mut Option<oneshot::Sender<Response<Incoming>>>,
+        opener: &mut Option<oneshot::Sender<First>>,
         why: &str,
     ) -> Conn {
         down_since.get_or_insert_with(Instant::now);

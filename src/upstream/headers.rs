@@ -60,6 +60,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The headers of an app's event-stream response that every subscriber's response carries:
+/// the end-to-end ones (hop-by-hop removed), without those ssegate sets itself or that describe
+/// one response body rather than the stream (`Content-Type`, `Cache-Control`,
+/// `X-Accel-Buffering`, `Content-Length`, `Content-Encoding`: ssegate never compresses), the
+/// `Date` of a response that may be hours old, and `Set-Cookie`, which is one client's.
+pub fn stream_headers(app: &HeaderMap) -> HeaderMap {
+    let mut headers = app.clone();
+    strip_hop_by_hop(&mut headers);
+    for name in [
+        header::CONTENT_TYPE,
+        header::CACHE_CONTROL,
+        HeaderName::from_static("x-accel-buffering"),
+        header::CONTENT_LENGTH,
+        header::CONTENT_ENCODING,
+        header::DATE,
+        header::SET_COOKIE,
+    ] {
+        headers.remove(name);
+    }
+    headers
+}
+
 /// Headers whose meaning a client could fake with an underscore for a dash: framing, the
 /// connection, and what ssegate itself tells the upstream.
 const CONFUSABLE: [&str; 12] = [

@@ -154,6 +154,7 @@ struct AppState {
     streams: std::sync::Mutex<Vec<mpsc::UnboundedSender<Frame<Bytes>>>>,
     seen: std::sync::Mutex<Vec<Seen>>,
     answer: std::sync::Mutex<Option<(http::StatusCode, &'static str, String)>>,
+    headers: std::sync::Mutex<Vec<(String, String)>>,
     changed: tokio::sync::Notify,
 }
 
@@ -192,11 +193,13 @@ impl SseApp {
                     None => {
                         let (tx, body) = channel_body();
                         state.streams.lock().expect("lock").push(tx);
-                        Response::builder()
+                        let mut response = Response::builder()
                             .header("content-type", "text/event-stream")
-                            .header("cache-control", "no-cache")
-                            .body(body)
-                            .expect("response")
+                            .header("cache-control", "no-cache");
+                        for (name, value) in state.headers.lock().expect("lock").iter() {
+                            response = response.header(name.as_str(), value.as_str());
+                        }
+                        response.body(body).expect("response")
                     }
                 };
                 state.changed.notify_waiters();
@@ -257,6 +260,14 @@ impl SseApp {
     /// From now on, answer every request with this instead of a stream.
     pub fn answer_with(&self, status: http::StatusCode, content_type: &'static str, body: &str) {
         *self.state.answer.lock().expect("lock") = Some((status, content_type, body.to_owned()));
+    }
+
+    /// From now on, give event-stream responses these headers too.
+    pub fn set_headers(&self, headers: &[(&str, &str)]) {
+        *self.state.headers.lock().expect("lock") = headers
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect();
     }
 
     /// From now on, answer with streams again.
