@@ -107,14 +107,16 @@ def pytest_runtest_makereport(item, call):
 class App:
     """A naive SSE app (Starlette or Express) the test controls over HTTP."""
 
-    def __init__(self, procs, kind, port=None, interval=0.0, lifetime=0.0):
+    def __init__(self, procs, kind, port=None, interval=0.0, lifetime=0.0, cors=None):
         self.procs, self.kind = procs, kind
         self.port = port or free_port()
-        self.interval, self.lifetime = interval, lifetime
+        self.interval, self.lifetime, self.cors = interval, lifetime, cors
         self.start()
 
     def start(self):
         args = ["--port", str(self.port), "--interval", str(self.interval), "--lifetime", str(self.lifetime)]
+        if self.cors:
+            args += ["--cors", self.cors]
         if self.kind == "starlette":
             argv = [sys.executable, os.path.join(HERE, "apps", "starlette_app.py"), *args]
         else:

@@ -214,3 +214,37 @@ def test_ten_event_sources_on_one_page_over_https_h2(procs):
     snapshot = old.final()
     receiving = sum(1 for n in snapshot["per_source"] if n > 0) + (1 if snapshot["opens"] else 0)
     assert receiving <= 6, f"{receiving} EventSources got events over HTTP/1.1"
+
+
+@pytest.mark.parametrize("kind", ["starlette", "express"])
+@pytest.mark.parametrize("credentials", [False, True])
+def test_cross_origin_eventsource_works_through_ssegate_as_directly(procs, kind, credentials):
+    """A page on one origin, its EventSource to another, and an app with its framework's own
+    CORS middleware (Starlette's CORSMiddleware, Express's `cors` package). The browser needs
+    the app's Access-Control-Allow-Origin (and -Credentials) on the stream's response: through
+    ssegate as when it talks to the app directly."""
+    page = App(procs, "starlette")
+    origin = f"http://127.0.0.1:{page.port}"
+    app = App(procs, kind, cors=origin)
+    proxy = Ssegate(procs, route(app))
+    flag = "&credentials=1" if credentials else ""
+    for opened, stream in enumerate([f"http://127.0.0.1:{app.port}/events", proxy.url("/events")], 1):
+        chrome = browser(procs, f"{origin}/?stream={stream}{flag}")
+        chrome.wait(f"the EventSource to {stream} to open", lambda s: s.get("opens") == 1)
+        eventually("the app's stream", lambda: app.stats()["streams_opened"] >= opened)
+        app.emit(2)
+        chrome.wait(f"2 events from {stream}", lambda s: s.get("events") == 2)
+        final = chrome.final()
+        assert final["errors"] == 0, f"{stream}: {final}"
+        assert seqs(final["events"]) == [1 + 2 * (opened - 1), 2 * opened]
+
+
+def test_cross_origin_eventsource_fails_without_the_apps_cors_headers(procs):
+    """The control: an app without CORS headers fails the browser's cross-origin EventSource
+    through ssegate too, so the test above shows the app's headers are what made it work."""
+    page = App(procs, "starlette")
+    app = App(procs, "starlette")
+    proxy = Ssegate(procs, route(app))
+    chrome = browser(procs, f"http://127.0.0.1:{page.port}/?stream={proxy.url('/events')}")
+    chrome.wait("the EventSource to fail", lambda s: s.get("errors", 0) >= 1)
+    assert chrome.final()["events"] == []

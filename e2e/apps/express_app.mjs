@@ -1,6 +1,8 @@
 // A deliberately naive SSE app on Express: the same endpoints and behaviour as
 // starlette_app.py (bare `data: {"seq": n}` lines, /emit, /close, /stats, a ticker that only
-// advances while someone listens, an optional stream lifetime).
+// advances while someone listens, an optional stream lifetime). --cors ORIGIN: the `cors`
+// package, allowing that origin with credentials.
+import cors from "cors";
 import express from "express";
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
@@ -10,6 +12,7 @@ const { values } = parseArgs({
     port: { type: "string" },
     interval: { type: "string", default: "0" },
     lifetime: { type: "string", default: "0" },
+    cors: { type: "string" },
   },
 });
 const page = readFileSync(new URL("./page.html", import.meta.url), "utf8");
@@ -26,6 +29,7 @@ function emit(count) {
 }
 
 const app = express();
+if (values.cors) app.use(cors({ origin: values.cors, credentials: true }));
 app.use(express.text({ type: "*/*" }));
 app.get("/events", (req, res) => {
   res.writeHead(200, { "content-type": "text/event-stream" });

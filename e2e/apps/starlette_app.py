@@ -7,6 +7,7 @@
 - A ticker (--interval, 0 = off) sends an event while at least one stream is open; the sequence
   only advances when someone receives it.
 - GET /stats: open SSE streams. GET /: a page with an EventSource. /api/echo: JSON echo.
+- --cors ORIGIN: Starlette's own CORS middleware, allowing that origin with credentials.
 """
 
 import argparse
@@ -15,6 +16,8 @@ import json
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.routing import Route
@@ -43,7 +46,7 @@ class State:
             queue.put_nowait(None)
 
 
-def build(state):
+def build(state, cors=None):
     async def events(request: Request):
         queue = asyncio.Queue()
         state.streams.add(queue)
@@ -85,7 +88,11 @@ def build(state):
         body = await request.body()
         return JSONResponse({"method": request.method, "body": body.decode(), "app": "starlette"})
 
-    return Starlette(routes=[
+    middleware = []
+    if cors:
+        middleware.append(Middleware(CORSMiddleware, allow_origins=[cors], allow_credentials=True,
+                                     allow_methods=["*"], allow_headers=["*"]))
+    return Starlette(middleware=middleware, routes=[
         Route("/events", events),
         Route("/emit", emit, methods=["POST"]),
         Route("/close", close, methods=["POST"]),
@@ -100,6 +107,7 @@ async def main():
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--interval", type=float, default=0.0)
     parser.add_argument("--lifetime", type=float, default=0.0)
+    parser.add_argument("--cors", default=None)
     args = parser.parse_args()
     state = State(args.lifetime)
     if args.interval:
@@ -108,7 +116,7 @@ async def main():
                 await asyncio.sleep(args.interval)
                 state.emit(1)
         asyncio.get_running_loop().create_task(tick())
-    config = uvicorn.Config(build(state), host="127.0.0.1", port=args.port, log_level="warning")
+    config = uvicorn.Config(build(state, args.cors), host="127.0.0.1", port=args.port, log_level="warning")
     await uvicorn.Server(config).serve()
 
 
