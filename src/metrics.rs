@@ -73,7 +73,9 @@ pub struct Metrics {
     events_delivered: Family<RouteLabel, Counter>,
     bytes_out: Family<RouteLabel, Counter>,
     resumes: Family<RouteLabel, Counter>,
-    gaps: Family<RouteLabel, Counter>,
+    resume_gaps: Family<RouteLabel, Counter>,
+    outage_gaps: Family<RouteLabel, Counter>,
+    sse_passed_through: Family<RouteLabel, Counter>,
     slow_disconnects: Family<RouteLabel, Counter>,
     events_dropped: Family<RouteLabel, Counter>,
     repeats_dropped: Family<RouteLabel, Counter>,
@@ -109,7 +111,11 @@ pub struct RouteMetrics {
     /// Subscriptions resumed exactly from the buffer.
     pub resumes: Counter,
     /// Subscriptions whose Last-Event-ID was not in the buffer.
-    pub gaps: Counter,
+    pub resume_gaps: Counter,
+    /// `gap` events sent to a stream's clients after its app was unreachable for a while.
+    pub outage_gaps: Counter,
+    /// Event-stream responses passed through raw on an `sse = "auto"` route.
+    pub sse_passed_through: Counter,
     /// Clients disconnected for falling behind the buffer.
     pub slow_disconnects: Counter,
     /// Upstream events dropped for exceeding `max_event_bytes`.
@@ -155,7 +161,9 @@ impl Metrics {
             events_delivered: Family::default(),
             bytes_out: Family::default(),
             resumes: Family::default(),
-            gaps: Family::default(),
+            resume_gaps: Family::default(),
+            outage_gaps: Family::default(),
+            sse_passed_through: Family::default(),
             slow_disconnects: Family::default(),
             events_dropped: Family::default(),
             repeats_dropped: Family::default(),
@@ -229,9 +237,19 @@ impl Metrics {
             metrics.resumes.clone(),
         );
         r.register(
-            "gaps",
+            "resume_gaps",
             "Subscriptions whose Last-Event-ID was not in the buffer, by route",
-            metrics.gaps.clone(),
+            metrics.resume_gaps.clone(),
+        );
+        r.register(
+            "upstream_outage_gaps",
+            "Gap events sent to a stream's clients after its app was unreachable, by route",
+            metrics.outage_gaps.clone(),
+        );
+        r.register(
+            "sse_passed_through",
+            "Event-stream responses passed through raw on an sse = \"auto\" route (the request had no Accept: text/event-stream), by route",
+            metrics.sse_passed_through.clone(),
         );
         r.register(
             "slow_client_disconnects",
@@ -310,7 +328,9 @@ impl Metrics {
             events_delivered: self.events_delivered.get_or_create_owned(&label),
             bytes_out: self.bytes_out.get_or_create_owned(&label),
             resumes: self.resumes.get_or_create_owned(&label),
-            gaps: self.gaps.get_or_create_owned(&label),
+            resume_gaps: self.resume_gaps.get_or_create_owned(&label),
+            outage_gaps: self.outage_gaps.get_or_create_owned(&label),
+            sse_passed_through: self.sse_passed_through.get_or_create_owned(&label),
             slow_disconnects: self.slow_disconnects.get_or_create_owned(&label),
             events_dropped: self.events_dropped.get_or_create_owned(&label),
             repeats_dropped: self.repeats_dropped.get_or_create_owned(&label),
@@ -321,6 +341,48 @@ impl Metrics {
             held_total: self.held_total.get_or_create_owned(&label),
             unsendable_ids: self.unsendable_ids.get_or_create_owned(&label),
             metrics: self.clone(),
+        }
+    }
+
+    /// Drops every series of the route `route` (a reload removed it), so the exposition lists
+    /// only routes that exist. Handles still held by its last requests keep counting, unseen.
+    pub fn forget_route(&self, route: &str) {
+        let label = RouteLabel {
+            route: route.to_owned(),
+        };
+        for family in [
+            &self.subscriptions,
+            &self.streams,
+            &self.upstream_streams,
+            &self.held,
+        ] {
+            family.remove(&label);
+        }
+        for family in [
+            &self.events_received,
+            &self.events_delivered,
+            &self.bytes_out,
+            &self.resumes,
+            &self.resume_gaps,
+            &self.outage_gaps,
+            &self.sse_passed_through,
+            &self.slow_disconnects,
+            &self.events_dropped,
+            &self.repeats_dropped,
+            &self.upstream_reconnects,
+            &self.upstream_failures,
+            &self.refused,
+            &self.held_total,
+            &self.unsendable_ids,
+        ] {
+            family.remove(&label);
+        }
+        self.request_duration.remove(&label);
+        for class in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
+            self.requests.remove(&RequestLabels {
+                route: route.to_owned(),
+                class: class.to_owned(),
+            });
         }
     }
 

@@ -101,6 +101,9 @@ impl Proxy {
     pub fn reload(&self, config: &Config) {
         let previous = self.router();
         let router = Arc::new(RouteEntry::router(config, &self.inner.metrics, Some(&previous)));
+        for gone in previous.routes().filter(|r| router.get(&r.config.path).is_none()) {
+            self.inner.metrics.forget_route(&gone.config.path);
+        }
         *self.inner.router.write().unwrap_or_else(PoisonError::into_inner) = router.clone();
         *self
             .inner
@@ -396,6 +399,9 @@ async fn pass_through<B: RequestBody>(
     match result {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
+            if route.config.sse == SseMode::Auto && method == Method::GET && is_event_stream(&parts.headers) {
+                route.sse_passed_through(&path);
+            }
             strip_hop_by_hop(&mut parts.headers);
             add_response_headers(&mut parts.headers, route);
             Response::from_parts(parts, ProxyBody::upstream(body))
@@ -435,6 +441,15 @@ async fn pass_through<B: RequestBody>(
             error_response(status, body)
         }
     }
+}
+
+/// Whether a response is an event stream.
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("text/event-stream"))
 }
 
 /// Whether a request announces a body: a `Content-Length` other than 0 (any of them), or any

@@ -1,7 +1,7 @@
 //! Routes ready to serve, and the router that picks one: longest path-prefix match on segment
 //! boundaries.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::config::{Config, Route};
@@ -20,6 +20,8 @@ pub struct RouteEntry {
     /// Requests (SSE subscriptions included) in flight on this route, for `max_clients`. Shared
     /// by every version of the route across reloads.
     active: Arc<AtomicUsize>,
+    /// The log has said that this route passes event streams through raw.
+    told_passed_through: AtomicBool,
 }
 
 /// A place among a route's active requests, held until the response ends.
@@ -40,6 +42,7 @@ impl RouteEntry {
             client: UpstreamClient::new(config.upstream.clone(), config.settings.upstream_connect_timeout),
             metrics: metrics.route(&config.path),
             active: previous.map_or_else(Arc::default, |p| p.active.clone()),
+            told_passed_through: AtomicBool::new(false),
             config,
         }
     }
@@ -57,6 +60,16 @@ impl RouteEntry {
                 Arc::new(RouteEntry::new(route.clone(), metrics, before.map(AsRef::as_ref))),
             )
         }))
+    }
+
+    /// An event-stream response went through this `sse = "auto"` route raw: its request was
+    /// not taken as a subscription (no `Accept: text/event-stream`, as with plain curl), so it
+    /// got no ids, heartbeats, resume or fan-out. Counted; said once per route, with the fix.
+    pub fn sse_passed_through(&self, path: &str) {
+        self.metrics.sse_passed_through.inc();
+        if !self.told_passed_through.swap(true, Ordering::Relaxed) {
+            tracing::warn!(route = %self.config.path, %path, "the app answered a GET on this sse = \"auto\" route with an event stream, passed through raw (no ids, heartbeats, resume or fan-out) because the request had no Accept: text/event-stream; send that header (EventSource does), or set sse = \"always\" on the route");
+        }
     }
 
     /// Takes a place among the route's active requests, or `None` at its `max_clients`.

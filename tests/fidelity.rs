@@ -441,3 +441,51 @@ async fn cors_preflights_pass_through_to_the_app() {
         Some("http://page.test")
     );
 }
+
+// The story: a route in auto mode passed an event stream through raw to a request without
+// `Accept: text/event-stream` (plain curl), silently: no ids, no heartbeats, no fan-out.
+#[tokio::test]
+async fn an_event_stream_passed_through_raw_on_an_auto_route_is_counted() {
+    let app = SseApp::start().await;
+    let proxy = Sidecar::route("/events", app.addr(), "").await;
+    for n in 1..=2 {
+        let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.expect("connect");
+        stream
+            .write_all(b"GET /events HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .expect("write");
+        let head = read_head(&mut stream).await;
+        assert!(head.contains("text/event-stream"), "{head}");
+        assert!(!head.contains("retry:"), "raw, not a subscription: {head}");
+        proxy
+            .metric_reaches(
+                "ssegate_sse_passed_through_total{route=\"/events\"}",
+                f64::from(n),
+            )
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn a_reload_drops_the_series_of_removed_routes() {
+    let app = SseApp::start().await;
+    let dir = temp_dir("forget-route");
+    let file = dir.join("ssegate.toml");
+    let route = |path: &str| {
+        format!(
+            "[[route]]\npath = \"{path}\"\nupstream = \"http://{}\"\n",
+            app.addr()
+        )
+    };
+    std::fs::write(&file, route("/a") + &route("/b")).expect("write");
+    let proxy = Sidecar::start_file(&file).await;
+    app.answer_with(http::StatusCode::OK, "text/plain", "a page");
+    let _ = get(&proxy.url("/b/page"), &[]).await;
+    let metrics = get(&proxy.admin_url("/metrics"), &[]).await.text();
+    assert!(metrics.contains("route=\"/b\""), "{metrics}");
+    std::fs::write(&file, route("/a")).expect("write");
+    proxy.control.reload().expect("reload");
+    let metrics = get(&proxy.admin_url("/metrics"), &[]).await.text();
+    assert!(!metrics.contains("route=\"/b\""), "{metrics}");
+    assert!(metrics.contains("route=\"/a\""));
+}

@@ -57,7 +57,7 @@ async fn metrics_count_what_happened() {
     )
     .await;
     assert_eq!(proxy.metric(&format!("ssegate_resumes_total{r}")).await, 1.0);
-    assert_eq!(proxy.metric(&format!("ssegate_gaps_total{r}")).await, 1.0);
+    assert_eq!(proxy.metric(&format!("ssegate_resume_gaps_total{r}")).await, 1.0);
     assert_eq!(proxy.metric(&format!("ssegate_sse_subscriptions{r}")).await, 4.0);
     // An oversize event, and an upstream reconnect.
     app.send(&format!("data: {}\n\n", "x".repeat(2 << 20)));

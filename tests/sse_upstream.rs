@@ -265,4 +265,15 @@ async fn with_on_gap_event_clients_are_told_when_the_app_was_down() {
         "the gap starts after the last event seen"
     );
     assert_eq!(client.next_event().await.data, "after");
+    // Counted as an outage, not as a resume that missed.
+    assert_eq!(
+        proxy
+            .metric("ssegate_upstream_outage_gaps_total{route=\"/events\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        proxy.metric("ssegate_resume_gaps_total{route=\"/events\"}").await,
+        0.0
+    );
 }

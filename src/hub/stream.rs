@@ -907,7 +907,7 @@ impl Stream {
     fn announce_outage(&self, route: &RouteEntry, scratch: &mut Scratch) {
         let last = self.lock().ring.newest_id().unwrap_or_default();
         tracing::info!(route = %self.path, stream = %self.digest, last_id = %last, "upstream back after an outage: gap event sent");
-        self.metrics.gaps.inc();
+        self.metrics.outage_gaps.inc();
         scratch.items.push(Item::Event(crate::sse::Event {
             event: Some("gap".to_owned()),
             data: last,

@@ -131,7 +131,7 @@ impl SubscriberBody {
                 tracing::debug!(%route, stream = %stream.digest, "resumed from the buffer");
             }
             Start::Gap => {
-                metrics.gaps.inc();
+                metrics.resume_gaps.inc();
                 let policy = format!("{on_gap:?}").to_lowercase();
                 tracing::info!(%route, stream = %stream.digest, requested = resumed_from.as_deref().unwrap_or(""), on_gap = %policy, "resume from an id not in the buffer: gap");
             }
