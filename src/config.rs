@@ -86,16 +86,19 @@ pub const DEFAULT_STREAM_KEY: &[&str] = &[
     "header:host",
     "header:origin",
 ];
-/// Headers `response_headers` may not set: they describe the connection or the body's framing.
+/// Headers `response_headers` may not set: they describe the connection or the body's framing
+/// (ssegate never compresses), or belong to one client (a cookie).
 const FRAMING_HEADERS: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",
     "transfer-encoding",
     "content-length",
+    "content-encoding",
     "upgrade",
     "te",
     "trailer",
+    "set-cookie",
 ];
 /// Headers a shared stream's key should hold, or it may serve one user's stream to another.
 pub const PRIVATE_KEY_HEADERS: &[&str] = &["authorization", "cookie", "host"];
@@ -635,7 +638,7 @@ fn resolve_route(
             .map_err(|_| bad(format!("{name:?} is not a valid header name")))?;
         if FRAMING_HEADERS.contains(&parsed.as_str()) {
             return Err(bad(format!(
-                "{name:?} describes the connection or the body's framing, which ssegate sets itself"
+                "{name:?} describes the connection or the body's framing, which ssegate sets itself, or is one client's (a cookie)"
             )));
         }
         let value = HeaderValue::from_str(value.get_ref())

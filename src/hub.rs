@@ -356,21 +356,14 @@ impl Pending {
     }
 
     /// The app's headers for this subscriber's response: those of the stream's latest upstream
-    /// response (none before the app ever answered), and the cookies of the answer to the
-    /// upstream request this subscription caused.
-    pub fn app_headers(&self) -> HeaderMap {
-        let mut headers = self
-            .subscriber
-            .stream
-            .lock()
-            .app_headers
-            .as_deref()
-            .cloned()
-            .unwrap_or_default();
+    /// response, and the cookies of the answer to the upstream request this subscription
+    /// caused. `None` before the app ever answered the stream.
+    pub fn app_headers(&self) -> Option<HeaderMap> {
+        let mut headers = self.subscriber.stream.lock().app_headers.as_deref().cloned()?;
         for cookie in &self.cookies {
             headers.append(http::header::SET_COOKIE, cookie.clone());
         }
-        headers
+        Some(headers)
     }
 
     /// The response body for this subscriber, placed after `last_event_id`; it holds

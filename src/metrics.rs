@@ -134,6 +134,10 @@ pub struct RouteMetrics {
     pub held_total: Counter,
     /// App ids a client could not send back, replaced or left out.
     pub unsendable_ids: Counter,
+    /// Pass-through requests by status class, 1xx to 5xx.
+    requests: [Counter; 5],
+    /// Pass-through request durations.
+    duration: Histogram,
     metrics: std::sync::Arc<Metrics>,
 }
 
@@ -340,6 +344,15 @@ impl Metrics {
             held: self.held.get_or_create_owned(&label),
             held_total: self.held_total.get_or_create_owned(&label),
             unsendable_ids: self.unsendable_ids.get_or_create_owned(&label),
+            // Resolved now, like the rest: a request that ends after its route was removed by
+            // a reload must not bring the route's series back.
+            requests: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
+                self.requests.get_or_create_owned(&RequestLabels {
+                    route: route.to_owned(),
+                    class: class.to_owned(),
+                })
+            }),
+            duration: self.request_duration.get_or_create_owned(&label),
             metrics: self.clone(),
         }
     }
@@ -398,17 +411,9 @@ impl Metrics {
 impl RouteMetrics {
     /// Records a finished pass-through request.
     pub fn request(&self, status: http::StatusCode, seconds: f64) {
-        let labels = RequestLabels {
-            route: self.route.clone(),
-            class: status_class(status).to_owned(),
-        };
-        self.metrics.requests.get_or_create(&labels).inc();
-        self.metrics
-            .request_duration
-            .get_or_create(&RouteLabel {
-                route: self.route.clone(),
-            })
-            .observe(seconds);
+        let class = usize::from((status.as_u16() / 100).clamp(1, 5)) - 1;
+        self.requests[class].inc();
+        self.duration.observe(seconds);
     }
 
     /// The metrics these handles belong to.

@@ -224,7 +224,7 @@ impl Proxy {
             };
         }
         let mut entry = log(&path, StatusCode::OK, Some(&route));
-        let response = pass_through(&route, request, peer).await;
+        let response = pass_through(&route, request, peer, false).await;
         entry.status = response.status();
         entry.admission = Some(admission);
         finish(response, entry, in_flight)
@@ -284,6 +284,7 @@ impl Proxy {
             )
         });
         let client = self.client(remote.addr.ip(), &request);
+        let origin = request.headers().get(header::ORIGIN).cloned();
         let pending = match hub.join(route, key, template, client) {
             Joined::Pending(pending) => pending,
             Joined::Held(held) => {
@@ -296,7 +297,8 @@ impl Proxy {
                     Some(pending.attach(resume_from.as_deref(), Some(admission)))
                 };
                 let body = ProxyBody::held(HeldBody::new(admit, settings.retry, settings.heartbeat));
-                return Ok(sse_response(body, HeaderMap::new(), route));
+                let cors = route.cors_for(origin.as_ref());
+                return Ok(sse_response(body, cors, route));
             }
             Joined::Full(_) => {
                 route.metrics.refused.inc();
@@ -311,7 +313,11 @@ impl Proxy {
         };
         match pending.outcome(settings.upstream_connect_timeout).await {
             Outcome::Subscribe(pending) => {
-                let app = pending.app_headers();
+                // Until the stream's app answers (it may be down), its last CORS answer to
+                // this Origin on the route, if any.
+                let app = pending
+                    .app_headers()
+                    .unwrap_or_else(|| route.cors_for(origin.as_ref()));
                 let body = ProxyBody::sse(pending.attach(resume_from.as_deref(), Some(admission)));
                 Ok(sse_response(body, app, route))
             }
@@ -324,7 +330,8 @@ impl Proxy {
                     Some(admission),
                 ))
             }
-            Outcome::AskUpstream => Err((pass_through(route, request, remote).await, Some(admission))),
+            // Answered by the app alone: whatever it is (even a stream), it is this client's.
+            Outcome::AskUpstream => Err((pass_through(route, request, remote, true).await, Some(admission))),
         }
     }
 }
@@ -371,10 +378,12 @@ fn upstream_template<B>(
 }
 
 /// Passes a request through to the route's upstream and streams the answer back.
+/// `subscription`: it is one, whose stream's app answered it alone (never shared).
 async fn pass_through<B: RequestBody>(
     route: &RouteEntry,
     request: Request<B>,
     remote: Peer,
+    subscription: bool,
 ) -> Response<ProxyBody> {
     let settings = &route.config.settings;
     let max_body = settings.max_request_body;
@@ -399,7 +408,11 @@ async fn pass_through<B: RequestBody>(
     match result {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
-            if route.config.sse == SseMode::Auto && method == Method::GET && is_event_stream(&parts.headers) {
+            if !subscription
+                && route.config.sse == SseMode::Auto
+                && method == Method::GET
+                && is_event_stream(&parts.headers)
+            {
                 route.sse_passed_through(&path);
             }
             strip_hop_by_hop(&mut parts.headers);

@@ -1,8 +1,11 @@
 //! Routes ready to serve, and the router that picks one: longest path-prefix match on segment
 //! boundaries.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use http::header::{HeaderMap, HeaderValue};
 
 use crate::config::{Config, Route};
 use crate::metrics::{Metrics, RouteMetrics};
@@ -22,7 +25,13 @@ pub struct RouteEntry {
     active: Arc<AtomicUsize>,
     /// The log has said that this route passes event streams through raw.
     told_passed_through: AtomicBool,
+    /// The app's CORS answer (its `Access-Control-*` response headers) last seen on this route
+    /// for each `Origin`, for subscriptions answered before their stream's app answers.
+    cors: Mutex<HashMap<HeaderValue, HeaderMap>>,
 }
+
+/// Origins whose CORS answer a route remembers; past it, it starts afresh.
+const MAX_CORS_ORIGINS: usize = 256;
 
 /// A place among a route's active requests, held until the response ends.
 #[derive(Debug)]
@@ -43,6 +52,11 @@ impl RouteEntry {
             metrics: metrics.route(&config.path),
             active: previous.map_or_else(Arc::default, |p| p.active.clone()),
             told_passed_through: AtomicBool::new(false),
+            cors: Mutex::new(
+                previous
+                    .map(|p| p.cors.lock().unwrap_or_else(PoisonError::into_inner).clone())
+                    .unwrap_or_default(),
+            ),
             config,
         }
     }
@@ -70,6 +84,43 @@ impl RouteEntry {
         if !self.told_passed_through.swap(true, Ordering::Relaxed) {
             tracing::warn!(route = %self.config.path, %path, "the app answered a GET on this sse = \"auto\" route with an event stream, passed through raw (no ids, heartbeats, resume or fan-out) because the request had no Accept: text/event-stream; send that header (EventSource does), or set sse = \"always\" on the route");
         }
+    }
+
+    /// Remembers the app's CORS answer to a request from `origin`, from the headers of its
+    /// event-stream response.
+    pub fn remember_cors(&self, origin: Option<&HeaderValue>, app: &HeaderMap) {
+        let Some(origin) = origin else { return };
+        let mut cors = HeaderMap::new();
+        for (name, value) in app {
+            if name.as_str().starts_with("access-control-") {
+                cors.append(name.clone(), value.clone());
+            }
+        }
+        let mut known = self.cors.lock().unwrap_or_else(PoisonError::into_inner);
+        if cors.is_empty() {
+            known.remove(origin);
+            return;
+        }
+        if known.len() >= MAX_CORS_ORIGINS && !known.contains_key(origin) {
+            known.clear();
+        }
+        known.insert(origin.clone(), cors);
+    }
+
+    /// The app's last CORS answer on this route for `origin`, if it gave one: what a
+    /// subscription answered before its stream's app answers (held for its client's budget, or
+    /// the app down) carries, so the browser does not fail its EventSource for good for want
+    /// of it.
+    pub fn cors_for(&self, origin: Option<&HeaderValue>) -> HeaderMap {
+        origin
+            .and_then(|origin| {
+                self.cors
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(origin)
+                    .cloned()
+            })
+            .unwrap_or_default()
     }
 
     /// Takes a place among the route's active requests, or `None` at its `max_clients`.

@@ -469,23 +469,155 @@ async fn an_event_stream_passed_through_raw_on_an_auto_route_is_counted() {
 #[tokio::test]
 async fn a_reload_drops_the_series_of_removed_routes() {
     let app = SseApp::start().await;
+    // /b's app holds each request until the test lets it go.
+    let (arrived, mut arrivals) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let held = release.clone();
+    let slow = Upstream::start(move |_request| {
+        let (arrived, held) = (arrived.clone(), held.clone());
+        async move {
+            let _ = arrived.send(());
+            held.notified().await;
+            http::Response::new(full("late"))
+        }
+    })
+    .await;
     let dir = temp_dir("forget-route");
     let file = dir.join("ssegate.toml");
-    let route = |path: &str| {
-        format!(
-            "[[route]]\npath = \"{path}\"\nupstream = \"http://{}\"\n",
-            app.addr()
-        )
+    let route = |path: &str, upstream: std::net::SocketAddr| {
+        format!("[[route]]\npath = \"{path}\"\nupstream = \"http://{upstream}\"\n")
     };
-    std::fs::write(&file, route("/a") + &route("/b")).expect("write");
+    std::fs::write(&file, route("/a", app.addr()) + &route("/b", slow.addr)).expect("write");
     let proxy = Sidecar::start_file(&file).await;
-    app.answer_with(http::StatusCode::OK, "text/plain", "a page");
-    let _ = get(&proxy.url("/b/page"), &[]).await;
+    let url = proxy.url("/b/page");
+    let in_flight = tokio::spawn(async move { get(&url, &[]).await });
+    within("the request at /b's app", arrivals.recv()).await;
     let metrics = get(&proxy.admin_url("/metrics"), &[]).await.text();
     assert!(metrics.contains("route=\"/b\""), "{metrics}");
-    std::fs::write(&file, route("/a")).expect("write");
+    std::fs::write(&file, route("/a", app.addr())).expect("write");
     proxy.control.reload().expect("reload");
     let metrics = get(&proxy.admin_url("/metrics"), &[]).await.text();
     assert!(!metrics.contains("route=\"/b\""), "{metrics}");
     assert!(metrics.contains("route=\"/a\""));
+    // A request in flight on the removed route ends, and its series stay gone.
+    release.notify_one();
+    assert_eq!(in_flight.await.expect("request").text(), "late");
+    let metrics = get(&proxy.admin_url("/metrics"), &[]).await.text();
+    assert!(!metrics.contains("route=\"/b\""), "{metrics}");
+}
+
+// Found in review: ssegate's own gap event ended the replay, so with on_gap = "event" the
+// app's replay after an outage reached clients again.
+#[tokio::test]
+async fn an_apps_replay_after_an_outage_is_dropped_with_a_gap_event_too() {
+    let app = SseApp::start().await;
+    let proxy = Sidecar::route(
+        "/events",
+        app.addr(),
+        "on_gap = \"event\"\nreconnect_initial = \"20ms\"\nreconnect_max = \"50ms\"",
+    )
+    .await;
+    let mut client = SseClient::connect(&proxy.url("/events"), &[]).await;
+    app.wait_requests(1).await;
+    app.send("id: 1\ndata: one\n\nid: 2\ndata: two\n\n");
+    assert_eq!(data(&client.events(2).await), ["one", "two"]);
+    // Down for a while (503s), then back, replaying from its beginning.
+    app.answer_with(http::StatusCode::SERVICE_UNAVAILABLE, "text/plain", "down");
+    app.close_streams();
+    proxy
+        .metric_reaches("ssegate_upstream_failures_total{route=\"/events\"}", 2.0)
+        .await;
+    app.stream_again();
+    let requests = app.requests().len();
+    app.wait_requests(requests + 1).await;
+    app.send("id: 1\ndata: one\n\nid: 2\ndata: two\n\nid: 3\ndata: three\n\n");
+    let events = client.events(2).await;
+    assert_eq!(events[0].event.as_deref(), Some("gap"));
+    assert_eq!(events[1].data, "three");
+}
+
+// Found in review: an app that replays its whole history on every connect starts with ids
+// already evicted; the replay must still be recognised when buffered ids follow.
+#[tokio::test]
+async fn a_replay_longer_than_the_buffer_is_dropped_as_far_as_the_buffer_reaches() {
+    let app = SseApp::start().await;
+    let proxy = Sidecar::route(
+        "/events",
+        app.addr(),
+        "buffer_events = 4\nreconnect_initial = \"20ms\"",
+    )
+    .await;
+    let mut client = SseClient::connect(&proxy.url("/events"), &[]).await;
+    app.wait_requests(1).await;
+    let history = |n: u32| {
+        (1..=n)
+            .map(|i| format!("id: e{i}\ndata: {i}\n\n"))
+            .collect::<String>()
+    };
+    for i in 1..=5 {
+        app.send(&format!("id: e{i}\ndata: {i}\n\n"));
+        assert_eq!(client.next_event().await.data, i.to_string());
+    }
+    app.close_streams();
+    app.wait_requests(2).await;
+    app.send(&history(6));
+    // e1 left the buffer: it cannot be told from a new event. e2 to e5 are repeats.
+    assert_eq!(data(&client.events(2).await), ["1", "6"]);
+}
+
+// Found in review: with an id a client could not send back, per-client mode re-requested the
+// stream without Last-Event-ID and replayed the app's beginning.
+#[tokio::test]
+async fn per_client_with_only_unsendable_ids_ends_with_the_app() {
+    let app = SseApp::start().await;
+    let proxy = Sidecar::route(
+        "/events",
+        app.addr(),
+        "mode = \"per-client\"\nreconnect_initial = \"20ms\"",
+    )
+    .await;
+    let mut client = SseClient::connect(&proxy.url("/events"), &[]).await;
+    app.wait_requests(1).await;
+    app.send("id: a\u{1}\ndata: hello\n\n");
+    let event = client.next_event().await;
+    assert_eq!((event.data.as_str(), event.id), ("hello", None));
+    app.close_streams();
+    assert!(client.until_end().await);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(app.requests().len(), 1, "not re-requested");
+}
+
+// Found in review: a subscription answered before its stream's app answers (held for its
+// client's budget, or the app down) had no CORS headers, and a browser fails a cross-origin
+// EventSource for good without them.
+#[tokio::test]
+async fn subscriptions_answered_before_the_app_get_its_last_cors_answer_for_their_origin() {
+    let app = SseApp::start().await;
+    app.set_headers(&[
+        ("access-control-allow-origin", "http://page.test"),
+        ("access-control-allow-credentials", "true"),
+        ("x-app", "1"),
+    ]);
+    let proxy = Sidecar::start(&format!(
+        "max_streams_per_client = 1\n[[route]]\npath = \"/events\"\nupstream = \"http://{}\"\nupstream_connect_timeout = \"300ms\"\n",
+        app.addr()
+    ))
+    .await;
+    let origin = [("origin", "http://page.test")];
+    let first = SseClient::connect(&proxy.url("/events?room=1"), &origin).await;
+    assert_eq!(
+        first.header("access-control-allow-origin"),
+        Some("http://page.test")
+    );
+    // Held for the client's budget: answered at once, with the app's CORS answer to this origin.
+    let held = SseClient::connect(&proxy.url("/events?room=2"), &origin).await;
+    assert_eq!(
+        held.header("access-control-allow-origin"),
+        Some("http://page.test")
+    );
+    assert_eq!(held.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(held.header("x-app"), None, "only the CORS answer is remembered");
+    // Another origin was never answered: nothing is made up for it.
+    let stranger = SseClient::connect(&proxy.url("/events?room=3"), &[("origin", "http://evil.test")]).await;
+    assert_eq!(stranger.header("access-control-allow-origin"), None);
 }

@@ -127,9 +127,14 @@ impl Ring {
         self.entries.range(start..)
     }
 
-    /// Whether an event with this app id is buffered (an upstream repeating itself).
+    /// Whether an event with this app id is buffered.
     pub fn contains_app_id(&self, id: &str) -> bool {
         self.ids.contains_key(id)
+    }
+
+    /// The app ids of the buffered events.
+    pub fn app_ids(&self) -> impl Iterator<Item = &str> {
+        self.ids.keys().map(|id| &**id)
     }
 
     /// The id `entry` was sent with, if any.

@@ -9,7 +9,7 @@ use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE, SET_COOKIE};
+use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE, ORIGIN, SET_COOKIE};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Empty};
 use hyper::body::Incoming;
@@ -26,7 +26,7 @@ use crate::config::{format_duration, IdMode, OnGap, Settings};
 use crate::metrics::RouteMetrics;
 use crate::route::RouteEntry;
 use crate::sse::{encode_event, encode_retry, Item, Parser};
-use crate::upstream::headers::stream_headers;
+use crate::upstream::headers::{header_bytes, stream_headers, MAX_STREAM_HEADER_BYTES};
 use crate::upstream::{chain, UpstreamError};
 
 /// An upstream stream that lasted this long and gave an event is reopened at once when it ends
@@ -126,6 +126,8 @@ pub struct State {
     /// The end-to-end headers of the latest upstream response (no `Set-Cookie`): every
     /// subscriber's response carries them. `None` until the app first answers.
     pub(super) app_headers: Option<Arc<HeaderMap>>,
+    /// Their size, counted in the hub's buffered bytes.
+    app_header_bytes: usize,
     /// The stream's charge on the budget of the client that opened it, until it ends.
     charge: Option<Charge>,
 }
@@ -206,8 +208,39 @@ enum End {
     Rejected(StatusCode),
     /// A definitive answer came on a reconnect (or after the opener stopped waiting).
     Definitive(StatusCode),
-    /// Per-client, the app ended its stream and gave no id to resume by.
+    /// Per-client, the app's stream ended (or broke) and gave no id to resume by.
     AppEnded,
+}
+
+/// The replay an app may send after ssegate reopened its stream with Last-Event-ID: events it
+/// had sent before, from somewhere before that id (some apps start at their beginning).
+struct Replay {
+    /// The Last-Event-ID sent: once it has gone by, what follows is new.
+    resume_id: String,
+    /// The app ids buffered when the stream was reopened: only those are repeats (an app may
+    /// repeat an id within one connection), even once a replayed event evicts them.
+    known: std::collections::HashSet<Box<str>>,
+    /// A buffered id has come: an id that is not buffered after it is a new event.
+    seen_known: bool,
+}
+
+impl Replay {
+    /// Whether the event with `id` is a repeat to drop; ends the replay when it meets new
+    /// events (`self` is then to be dropped: the second value).
+    fn check(&mut self, id: Option<&str>) -> (bool, bool) {
+        match id {
+            Some(id) if self.known.contains(id) => {
+                let last = id == self.resume_id;
+                self.seen_known = true;
+                (true, last)
+            }
+            // Not buffered, before any buffered one: an old event already evicted, or a new
+            // one; it is delivered, and the replay may go on.
+            Some(_) if !self.seen_known => (false, false),
+            // New after old, or an event without id: the replay is over.
+            _ => (false, true),
+        }
+    }
 }
 
 /// Reusable buffers of the task, so steady-state ingestion allocates nothing but events.
@@ -216,9 +249,8 @@ struct Scratch {
     wakers: Vec<Waker>,
     encoded: BytesMut,
     pending_retry: Option<u64>,
-    /// The upstream was reopened with Last-Event-ID and may be replaying events it sent before:
-    /// events whose id is buffered are repeats until the first one that is not.
-    replaying: bool,
+    /// The upstream was reopened with Last-Event-ID and may be replaying events it sent before.
+    replay: Option<Replay>,
     /// The log said once that this stream's app gives ids a client cannot send back.
     told_unsendable: bool,
 }
@@ -473,6 +505,7 @@ impl Stream {
                 closing: false,
                 upstream_retry: None,
                 app_headers: None,
+                app_header_bytes: 0,
                 charge: Some(charge),
             }),
             control: Notify::new(),
@@ -595,7 +628,7 @@ impl Stream {
             wakers: Vec::new(),
             encoded: BytesMut::new(),
             pending_retry: None,
-            replaying: false,
+            replay: None,
             told_unsendable: false,
         };
         let path = &self.path;
@@ -672,7 +705,8 @@ impl Stream {
                             down_since = None;
                             // Every subscriber from now on gets the app's latest headers; its
                             // cookies go to the subscription that caused this request, if any.
-                            self.lock().app_headers = Some(Arc::new(stream_headers(&head.headers)));
+                            self.keep_app_headers(&head.headers, &route);
+                            route.remember_cors(template.headers.get(ORIGIN), &head.headers);
                             if let Some(tx) = opener.take() {
                                 let cookies = head.headers.get_all(SET_COOKIE).iter().cloned().collect();
                                 let _ = tx.send(First::Stream(cookies));
@@ -720,10 +754,12 @@ impl Stream {
                         if settled || lasted >= route.config.settings.reconnect_max {
                             backoff.reset();
                         }
-                        if error.is_none() && self.private && parser.last_event_id().is_empty() {
-                            // Per-client, without ids: a new request would replay the app's
-                            // beginning to this client as duplicates. Its response ends as
-                            // the app's did; the browser reconnects per its retry.
+                        let last_id = parser.last_event_id();
+                        if self.private && (last_id.is_empty() || !is_resumable(last_id)) {
+                            // Per-client, without an id to resume by: a new request would
+                            // replay the app's beginning to this client as duplicates. Its
+                            // response ends as the app's did; the browser reconnects per its
+                            // retry, as it would directly.
                             break End::AppEnded;
                         }
                         let delay = if error.is_none() && settled {
@@ -742,7 +778,11 @@ impl Stream {
                     }
                     Step::Retry => {
                         let last_id = parser.last_event_id();
-                        scratch.replaying = !last_id.is_empty();
+                        scratch.replay = (!last_id.is_empty()).then(|| Replay {
+                            resume_id: last_id.to_owned(),
+                            known: self.lock().ring.app_ids().map(Box::from).collect(),
+                            seen_known: false,
+                        });
                         conn = Conn::Connecting(self.connect(&route, &template, (!last_id.is_empty()).then_some(last_id)));
                     }
                 },
@@ -751,6 +791,22 @@ impl Stream {
         drop(conn);
         self.connected.store(false, Ordering::Relaxed);
         self.finish(end);
+    }
+
+    /// Keeps the headers of the app's latest event-stream response for every subscriber from
+    /// now on, counted in the buffered bytes.
+    fn keep_app_headers(&self, app: &HeaderMap, route: &RouteEntry) {
+        let (headers, dropped) = stream_headers(app);
+        if dropped > 0 {
+            tracing::warn!(route = %route.config.path, stream = %self.digest, dropped, limit = MAX_STREAM_HEADER_BYTES, "the app's response headers are larger than subscribers are given; the last ones are left out");
+        }
+        let bytes = header_bytes(&headers);
+        let before = {
+            let mut state = self.lock();
+            state.app_headers = Some(Arc::new(headers));
+            std::mem::replace(&mut state.app_header_bytes, bytes)
+        };
+        self.shared.account(bytes, before);
     }
 
     /// Subscribers can be served from now on: release the opener and everyone waiting.
@@ -838,6 +894,18 @@ impl Stream {
             for item in scratch.items.drain(..) {
                 match item {
                     Item::Event(mut event) => {
+                        if let Some(replay) = scratch.replay.as_mut() {
+                            let id = event.id.as_deref().filter(|id| !id.is_empty());
+                            let (repeat, over) = replay.check(id);
+                            if over {
+                                scratch.replay = None;
+                            }
+                            if repeat {
+                                // Replayed after the reconnect: already buffered and sent.
+                                repeats += 1;
+                                continue;
+                            }
+                        }
                         if event
                             .id
                             .as_deref()
@@ -849,16 +917,6 @@ impl Stream {
                             unsendable += 1;
                         }
                         let app_id = event.id.as_deref().filter(|id| !id.is_empty());
-                        if scratch.replaying {
-                            if app_id.is_some_and(|id| state.ring.contains_app_id(id)) {
-                                // Replayed after the reconnect: already buffered and sent.
-                                repeats += 1;
-                                continue;
-                            }
-                            // The replay met new events: from here on, an id seen before is
-                            // the app's to repeat, and reaches clients like any event.
-                            scratch.replaying = false;
-                        }
                         if scratch.encoded.capacity() < event.data.len() + 256 {
                             scratch.encoded.reserve(ENCODE_BLOCK.max(event.data.len() + 256));
                         }
@@ -913,7 +971,11 @@ impl Stream {
             data: last,
             id: None,
         }));
-        if self.append(route, scratch).is_some() {
+        // ssegate's own event is no part of the app's replay.
+        let replay = scratch.replay.take();
+        let appended = self.append(route, scratch);
+        scratch.replay = replay;
+        if appended.is_some() {
             self.wake(&mut scratch.wakers);
         }
     }
@@ -964,7 +1026,7 @@ impl Stream {
             End::Lingered => "no subscriber within linger",
             End::DownTooLong(_) => "upstream down longer than upstream_down_grace",
             End::Rejected(_) | End::Definitive(_) => "upstream answered with a non-stream response",
-            End::AppEnded => "the app ended its stream (per-client, no id to resume by)",
+            End::AppEnded => "the app's stream ended (per-client, no id to resume by)",
         };
         {
             let mut streams = self.shared.lock_streams();
@@ -1027,7 +1089,8 @@ impl Drop for Stream {
     fn drop(&mut self) {
         let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
         self.shared.heads.fetch_sub(self.head, Ordering::Relaxed);
-        self.shared.release(state.ring.bytes() + self.head);
+        self.shared
+            .release(state.ring.bytes() + self.head + state.app_header_bytes);
         self.metrics.streams.dec();
     }
 }

@@ -60,26 +60,62 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Most bytes of an app's headers given to each subscriber of its stream: a subscriber's
+/// response head is written once per client, so an app's headers are multiplied by them.
+pub const MAX_STREAM_HEADER_BYTES: usize = 16 * 1024;
+
 /// The headers of an app's event-stream response that every subscriber's response carries:
 /// the end-to-end ones (hop-by-hop removed), without those ssegate sets itself or that describe
 /// one response body rather than the stream (`Content-Type`, `Cache-Control`,
-/// `X-Accel-Buffering`, `Content-Length`, `Content-Encoding`: ssegate never compresses), the
-/// `Date` of a response that may be hours old, and `Set-Cookie`, which is one client's.
-pub fn stream_headers(app: &HeaderMap) -> HeaderMap {
+/// `X-Accel-Buffering`, `Content-Length`, `Content-Encoding`: ssegate never compresses;
+/// `Content-Range`, `ETag`, `Last-Modified`, `Accept-Ranges`, `Trailer`), the `Date` of a
+/// response that may be hours old, and those meant for one client: `Set-Cookie` and
+/// `Clear-Site-Data`. At most [`MAX_STREAM_HEADER_BYTES`] of them, in the app's order; returns
+/// how many more there were.
+pub fn stream_headers(app: &HeaderMap) -> (HeaderMap, usize) {
     let mut headers = app.clone();
     strip_hop_by_hop(&mut headers);
+    headers.remove(header::TE);
     for name in [
         header::CONTENT_TYPE,
         header::CACHE_CONTROL,
         HeaderName::from_static("x-accel-buffering"),
         header::CONTENT_LENGTH,
         header::CONTENT_ENCODING,
+        header::CONTENT_RANGE,
+        header::ETAG,
+        header::LAST_MODIFIED,
+        header::ACCEPT_RANGES,
+        header::TRAILER,
         header::DATE,
         header::SET_COOKIE,
+        HeaderName::from_static("clear-site-data"),
     ] {
         headers.remove(name);
     }
+    if header_bytes(&headers) <= MAX_STREAM_HEADER_BYTES {
+        return (headers, 0);
+    }
+    let mut kept = HeaderMap::new();
+    let (mut size, mut dropped) = (0, 0);
+    for (name, value) in &headers {
+        let len = name.as_str().len() + value.len() + 4;
+        if size + len <= MAX_STREAM_HEADER_BYTES {
+            size += len;
+            kept.append(name.clone(), value.clone());
+        } else {
+            dropped += 1;
+        }
+    }
+    (kept, dropped)
+}
+
+/// About the bytes `headers` take on the wire.
+pub fn header_bytes(headers: &HeaderMap) -> usize {
     headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
 }
 
 /// Headers whose meaning a client could fake with an underscore for a dash: framing, the
@@ -235,6 +271,40 @@ mod tests {
         let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, vec!["x-forwarded-for", "x_api_key"]);
+    }
+
+    #[test]
+    fn stream_headers_are_end_to_end_and_bounded() {
+        let mut app = map(&[
+            ("access-control-allow-origin", "https://a.example"),
+            ("content-type", "text/event-stream"),
+            ("set-cookie", "s=1"),
+            ("clear-site-data", "\"cookies\""),
+            ("te", "trailers"),
+            ("trailer", "x-sum"),
+            ("etag", "\"1\""),
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
+            ("x-app", "kept"),
+        ]);
+        let (headers, dropped) = stream_headers(&app);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, vec!["access-control-allow-origin", "x-app"]);
+        assert_eq!(dropped, 0);
+        for n in 0..100 {
+            app.append(
+                HeaderName::from_bytes(format!("x-big-{n}").as_bytes()).expect("name"),
+                HeaderValue::from_bytes(&[b'v'; 1000]).expect("value"),
+            );
+        }
+        let (headers, dropped) = stream_headers(&app);
+        assert!(header_bytes(&headers) <= MAX_STREAM_HEADER_BYTES);
+        assert!(
+            headers.contains_key("access-control-allow-origin"),
+            "the first ones are kept"
+        );
+        assert!(dropped > 80, "{dropped}");
     }
 
     #[test]
