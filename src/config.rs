@@ -822,6 +822,12 @@ impl fmt::Display for KeyPart {
     }
 }
 
+/// `text` as a TOML string, escaped as TOML escapes (Rust's `{:?}` writes `\u{..}`, which TOML
+/// does not read).
+fn quote(text: &str) -> String {
+    toml::Value::String(text.to_owned()).to_string()
+}
+
 fn name_of<T: fmt::Debug>(value: T) -> String {
     // Enum names as the file writes them: `PerClient` → `per-client`.
     let debug = format!("{value:?}");
@@ -887,8 +893,8 @@ impl fmt::Display for Config {
         }
         if let Some(tls) = &self.tls {
             writeln!(f, "\n[tls]")?;
-            writeln!(f, "cert = {:?}", tls.cert.display().to_string())?;
-            writeln!(f, "key = {:?}", tls.key.display().to_string())?;
+            writeln!(f, "cert = {}", quote(&tls.cert.display().to_string()))?;
+            writeln!(f, "key = {}", quote(&tls.key.display().to_string()))?;
             let version = match tls.min_version {
                 TlsVersion::V1_2 => "1.2",
                 TlsVersion::V1_3 => "1.3",
@@ -898,14 +904,14 @@ impl fmt::Display for Config {
         for route in &self.routes {
             let s = &route.settings;
             writeln!(f, "\n[[route]]")?;
-            writeln!(f, "path = {:?}", route.path)?;
-            writeln!(f, "upstream = \"{}\"", route.upstream)?;
+            writeln!(f, "path = {}", quote(&route.path))?;
+            writeln!(f, "upstream = {}", quote(&route.upstream.to_string()))?;
             writeln!(f, "sse = \"{}\"", name_of(route.sse))?;
             writeln!(f, "retry = \"{}\"", format_toggle(s.retry))?;
             writeln!(f, "heartbeat = \"{}\"", format_toggle(s.heartbeat))?;
             writeln!(f, "ids = \"{}\"", name_of(s.ids))?;
             writeln!(f, "mode = \"{}\"", name_of(s.mode))?;
-            let key: Vec<String> = s.stream_key.iter().map(|p| format!("\"{p}\"")).collect();
+            let key: Vec<String> = s.stream_key.iter().map(|p| quote(&p.to_string())).collect();
             writeln!(f, "stream_key = [{}]", key.join(", "))?;
             writeln!(f, "buffer_events = {}", s.buffer_events)?;
             writeln!(f, "buffer_bytes = \"{}\"", format_size(s.buffer_bytes as u64))?;
@@ -952,9 +958,9 @@ impl fmt::Display for Config {
                 .iter()
                 .map(|(name, value)| {
                     format!(
-                        "{:?} = {:?}",
-                        name.as_str(),
-                        String::from_utf8_lossy(value.as_bytes())
+                        "{} = {}",
+                        quote(name.as_str()),
+                        quote(&String::from_utf8_lossy(value.as_bytes()))
                     )
                 })
                 .collect();
