@@ -167,10 +167,6 @@ impl Hub {
         }
     }
 
-    /// Clients whose budget is tracked now.
-    pub fn tracked_clients(&self) -> usize {
-        self.shared.budgets.tracked()
-    }
 
     /// Streams alive now.
     pub fn live_streams(&self) -> usize {

@@ -129,8 +129,9 @@ impl Budgets {
         }
     }
 
-    /// Clients with an entry now (for tests and the sweep).
-    pub fn tracked(&self) -> usize {
+    /// Clients with an entry now.
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
         self.lock().accounts.len()
     }
 
