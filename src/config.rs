@@ -10,6 +10,7 @@ mod raw;
 mod value;
 
 use std::fmt;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -643,8 +644,15 @@ fn resolve_route(
         }
         let value = HeaderValue::from_str(value.get_ref())
             .map_err(|_| bad(format!("the value of {name:?} is not a valid header value")))?;
+        if response_headers.iter().any(|(known, _)| *known == parsed) {
+            return Err(bad(format!(
+                "{name:?} is set twice (header names are case-insensitive)"
+            )));
+        }
         response_headers.push((parsed, value));
     }
+    // In name order, as `check` prints them.
+    response_headers.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
     let settings = Settings {
         retry: toggle(pick!(retry), DEFAULT_RETRY),
         heartbeat: toggle(pick!(heartbeat), DEFAULT_HEARTBEAT),
@@ -822,10 +830,23 @@ impl fmt::Display for KeyPart {
     }
 }
 
-/// `text` as a TOML string, escaped as TOML escapes (Rust's `{:?}` writes `\u{..}`, which TOML
-/// does not read).
+/// `text` as a TOML basic string (Rust's `{:?}` writes `\u{..}`, which TOML does not read):
+/// `"` and `\` escaped, control characters as `\uXXXX`, everything else as it is.
 fn quote(text: &str) -> String {
-    toml::Value::String(text.to_owned()).to_string()
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() && c != '\t' => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn name_of<T: fmt::Debug>(value: T) -> String {

@@ -167,7 +167,6 @@ impl Hub {
         }
     }
 
-
     /// Streams alive now.
     pub fn live_streams(&self) -> usize {
         self.shared.lock_streams().len()

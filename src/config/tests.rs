@@ -143,6 +143,7 @@ fn errors_name_the_key_and_line() {
         ("response header of the framing", "[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\nresponse_headers = { \"Content-Length\" = \"5\" }\n", 4, &["`response_headers`", "framing"]),
         ("response header name", "[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\nresponse_headers = { \"bad name\" = \"5\" }\n", 4, &["`response_headers`", "not a valid header name"]),
         ("response header value", "[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\nresponse_headers = { \"x-a\" = \"a\\nb\" }\n", 4, &["`response_headers`", "not a valid header value"]),
+        ("response header twice", "[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\nresponse_headers = { \"X-A\" = \"1\", \"x-a\" = \"2\" }\n", 4, &["`response_headers`", "set twice"]),
         ("merge_slashes not a bool", "[defaults]\nmerge_slashes = \"yes\"\n", 2, &["`merge_slashes`"]),
     ];
     for (name, text, line, needles) in cases {
@@ -208,4 +209,19 @@ fn effective_config_is_itself_a_valid_config_with_the_same_settings() {
     let again = load(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
     assert_eq!(again.to_string(), printed);
     assert_eq!(again.routes[0].settings, config.routes[0].settings);
+}
+
+// Found by fuzzing: `check` printed strings with Rust's escapes (`\u{..}`), then with the toml
+// crate's writer, which overflows (and panics in debug builds) on a run of 256 single quotes.
+#[test]
+fn printed_strings_load_again_whatever_they_hold() {
+    let value = format!("a \\\"b\\\" {} \\\\ c", "'".repeat(300));
+    let text = format!(
+        "[[route]]\npath = \"/a\u{f3cf}b\"\nupstream = \"http://127.0.0.1:1\"\nresponse_headers = {{ \"x-q\" = \"{value}\" }}\n"
+    );
+    let config = load(&text).expect("valid");
+    let printed = config.to_string();
+    let again = load(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+    assert_eq!(again.to_string(), printed);
+    assert_eq!(again.routes[0].path, "/a\u{f3cf}b");
 }
