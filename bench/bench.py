@@ -406,7 +406,9 @@ def scenario_resume(args):
 
     def monitor():
         sock = socket.create_connection(("127.0.0.1", proxy.port))
-        sock.sendall(b"GET /events HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n")
+        # The Host the load generator sends too: it is part of the default stream key.
+        host = f"127.0.0.1:{proxy.port}".encode()
+        sock.sendall(b"GET /events HTTP/1.1\r\nhost: " + host + b"\r\naccept: text/event-stream\r\n\r\n")
         sock.settimeout(0.5)
         buf = b""
         while not stop.is_set():

@@ -36,7 +36,9 @@ pin_project! {
         Upstream { #[pin] body: Incoming },
         Full { #[pin] body: Full<Bytes> },
         Sse { body: SubscriberBody },
-        Held { body: HeldBody },
+        // Boxed: held subscriptions are rare, and the enum is as large as its largest variant,
+        // which every idle SSE client pays for.
+        Held { body: Box<HeldBody> },
     }
 }
 
@@ -95,7 +97,7 @@ impl ProxyBody {
 
     /// A subscription held for its client's stream budget.
     pub fn held(body: HeldBody) -> Self {
-        ProxyBody::of(Inner::Held { body })
+        ProxyBody::of(Inner::Held { body: Box::new(body) })
     }
 
     /// A complete body.
@@ -139,7 +141,7 @@ impl Body for ProxyBody {
             InnerProj::Upstream { body } => body.poll_frame(cx).map_err(Into::into),
             InnerProj::Full { body } => body.poll_frame(cx).map_err(|never| match never {}),
             InnerProj::Sse { body } => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            InnerProj::Held { body } => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            InnerProj::Held { body } => Pin::new(&mut **body).poll_frame(cx).map_err(Into::into),
         };
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -173,5 +175,22 @@ impl Body for ProxyBody {
             Inner::Sse { body } => body.size_hint(),
             Inner::Held { body } => body.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_sse_client_pays_for_no_other_kind_of_body() {
+        // What the lean writer holds per idle client: the response body. The SSE variant must be
+        // the largest, so rarer kinds (held subscriptions) cost nothing to the others.
+        assert!(
+            std::mem::size_of::<Inner>() <= std::mem::size_of::<SubscriberBody>() + 16,
+            "{} vs {}",
+            std::mem::size_of::<Inner>(),
+            std::mem::size_of::<SubscriberBody>()
+        );
     }
 }
