@@ -5,7 +5,8 @@
 //! - [`subscriber`]: the response body of one client, a cursor into the ring.
 //! - [`key`]: stream keys and `Last-Event-ID`.
 //! - [`budget`]: how many streams one client may open, and how fast.
-//! - [`held`]: the body of a subscription held until its client's budget allows its stream.
+//! - [`held`]: a subscription held until its client's budget allows its stream, and its body.
+//! - [`replay`]: telling an app's replay after a reconnect from new events.
 //!
 //! Per-event work (parse, id, encode, buffer) happens once per stream, in its task; a client
 //! costs a cursor, a waker slot and a few counters.
@@ -13,6 +14,7 @@
 pub mod budget;
 pub mod held;
 pub mod key;
+pub mod replay;
 pub mod ring;
 pub mod stream;
 pub mod subscriber;
@@ -32,7 +34,8 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::route::{Admission, RouteEntry, Router};
 use budget::{Budgets, ClientId, Grant};
-pub use held::HeldBody;
+use held::Counted;
+pub use held::{Held, HeldBody};
 use key::StreamKey;
 use stream::{First, Phase, Stream, Subscriber, Template};
 pub use subscriber::{SlowClient, Start, SubscriberBody};
@@ -85,19 +88,6 @@ pub enum Joined {
     /// Its stream would be new, and `max_streams` streams are live (or their request heads
     /// fill `buffer_total_bytes`). The template comes back.
     Full(Template),
-}
-
-/// A subscription waiting for its client's budget to allow its stream; everything needed to
-/// join again.
-#[derive(Debug)]
-pub struct Held {
-    hub: Hub,
-    route: Arc<RouteEntry>,
-    key: Option<StreamKey>,
-    template: Template,
-    client: ClientId,
-    wait: budget::Wait,
-    counted: Counted,
 }
 
 enum Decided {
@@ -365,68 +355,6 @@ impl Pending {
     /// `admission` (the route's `max_clients` place) until it ends.
     pub fn attach(self, last_event_id: Option<&str>, admission: Option<Admission>) -> SubscriberBody {
         SubscriberBody::attach(self.subscriber, last_event_id, admission)
-    }
-}
-
-impl Held {
-    /// Waits until the client's budget allows the stream (or it is live by now, opened by
-    /// someone else), then joins it. `None` when ssegate stops first.
-    pub async fn admitted(self) -> Option<Pending> {
-        let Held {
-            hub,
-            mut route,
-            key,
-            mut template,
-            client,
-            mut wait,
-            counted: _counted,
-        } = self;
-        let mut stopping = hub.shared.stopping.subscribe();
-        loop {
-            tokio::select! {
-                () = wait.done() => {}
-                _ = stopping.wait_for(|stopping| *stopping) => return None,
-            }
-            loop {
-                // A reload may have changed the route since: go on under its new version, or
-                // end (the client comes back under the new config) if it is gone or is
-                // another upstream now.
-                route = hub.shared.current(&route)?;
-                match hub.join(&route, key.clone(), template, client) {
-                    Joined::Pending(pending) => return Some(pending),
-                    Joined::Held(held) => {
-                        template = held.template;
-                        wait = held.wait;
-                        break;
-                    }
-                    // `max_streams` reached: asked about again a second later.
-                    Joined::Full(back) => {
-                        template = back;
-                        tokio::select! {
-                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                            _ = stopping.wait_for(|stopping| *stopping) => return None,
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Counts a held subscription in its route's gauge, and its request head in the buffered
-/// bytes, while it lives.
-#[derive(Debug)]
-struct Counted {
-    gauge: prometheus_client::metrics::gauge::Gauge,
-    shared: Arc<Shared>,
-    head: usize,
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.gauge.dec();
-        self.shared.heads.fetch_sub(self.head, Ordering::Relaxed);
-        self.shared.release(self.head);
     }
 }
 

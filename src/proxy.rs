@@ -25,7 +25,7 @@ use crate::hub::{HeldBody, Hub, Joined, Outcome};
 use crate::metrics::Metrics;
 use crate::route::{RouteEntry, Router};
 use crate::server::InFlight;
-use crate::upstream::headers::{client_address, strip_hop_by_hop};
+use crate::upstream::headers::{client_address, is_event_stream, strip_hop_by_hop};
 use crate::upstream::{ClientBody, Peer, UpstreamBody, UpstreamError};
 use target::Target;
 
@@ -239,15 +239,7 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         self.inner.metrics.bad_requests.inc();
         tracing::info!(%remote, method = %request.method(), target = %request.uri(), fault = "client", reason = %why, "bad request; answering 400");
-        let mut response = Response::new(ProxyBody::full(Bytes::from(format!(
-            "ssegate: bad request: {why}\n"
-        ))));
-        *response.status_mut() = StatusCode::BAD_REQUEST;
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        response
+        error_response(StatusCode::BAD_REQUEST, format!("ssegate: bad request: {why}\n"))
     }
 
     /// An SSE subscription: joins (or opens) the stream for its key and answers 200 with a
@@ -456,15 +448,6 @@ async fn pass_through<B: RequestBody>(
     }
 }
 
-/// Whether a response is an event stream.
-fn is_event_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|media| media.trim().eq_ignore_ascii_case("text/event-stream"))
-}
-
 /// Whether a request announces a body: a `Content-Length` other than 0 (any of them), or any
 /// `Transfer-Encoding`.
 fn announces_body<B>(request: &Request<B>) -> bool {
@@ -524,8 +507,8 @@ pub fn is_subscription<B>(mode: SseMode, request: &Request<B>) -> bool {
 }
 
 /// A short plain-text response from ssegate itself.
-pub fn error_response(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
-    let mut response = Response::new(ProxyBody::full(Bytes::from_static(body.as_bytes())));
+pub fn error_response(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(body.into()));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -1,4 +1,5 @@
-//! The body of a subscription held for its client's stream budget (see [`super::budget`]).
+//! A subscription held for its client's stream budget (see [`super::budget`]): the wait for
+//! its stream, and its response body.
 //!
 //! It is answered at once, as a subscription to an app that is down would be: 200, `retry:`,
 //! then a heartbeat comment whenever it waited `heartbeat`. When the budget allows, it joins
@@ -14,8 +15,93 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame};
 use tokio::time::Sleep;
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use prometheus_client::metrics::gauge::Gauge;
+
+use super::budget::{ClientId, Wait};
+use super::key::StreamKey;
+use super::stream::Template;
 use super::subscriber::{SlowClient, SubscriberBody};
+use super::{Hub, Joined, Pending, Shared};
+use crate::route::RouteEntry;
 use crate::sse::{encode_comment, encode_retry};
+
+/// A subscription waiting for its client's budget to allow its stream; everything needed to
+/// join again.
+#[derive(Debug)]
+pub struct Held {
+    pub(super) hub: Hub,
+    pub(super) route: Arc<RouteEntry>,
+    pub(super) key: Option<StreamKey>,
+    pub(super) template: Template,
+    pub(super) client: ClientId,
+    pub(super) wait: Wait,
+    pub(super) counted: Counted,
+}
+
+impl Held {
+    /// Waits until the client's budget allows the stream (or it is live by now, opened by
+    /// someone else), then joins it. `None` when ssegate stops first.
+    pub async fn admitted(self) -> Option<Pending> {
+        let Held {
+            hub,
+            mut route,
+            key,
+            mut template,
+            client,
+            mut wait,
+            counted: _counted,
+        } = self;
+        let mut stopping = hub.shared.stopping.subscribe();
+        loop {
+            tokio::select! {
+                () = wait.done() => {}
+                _ = stopping.wait_for(|stopping| *stopping) => return None,
+            }
+            loop {
+                // A reload may have changed the route since: go on under its new version, or
+                // end (the client comes back under the new config) if it is gone or is
+                // another upstream now.
+                route = hub.shared.current(&route)?;
+                match hub.join(&route, key.clone(), template, client) {
+                    Joined::Pending(pending) => return Some(pending),
+                    Joined::Held(held) => {
+                        template = held.template;
+                        wait = held.wait;
+                        break;
+                    }
+                    // `max_streams` reached: asked about again a second later.
+                    Joined::Full(back) => {
+                        template = back;
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            _ = stopping.wait_for(|stopping| *stopping) => return None,
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Counts a held subscription in its route's gauge, and its request head in the buffered
+/// bytes, while it lives.
+#[derive(Debug)]
+pub(super) struct Counted {
+    pub(super) gauge: Gauge,
+    pub(super) shared: Arc<Shared>,
+    pub(super) head: usize,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.gauge.dec();
+        self.shared.heads.fetch_sub(self.head, Ordering::Relaxed);
+        self.shared.release(self.head);
+    }
+}
 
 /// The comment written while held.
 const HEARTBEAT: Bytes = Bytes::from_static(b":\n");

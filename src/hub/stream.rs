@@ -9,7 +9,7 @@ use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE, ORIGIN, SET_COOKIE};
+use http::header::{HeaderMap, HeaderValue, ORIGIN, SET_COOKIE};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Empty};
 use hyper::body::Incoming;
@@ -20,13 +20,14 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use super::budget::Charge;
 use super::key::{is_resumable, StreamKey};
+use super::replay::Replay;
 use super::ring::{Limits, Ring};
 use super::Shared;
 use crate::config::{format_duration, IdMode, OnGap, Settings};
 use crate::metrics::RouteMetrics;
 use crate::route::RouteEntry;
 use crate::sse::{encode_event, encode_retry, Item, Parser};
-use crate::upstream::headers::{header_bytes, stream_headers, MAX_STREAM_HEADER_BYTES};
+use crate::upstream::headers::{header_bytes, is_event_stream, stream_headers, MAX_STREAM_HEADER_BYTES};
 use crate::upstream::{chain, UpstreamError};
 
 /// An upstream stream that lasted this long and gave an event is reopened at once when it ends
@@ -70,12 +71,9 @@ pub struct Template {
 impl Template {
     /// About the bytes this request head holds, for `buffer_total_bytes`.
     pub fn size(&self) -> usize {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + 4)
-            .sum();
-        self.uri.to_string().len() + headers + 64
+        let target = self.uri.path_and_query().map_or(1, |pq| pq.as_str().len());
+        let authority = self.uri.authority().map_or(0, |a| a.as_str().len());
+        target + authority + header_bytes(&self.headers) + 64
     }
 }
 
@@ -212,37 +210,6 @@ enum End {
     AppEnded,
 }
 
-/// The replay an app may send after ssegate reopened its stream with Last-Event-ID: events it
-/// had sent before, from somewhere before that id (some apps start at their beginning).
-struct Replay {
-    /// The Last-Event-ID sent: once it has gone by, what follows is new.
-    resume_id: String,
-    /// The app ids buffered when the stream was reopened: only those are repeats (an app may
-    /// repeat an id within one connection), even once a replayed event evicts them.
-    known: std::collections::HashSet<Box<str>>,
-    /// A buffered id has come: an id that is not buffered after it is a new event.
-    seen_known: bool,
-}
-
-impl Replay {
-    /// Whether the event with `id` is a repeat to drop; ends the replay when it meets new
-    /// events (`self` is then to be dropped: the second value).
-    fn check(&mut self, id: Option<&str>) -> (bool, bool) {
-        match id {
-            Some(id) if self.known.contains(id) => {
-                let last = id == self.resume_id;
-                self.seen_known = true;
-                (true, last)
-            }
-            // Not buffered, before any buffered one: an old event already evicted, or a new
-            // one; it is delivered, and the replay may go on.
-            Some(_) if !self.seen_known => (false, false),
-            // New after old, or an event without id: the replay is over.
-            _ => (false, true),
-        }
-    }
-}
-
 /// Reusable buffers of the task, so steady-state ingestion allocates nothing but events.
 struct Scratch {
     items: Vec<Item>,
@@ -356,15 +323,8 @@ enum Answer {
 }
 
 fn classify(response: &Response<Incoming>) -> Answer {
-    let status = response.status();
-    let event_stream = response
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|media| media.trim().eq_ignore_ascii_case("text/event-stream"));
-    match status {
-        StatusCode::OK if event_stream => Answer::Stream,
+    match response.status() {
+        StatusCode::OK if is_event_stream(response.headers()) => Answer::Stream,
         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => {
             Answer::Transient
         }
@@ -778,11 +738,8 @@ impl Stream {
                     }
                     Step::Retry => {
                         let last_id = parser.last_event_id();
-                        scratch.replay = (!last_id.is_empty()).then(|| Replay {
-                            resume_id: last_id.to_owned(),
-                            known: self.lock().ring.app_ids().map(Box::from).collect(),
-                            seen_known: false,
-                        });
+                        scratch.replay = (!last_id.is_empty())
+                            .then(|| Replay::new(last_id, self.lock().ring.app_ids()));
                         conn = Conn::Connecting(self.connect(&route, &template, (!last_id.is_empty()).then_some(last_id)));
                     }
                 },

@@ -60,6 +60,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether a response's `Content-Type` is `text/event-stream` (parameters aside).
+pub fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("text/event-stream"))
+}
+
 /// Most bytes of an app's headers given to each subscriber of its stream: a subscriber's
 /// response head is written once per client, so an app's headers are multiplied by them.
 pub const MAX_STREAM_HEADER_BYTES: usize = 16 * 1024;
@@ -236,6 +245,13 @@ mod tests {
         headers
     }
 
+    /// The header names left, sorted.
+    fn names(headers: &HeaderMap) -> Vec<&str> {
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        left
+    }
+
     #[test]
     fn hop_by_hop_headers_and_those_connection_names_are_removed() {
         let mut headers = map(&[
@@ -252,9 +268,7 @@ mod tests {
             ("x-kept", "yes"),
         ]);
         strip_hop_by_hop(&mut headers);
-        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
-        left.sort_unstable();
-        assert_eq!(left, vec!["trailer", "x-kept"]);
+        assert_eq!(names(&headers), ["trailer", "x-kept"]);
     }
 
     #[test]
@@ -268,9 +282,7 @@ mod tests {
             ("x-forwarded-for", "10.0.0.1"),
         ]);
         drop_confusable(&mut headers);
-        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
-        left.sort_unstable();
-        assert_eq!(left, vec!["x-forwarded-for", "x_api_key"]);
+        assert_eq!(names(&headers), ["x-forwarded-for", "x_api_key"]);
     }
 
     #[test]
@@ -288,9 +300,7 @@ mod tests {
             ("x-app", "kept"),
         ]);
         let (headers, dropped) = stream_headers(&app);
-        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
-        left.sort_unstable();
-        assert_eq!(left, vec!["access-control-allow-origin", "x-app"]);
+        assert_eq!(names(&headers), ["access-control-allow-origin", "x-app"]);
         assert_eq!(dropped, 0);
         for n in 0..100 {
             app.append(
