@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use http::{Request, Response, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// A config file the test can rewrite, in a directory of its own.
 fn config_file(name: &str, text: &str) -> std::path::PathBuf {
@@ -136,11 +136,12 @@ async fn health_and_readiness_and_readiness_flips_on_drain() {
     );
     assert_eq!(get(&proxy.admin_url("/readyz"), &[]).await.status, StatusCode::OK);
     let slow = tokio::spawn(get_owned(proxy.url("/slow")));
-    upstream_wait_connection(&upstream).await;
+    upstream.wait_connections(1).await;
     proxy.begin_stop();
-    within("readyz to turn 503", async {
-        while get(&proxy.admin_url("/readyz"), &[]).await.status != StatusCode::SERVICE_UNAVAILABLE {
-            tokio::task::yield_now().await;
+    eventually("/readyz to turn 503", || async {
+        match get(&proxy.admin_url("/readyz"), &[]).await.status {
+            StatusCode::SERVICE_UNAVAILABLE => Ok(()),
+            other => Err(other),
         }
     })
     .await;
@@ -161,15 +162,6 @@ async fn health_and_readiness_and_readiness_flips_on_drain() {
 
 async fn get_owned(url: String) -> Reply {
     get(&url, &[]).await
-}
-
-async fn upstream_wait_connection(upstream: &Upstream) {
-    within("the upstream to see the request", async {
-        while upstream.connections() == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
 }
 
 #[tokio::test]
@@ -291,13 +283,11 @@ async fn over_a_routes_max_clients_requests_get_503() {
     assert_eq!(two.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(two.header("retry-after"), Some("1"));
     drop(_one);
-    within("the place to free up", async {
-        loop {
-            let again = SseClient::connect(&proxy.url("/events"), &[]).await;
-            if again.status == StatusCode::OK {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    // ssegate sees the client leave a moment after it hangs up.
+    eventually("the place to free up", || async {
+        match SseClient::connect(&proxy.url("/events"), &[]).await.status {
+            StatusCode::OK => Ok(()),
+            other => Err(other),
         }
     })
     .await;
@@ -314,24 +304,27 @@ async fn a_slowloris_client_is_cut_off_by_the_header_timeout() {
         upstream.addr
     ))
     .await;
-    let mut slow = tokio::net::TcpStream::connect(proxy.addr).await.expect("connect");
-    let started = tokio::time::Instant::now();
-    let closed = within("the slow client to be cut off", async {
+    let slow = tokio::net::TcpStream::connect(proxy.addr).await.expect("connect");
+    let (mut from_proxy, mut to_proxy) = slow.into_split();
+    // The slowloris: a byte of its head every 50 ms (2.6 s for the whole head), never done.
+    let trickle = tokio::spawn(async move {
         for byte in b"GET / HTTP/1.1\r\nhost: x\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
-            if slow.write_all(&[*byte]).await.is_err() {
-                return true;
+            if to_proxy.write_all(&[*byte]).await.is_err() {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
-            let mut buf = [0u8; 64];
-            if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(1), slow.read(&mut buf)).await {
-                return true;
-            }
         }
-        false
-    })
-    .await;
-    assert!(closed, "the connection was closed before the head was complete");
-    assert!(started.elapsed() < Duration::from_secs(3));
+    });
+    let answer = until_closed(&mut from_proxy, "the slow client to be cut off").await;
+    assert!(
+        !trickle.is_finished(),
+        "cut off while its head was still coming, not after"
+    );
+    assert!(
+        !String::from_utf8_lossy(&answer).contains(" 200 "),
+        "never served: {answer:?}"
+    );
+    trickle.abort();
     // Other clients are unaffected.
     assert_eq!(get(&proxy.url("/"), &[]).await.text(), "ok");
 }
@@ -349,18 +342,7 @@ async fn idle_keep_alive_connections_are_closed_after_keepalive_timeout() {
         .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .expect("write");
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 1024];
-    let closed = within("the idle connection to be closed", async {
-        loop {
-            match client.read(&mut buf).await {
-                Ok(0) | Err(_) => return true,
-                Ok(n) => seen.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    assert!(closed);
+    let seen = until_closed(&mut client, "the idle connection to be closed").await;
     assert!(
         String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"),
         "answered first"

@@ -109,6 +109,26 @@ pub async fn read_head(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Reads from `stream` until the peer closes it (or resets it); returns everything read. Fails
+/// the test, naming `what`, if that takes longer than the test timeout.
+pub async fn until_closed<R>(stream: &mut R, what: &str) -> Vec<u8>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let mut out = Vec::new();
+    within(what, async {
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    out
+}
+
 /// Writes `raw` on a fresh connection and returns the response head (and what came with it).
 pub async fn raw_head(addr: std::net::SocketAddr, raw: &[u8]) -> String {
     let mut stream = within("connect", TcpStream::connect(addr))

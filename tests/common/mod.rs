@@ -35,6 +35,35 @@ pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>)
     }
 }
 
+/// Asks `probe` again and again, with a backoff from 5 ms to 100 ms, until it answers `Ok`;
+/// returns that answer. For conditions only a poll can see (the admin port's `/metrics` and
+/// `/readyz`, a client let in again): where the harness sees the event itself (a request at the
+/// app, a frame at the client, a connection at the upstream), await that instead.
+///
+/// Bounded by [`TIMEOUT`]; on timeout it fails the test with `what` and the last `Err` the probe
+/// gave, the value it observed.
+pub async fn eventually<T, O, F, Fut>(what: &str, mut probe: F) -> T
+where
+    O: std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, O>>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let last = match within(what, probe()).await {
+            Ok(value) => return value,
+            Err(observed) => observed,
+        };
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            panic!("timed out after {TIMEOUT:?} waiting for {what}; last observed {last:?}");
+        }
+        tokio::time::sleep(pause.min(deadline - now)).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
 /// A running ssegate on an ephemeral port. Stops (gracefully) when dropped or on [`stop`].
 ///
 /// [`stop`]: Sidecar::stop
@@ -107,18 +136,26 @@ impl Sidecar {
     /// Waits until the metric `series` equals `value` (metrics of SSE deliveries are published
     /// when a client's body catches up, a moment after the client has the bytes).
     pub async fn metric_reaches(&self, series: &str, value: f64) {
-        let deadline = tokio::time::Instant::now() + TIMEOUT;
-        loop {
+        self.metric_until(series, &format!("{value}"), |now| now == value)
+            .await;
+    }
+
+    /// Waits until the metric `series` goes above `value`; returns what it reached.
+    pub async fn metric_above(&self, series: &str, value: f64) -> f64 {
+        self.metric_until(series, &format!("above {value}"), |now| now > value)
+            .await
+    }
+
+    async fn metric_until(&self, series: &str, expected: &str, done: impl Fn(f64) -> bool) -> f64 {
+        eventually(&format!("{series} to be {expected}"), || async {
             let now = self.metric(series).await;
-            if now == value {
-                return;
+            if done(now) {
+                Ok(now)
+            } else {
+                Err(now)
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{series} is {now}, expected {value}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 
     /// Starts a graceful stop without waiting for it.

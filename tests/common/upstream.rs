@@ -5,7 +5,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -18,7 +17,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// A response body for test upstreams.
@@ -51,10 +50,28 @@ impl Body for ChannelBody {
     }
 }
 
+/// What an [`Upstream`] has seen of its connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Connections {
+    /// Accepted so far.
+    pub accepted: usize,
+    /// Accepted and not yet closed.
+    pub open: usize,
+}
+
+/// Counts a connection as open while it lives (its task ended or aborted alike).
+struct OpenConnection(watch::Sender<Connections>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.send_modify(|c| c.open -= 1);
+    }
+}
+
 /// A running test upstream.
 pub struct Upstream {
     pub addr: SocketAddr,
-    connections: Arc<AtomicUsize>,
+    connections: watch::Sender<Connections>,
     task: JoinHandle<()>,
     /// The connections' tasks, so [`Upstream::stop`] can end them as a dying process would.
     serving: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
@@ -78,7 +95,7 @@ impl Upstream {
         Fut: Future<Output = Response<TestBody>> + Send + 'static,
     {
         let addr = listener.local_addr().expect("addr");
-        let connections = Arc::new(AtomicUsize::new(0));
+        let connections = watch::Sender::new(Connections::default());
         let handler = Arc::new(handler);
         let counter = connections.clone();
         let serving = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -88,9 +105,14 @@ impl Upstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                counter.fetch_add(1, Ordering::SeqCst);
+                counter.send_modify(|c| {
+                    c.accepted += 1;
+                    c.open += 1;
+                });
+                let open = OpenConnection(counter.clone());
                 let handler = handler.clone();
                 let connection = tokio::spawn(async move {
+                    let _open = open;
                     let service = service_fn(move |request| {
                         let handler = handler.clone();
                         async move { Ok::<_, Infallible>(handler(request).await) }
@@ -112,7 +134,33 @@ impl Upstream {
 
     /// TCP connections accepted so far.
     pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
+        self.connections.borrow().accepted
+    }
+
+    /// Waits until `n` TCP connections have been accepted in all.
+    pub async fn wait_connections(&self, n: usize) {
+        self.wait_connections_until(&format!("{n} connections at the upstream"), |c| c.accepted >= n)
+            .await;
+    }
+
+    /// Waits until at most `n` accepted connections are still open.
+    pub async fn wait_open_connections(&self, n: usize) {
+        self.wait_connections_until(&format!("at most {n} open connections at the upstream"), |c| {
+            c.open <= n
+        })
+        .await;
+    }
+
+    async fn wait_connections_until(&self, what: &str, done: impl Fn(&Connections) -> bool) {
+        let mut seen = self.connections.subscribe();
+        let waited = tokio::time::timeout(super::TIMEOUT, seen.wait_for(|c| done(c))).await;
+        if waited.is_err() {
+            panic!(
+                "timed out after {:?} waiting for {what}; saw {:?}",
+                super::TIMEOUT,
+                *self.connections.borrow()
+            );
+        }
     }
 
     /// Dies: stops accepting and drops every open connection.
@@ -155,6 +203,8 @@ struct AppState {
     seen: std::sync::Mutex<Vec<Seen>>,
     answer: std::sync::Mutex<Option<(http::StatusCode, &'static str, String)>>,
     headers: std::sync::Mutex<Vec<(String, String)>>,
+    /// End each stream right after its head, as a one-shot endpoint does.
+    one_shot: std::sync::atomic::AtomicBool,
     changed: tokio::sync::Notify,
 }
 
@@ -192,7 +242,9 @@ impl SseApp {
                         .expect("response"),
                     None => {
                         let (tx, body) = channel_body();
-                        state.streams.lock().expect("lock").push(tx);
+                        if !state.one_shot.load(std::sync::atomic::Ordering::SeqCst) {
+                            state.streams.lock().expect("lock").push(tx);
+                        }
                         let mut response = Response::builder()
                             .header("content-type", "text/event-stream")
                             .header("cache-control", "no-cache");
@@ -270,9 +322,19 @@ impl SseApp {
             .collect();
     }
 
-    /// From now on, answer with streams again.
+    /// From now on, answer with streams again (open ones, if [`SseApp::end_streams_at_once`]).
     pub fn stream_again(&self) {
         *self.state.answer.lock().expect("lock") = None;
+        self.state
+            .one_shot
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// From now on, end every stream right after its head, before any event.
+    pub fn end_streams_at_once(&self) {
+        self.state
+            .one_shot
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Every request received so far.
@@ -295,6 +357,43 @@ impl SseApp {
             }
         })
         .await
+    }
+
+    /// Watches the app for `window` and fails the test, naming `what`, as soon as the requests
+    /// it has received match `unwanted`. How a test says something never reaches the app:
+    /// absence has no event to await, so the window is the claim.
+    pub async fn never_sees(
+        &self,
+        window: std::time::Duration,
+        what: &str,
+        unwanted: impl Fn(&[Seen]) -> bool,
+    ) {
+        let watched = async {
+            loop {
+                let changed = self.state.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                let seen = self.requests();
+                if unwanted(&seen) {
+                    return seen;
+                }
+                changed.await;
+            }
+        };
+        if let Ok(seen) = tokio::time::timeout(window, watched).await {
+            let uris: Vec<String> = seen.iter().map(|r| r.uri.to_string()).collect();
+            panic!("{what}; the app received {uris:?}");
+        }
+    }
+
+    /// Watches the app for `window` and fails the test if it receives more than `n` requests.
+    pub async fn stays_at_requests(&self, n: usize, window: std::time::Duration) {
+        self.never_sees(
+            window,
+            &format!("more than {n} requests reached the app"),
+            |seen| seen.len() > n,
+        )
+        .await;
     }
 
     /// TCP connections accepted.
