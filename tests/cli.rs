@@ -110,12 +110,18 @@ fn bad_configs_exit_2_naming_key_and_line() {
         ),
     ];
     for (name, text, needles) in cases {
-        let (code, _, stderr) = check(name, &text);
-        assert_eq!(code, 2, "{name}: {stderr}");
-        assert!(!stderr.contains("panicked"), "{name}: {stderr}");
-        for needle in needles {
-            assert!(stderr.contains(needle), "{name}: {stderr:?} lacks {needle:?}");
-        }
+        check_refuses(name, &text, needles);
+    }
+}
+
+/// `ssegate check` on `text` exits 2, without a panic, with every one of `needles` in what it
+/// says.
+fn check_refuses(name: &str, text: &str, needles: &[&str]) {
+    let (code, _, stderr) = check(name, text);
+    assert_eq!(code, 2, "{name}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{name}: {stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "{name}: {stderr:?} lacks {needle:?}");
     }
 }
 
@@ -142,50 +148,25 @@ fn version_and_help() {
 
 #[test]
 fn sigterm_stops_the_server_cleanly() {
-    use std::io::{BufRead, BufReader};
     let path = config_file(
         "run.toml",
         "listen = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"http://127.0.0.1:9\"\n",
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ssegate"))
-        .args(["--config", path.to_str().expect("utf-8 path")])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn ssegate");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let listening = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .any(|line| line.contains("ssegate listening"));
-    assert!(listening, "ssegate did not report listening");
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            assert!(status.success(), "exit status {status}");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "ssegate did not stop on SIGTERM"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    assert!(rest.iter().any(|line| line.contains("stopped")), "{rest:?}");
+    let mut running = Running::start(&path);
+    running.wait_for("ssegate listening");
+    running.signal("TERM");
+    let status = running.wait_exit(std::time::Duration::from_secs(10));
+    assert!(status.success(), "exit status {status}");
+    running.wait_for("stopped");
 }
 
-/// A running `ssegate` process with its stderr lines collected.
+/// A running `ssegate` process with its stderr lines collected, and its exit awaited by a
+/// thread of its own.
 struct Running {
-    child: std::process::Child,
+    pid: u32,
     lines: std::sync::mpsc::Receiver<String>,
+    exit: std::sync::mpsc::Receiver<std::process::ExitStatus>,
+    exited: bool,
 }
 
 impl Running {
@@ -207,7 +188,17 @@ impl Running {
                 }
             }
         });
-        Running { child, lines }
+        let pid = child.id();
+        let (tx, exit) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait().expect("wait for ssegate"));
+        });
+        Running {
+            pid,
+            lines,
+            exit,
+            exited: false,
+        }
     }
 
     /// Waits (bounded) for a log line containing `needle`.
@@ -225,31 +216,31 @@ impl Running {
 
     fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.pid.to_string()])
             .status()
             .expect("kill");
         assert!(status.success());
     }
 
     fn wait_exit(&mut self, within: std::time::Duration) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "ssegate did not exit within {within:?}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        let status = self
+            .exit
+            .recv_timeout(within)
+            .unwrap_or_else(|_| panic!("ssegate did not exit within {within:?}"));
+        self.exited = true;
+        status
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Still running as far as the waiter knows: kill it, and let the waiter reap it.
+        if !self.exited && self.exit.try_recv().is_err() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.pid.to_string()])
+                .status();
+            let _ = self.exit.recv_timeout(std::time::Duration::from_secs(10));
+        }
     }
 }
 
@@ -364,31 +355,28 @@ fn check_refuses_an_expired_or_mismatched_certificate() {
         "{stdout}"
     );
 
-    let (code, _, stderr) = check("tls-expired.toml", &tls("expired.pem", "expired.key"));
-    assert_eq!(code, 2);
-    assert!(
-        stderr.contains("expired.pem") && stderr.contains("expired on"),
-        "{stderr}"
-    );
-
-    let (code, _, stderr) = check("tls-mismatch.toml", &tls("good.pem", "other.key"));
-    assert_eq!(code, 2);
-    assert!(
-        stderr.contains("other.key") && stderr.contains("does not match"),
-        "{stderr}"
-    );
-
-    let (code, _, stderr) = check("tls-missing.toml", &tls("nowhere.pem", "good.key"));
-    assert_eq!(code, 2);
-    assert!(
-        stderr.contains("nowhere.pem") && stderr.contains("cannot read"),
-        "{stderr}"
-    );
-
-    let (code, _, stderr) = check(
-        "tls-version.toml",
-        &format!("[tls]\ncert = \"good.pem\"\nkey = \"good.key\"\nmin_version = \"1.1\"\n{route}"),
-    );
-    assert_eq!(code, 2);
-    assert!(stderr.contains("min_version"), "{stderr}");
+    for (name, config, needles) in [
+        (
+            "tls-expired.toml",
+            tls("expired.pem", "expired.key"),
+            &["expired.pem", "expired on"][..],
+        ),
+        (
+            "tls-mismatch.toml",
+            tls("good.pem", "other.key"),
+            &["other.key", "does not match"][..],
+        ),
+        (
+            "tls-missing.toml",
+            tls("nowhere.pem", "good.key"),
+            &["nowhere.pem", "cannot read"][..],
+        ),
+        (
+            "tls-version.toml",
+            format!("[tls]\ncert = \"good.pem\"\nkey = \"good.key\"\nmin_version = \"1.1\"\n{route}"),
+            &["min_version"][..],
+        ),
+    ] {
+        check_refuses(name, &config, needles);
+    }
 }
