@@ -230,17 +230,7 @@ async fn a_client_that_stops_reading_is_disconnected_while_another_keeps_up() {
         );
     }
     // The slow client's connection is closed by ssegate: reading it ends (EOF or reset).
-    let mut sink = vec![0u8; 1 << 20];
-    within("the slow client to be disconnected", async {
-        use tokio::io::AsyncReadExt;
-        loop {
-            match slow.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
+    until_closed(&mut slow, "the slow client to be disconnected").await;
     app.send("data: still\n\n");
     assert_eq!(fast.next_event().await.data, "still");
 }

@@ -10,7 +10,7 @@ use common::*;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// ssegate with TLS from `cert` in front of `app`, with `extra` top-level keys; and the config
 /// file, for reloads.
@@ -166,17 +166,7 @@ async fn bad_handshakes_are_dropped_quickly_and_harm_no_one() {
         .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .expect("write");
-    let mut buf = vec![0u8; 1024];
-    let closed = within("plain HTTP to be dropped", async {
-        loop {
-            match plain.read(&mut buf).await {
-                Ok(0) | Err(_) => return true,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    assert!(closed);
+    until_closed(&mut plain, "plain HTTP to be dropped").await;
     // Garbage, and a client that stalls mid-handshake.
     let mut garbage = tokio::net::TcpStream::connect(proxy.addr).await.expect("connect");
     garbage
@@ -186,16 +176,8 @@ async fn bad_handshakes_are_dropped_quickly_and_harm_no_one() {
     let mut stalled = tokio::net::TcpStream::connect(proxy.addr).await.expect("connect");
     stalled.write_all(&[0x16, 0x03, 0x01]).await.expect("write");
     let started = tokio::time::Instant::now();
-    for stream in [&mut garbage, &mut stalled] {
-        within("a bad handshake to be dropped", async {
-            loop {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await;
+    for (case, stream) in [("garbage", &mut garbage), ("a stalled handshake", &mut stalled)] {
+        until_closed(stream, &format!("{case} to be dropped")).await;
     }
     assert!(started.elapsed() < Duration::from_secs(5));
     // A good client is served meanwhile.
