@@ -612,11 +612,13 @@ async fn h2_subscriptions_opened_and_reset_open_at_most_the_budget() {
     app.stays_at_requests(101, Duration::from_millis(300)).await;
 }
 
+// The story: a stream key joined its parts with `=`, so `Authorization: Bearer alice=x` and the
+// two headers `Bearer alice` and `x` made one key: one user's subscription joined another's
+// stream and read events the app had sent for someone else.
 #[tokio::test]
 async fn stream_keys_are_what_the_upstream_receives_and_cannot_collide() {
     let app = SseApp::start().await;
     let proxy = Sidecar::route("/events", app.addr(), "").await;
-    // Joined with `=`, these two once shared a stream.
     let _one = SseClient::connect(&proxy.url("/events"), &[("authorization", "Bearer alice=x")]).await;
     let _two = SseClient::connect(
         &proxy.url("/events"),
