@@ -344,19 +344,25 @@ impl SseApp {
 
     /// Waits until at least `n` requests have arrived.
     pub async fn wait_requests(&self, n: usize) -> Vec<Seen> {
-        super::within(&format!("{n} upstream requests"), async {
-            loop {
-                let changed = self.state.changed.notified();
-                tokio::pin!(changed);
-                changed.as_mut().enable();
-                let seen = self.requests();
-                if seen.len() >= n {
-                    return seen;
-                }
-                changed.await;
-            }
-        })
+        super::within(
+            &format!("{n} upstream requests"),
+            self.requests_when(|seen| seen.len() >= n),
+        )
         .await
+    }
+
+    /// Every request received, as soon as they match `done` (unbounded: the caller bounds it).
+    async fn requests_when(&self, done: impl Fn(&[Seen]) -> bool) -> Vec<Seen> {
+        loop {
+            let changed = self.state.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let seen = self.requests();
+            if done(&seen) {
+                return seen;
+            }
+            changed.await;
+        }
     }
 
     /// Watches the app for `window` and fails the test, naming `what`, as soon as the requests
@@ -368,19 +374,7 @@ impl SseApp {
         what: &str,
         unwanted: impl Fn(&[Seen]) -> bool,
     ) {
-        let watched = async {
-            loop {
-                let changed = self.state.changed.notified();
-                tokio::pin!(changed);
-                changed.as_mut().enable();
-                let seen = self.requests();
-                if unwanted(&seen) {
-                    return seen;
-                }
-                changed.await;
-            }
-        };
-        if let Ok(seen) = tokio::time::timeout(window, watched).await {
+        if let Ok(seen) = tokio::time::timeout(window, self.requests_when(unwanted)).await {
             let uris: Vec<String> = seen.iter().map(|r| r.uri.to_string()).collect();
             panic!("{what}; the app received {uris:?}");
         }
