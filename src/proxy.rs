@@ -25,7 +25,7 @@ use crate::hub::{HeldBody, Hub, Joined, Outcome};
 use crate::metrics::Metrics;
 use crate::route::{RouteEntry, Router};
 use crate::server::InFlight;
-use crate::upstream::headers::{client_address, is_event_stream, strip_hop_by_hop};
+use crate::upstream::headers::{client_address, is_event_stream, list_items, strip_hop_by_hop};
 use crate::upstream::{ClientBody, Peer, UpstreamBody, UpstreamError};
 use target::Target;
 
@@ -491,18 +491,12 @@ pub fn is_subscription<B>(mode: SseMode, request: &Request<B>) -> bool {
     match mode {
         SseMode::Never => false,
         SseMode::Always => true,
-        SseMode::Auto => request
-            .headers()
-            .get_all(header::ACCEPT)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .any(|media| {
-                media
-                    .split(';')
-                    .next()
-                    .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
-            }),
+        SseMode::Auto => list_items(request.headers().get_all(header::ACCEPT)).any(|media| {
+            media
+                .split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
+        }),
     }
 }
 
