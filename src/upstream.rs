@@ -17,6 +17,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::Upstream;
+// Kept here too: the stream task and the server name it by this path.
+pub use crate::error::chain;
+use crate::error::Fault;
 use headers::{add_forwarded, drop_confusable, strip_hop_by_hop};
 
 /// A request body bound upstream: the client's streamed body (bounded by `max_request_body`),
@@ -109,6 +112,15 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// Who caused the failure: the client when its request body did, else the upstream.
+    pub fn fault(&self) -> Fault {
+        if self.is_client_body() {
+            Fault::Client
+        } else {
+            Fault::Upstream
+        }
+    }
+
     /// Whether the exchange failed because the client's request body went over its limit.
     pub fn is_body_too_large(&self) -> bool {
         self.caused_by::<LengthLimitError>()
@@ -223,19 +235,4 @@ fn is_timeout(error: &(dyn StdError + 'static)) -> bool {
         next = e.source();
     }
     false
-}
-
-/// An error and its sources, joined by ": ", for one log line.
-pub fn chain(error: &(dyn StdError + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut next = error.source();
-    while let Some(e) = next {
-        let part = e.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        next = e.source();
-    }
-    text
 }
