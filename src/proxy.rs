@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::route::{RouteEntry, Router};
 use crate::server::InFlight;
 use crate::upstream::headers::{client_address, is_event_stream, list_items, strip_hop_by_hop};
-use crate::upstream::{ClientBody, Peer, UpstreamBody, UpstreamError};
+use crate::upstream::{ClientBody, Peer, UpstreamBody, UpstreamError, UpstreamHead};
 use target::Target;
 
 /// A request body ssegate can send upstream: the client's streamed body (bounded by the
@@ -366,8 +366,12 @@ fn upstream_template<B>(
         Some(query) => format!("{}?{query}", uri.path()),
         None => uri.path().to_owned(),
     };
-    let mut headers = request.headers().clone();
-    let upstream_uri = route.client.rewrite(uri, &mut headers, &path_and_query, remote);
+    let UpstreamHead {
+        uri: upstream_uri,
+        mut headers,
+    } = route
+        .client
+        .head(uri, request.headers().clone(), &path_and_query, remote);
     // A subscription's upstream request has no body, so it announces none: a Content-Length
     // kept here would make the app read the next request on the connection as this one's body.
     headers.remove(header::CONTENT_LENGTH);

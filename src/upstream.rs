@@ -185,8 +185,8 @@ impl UpstreamClient {
         })
     }
 
-    /// Rewrites a client request into the upstream request: URL on the upstream, HTTP/1.1,
-    /// hop-by-hop headers removed, `X-Forwarded-*` added, the client's Host kept.
+    /// Rewrites a client request into the upstream request (see [`UpstreamClient::head`]),
+    /// sent as HTTP/1.1 whatever the client spoke.
     pub fn prepare<B>(&self, request: Request<B>, client: Peer) -> Request<B> {
         let (mut parts, body) = request.into_parts();
         let path_and_query = parts
@@ -194,32 +194,76 @@ impl UpstreamClient {
             .path_and_query()
             .map_or("/", |pq| pq.as_str())
             .to_owned();
-        parts.uri = self.rewrite(&parts.uri, &mut parts.headers, &path_and_query, client);
+        let head = self.head(
+            &parts.uri,
+            std::mem::take(&mut parts.headers),
+            &path_and_query,
+            client,
+        );
+        parts.uri = head.uri;
+        parts.headers = head.headers;
         parts.version = Version::HTTP_11;
         Request::from_parts(parts, body)
     }
 
-    /// The upstream URL for `path_and_query`, with `headers` (those of a request for `uri`)
-    /// made ready for the upstream.
-    pub fn rewrite(&self, uri: &Uri, headers: &mut HeaderMap, path_and_query: &str, client: Peer) -> Uri {
+    /// The head of every request ssegate sends this upstream (a pass-through, a stream's
+    /// template): `path_and_query` on the upstream's URL, and `headers` (those of a client's
+    /// request for `uri`) with hop-by-hop and confusable headers removed, `X-Forwarded-*` added
+    /// and the client's Host kept.
+    pub fn head(
+        &self,
+        uri: &Uri,
+        mut headers: HeaderMap,
+        path_and_query: &str,
+        client: Peer,
+    ) -> UpstreamHead {
         // An HTTP/2 client names the host in :authority, not in a Host header.
         let host = headers.get(header::HOST).cloned().or_else(|| {
             let authority = uri.authority()?;
             HeaderValue::from_str(authority.as_str()).ok()
         });
-        strip_hop_by_hop(headers);
-        drop_confusable(headers);
+        strip_hop_by_hop(&mut headers);
+        drop_confusable(&mut headers);
         let proto = if client.secure { "https" } else { "http" };
-        add_forwarded(headers, client.addr.ip(), proto, host.clone());
+        add_forwarded(&mut headers, client.addr.ip(), proto, host.clone());
         if let Some(host) = host {
             headers.insert(header::HOST, host);
         }
         // The request line was valid, and so is the base URL: the join is a valid URI. Should it
         // not be, the base URL alone still reaches the right upstream.
-        self.upstream
+        let uri = self
+            .upstream
             .uri_for(path_and_query)
-            .unwrap_or_else(|_| self.upstream.uri_for("/").unwrap_or_default())
+            .unwrap_or_else(|_| self.upstream.uri_for("/").unwrap_or_default());
+        UpstreamHead { uri, headers }
     }
+}
+
+/// A request head ready for the upstream, as [`UpstreamClient::head`] builds it.
+#[derive(Debug, Clone)]
+pub struct UpstreamHead {
+    /// The upstream URL.
+    pub uri: Uri,
+    /// The headers to send.
+    pub headers: HeaderMap,
+}
+
+/// A stream's request to its upstream, made again on every (re)connect from the head it keeps
+/// (`uri`, `headers`: an [`UpstreamHead`] built once): no body, and `Last-Event-ID` when the
+/// stream has one to resume from (one that cannot be a header value is left out, as no app
+/// could have sent it).
+pub fn subscription_request(
+    uri: &Uri,
+    headers: &HeaderMap,
+    last_event_id: Option<&str>,
+) -> Request<UpstreamBody> {
+    let mut request = Request::new(Either::Right(Empty::new()));
+    *request.uri_mut() = uri.clone();
+    *request.headers_mut() = headers.clone();
+    if let Some(value) = last_event_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+        request.headers_mut().insert("last-event-id", value);
+    }
+    request
 }
 
 /// Whether a connect error was the connect timeout: somewhere in its chain is an I/O error of
@@ -235,4 +279,43 @@ fn is_timeout(error: &(dyn StdError + 'static)) -> bool {
         next = e.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_head_for_every_upstream_request() {
+        let upstream = Upstream::parse("http://127.0.0.1:3000/base/").expect("upstream");
+        let client = UpstreamClient::new(upstream, Duration::from_secs(1));
+        let peer = Peer {
+            addr: "192.0.2.7:5000".parse().expect("addr"),
+            secure: true,
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("x-hop"));
+        headers.insert("x-hop", HeaderValue::from_static("1"));
+        headers.insert("x_forwarded_for", HeaderValue::from_static("spoof"));
+        headers.insert(header::ACCEPT, HeaderValue::from_static("text/event-stream"));
+        // An HTTP/2 client: the host is in the URI, not in a Host header.
+        let uri: Uri = "https://app.test/events?x=1".parse().expect("uri");
+        let head = client.head(&uri, headers, "/events?x=1", peer);
+        assert_eq!(head.uri, "http://127.0.0.1:3000/base/events?x=1");
+        assert_eq!(head.headers[header::HOST], "app.test");
+        assert_eq!(head.headers["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(head.headers["x-forwarded-proto"], "https");
+        assert_eq!(head.headers["x-forwarded-host"], "app.test");
+        assert_eq!(head.headers[header::ACCEPT], "text/event-stream");
+        for gone in ["connection", "x-hop", "x_forwarded_for"] {
+            assert!(!head.headers.contains_key(gone), "{gone}");
+        }
+
+        let request = subscription_request(&head.uri, &head.headers, Some("e-41"));
+        assert_eq!(request.uri(), &head.uri);
+        assert_eq!(request.headers()["last-event-id"], "e-41");
+        assert!(http_body::Body::is_end_stream(request.body()));
+        let request = subscription_request(&head.uri, &head.headers, Some("bad\nid"));
+        assert!(!request.headers().contains_key("last-event-id"));
+    }
 }
