@@ -11,7 +11,9 @@ use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode, Uri};
 
 use crate::config::Upstream;
-use crate::upstream::UpstreamError;
+
+/// Boxed error with the standard bounds.
+type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// Who caused an error: the `fault` field of its log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,23 +71,16 @@ pub enum ProxyError {
     BodyTooLarge,
     /// The client's request body could not be read (cut short, badly framed). 400.
     #[error("the client's request body could not be read: {0}")]
-    ClientBody(#[source] UpstreamError),
-    /// The upstream could not be reached, did not answer in time, or broke. 502 or 504.
-    #[error(transparent)]
-    Upstream(UpstreamError),
-}
-
-impl From<UpstreamError> for ProxyError {
-    /// Sorts a failed upstream exchange by its cause: the client's body, or the upstream.
-    fn from(error: UpstreamError) -> Self {
-        if error.is_body_too_large() {
-            ProxyError::BodyTooLarge
-        } else if error.is_client_body() {
-            ProxyError::ClientBody(error)
-        } else {
-            ProxyError::Upstream(error)
-        }
-    }
+    ClientBody(#[source] BoxError),
+    /// The upstream could not be reached or broke (502), or did not answer in time (504).
+    /// `crate::upstream` makes these from its `UpstreamError`.
+    #[error("{source}")]
+    Upstream {
+        /// It did not answer in time.
+        timed_out: bool,
+        /// What happened.
+        source: BoxError,
+    },
 }
 
 impl ProxyError {
@@ -97,7 +92,7 @@ impl ProxyError {
             | ProxyError::NoRoute
             | ProxyError::BodyTooLarge
             | ProxyError::ClientBody(_) => Fault::Client,
-            ProxyError::Upstream(_) => Fault::Upstream,
+            ProxyError::Upstream { .. } => Fault::Upstream,
             ProxyError::TooManyClients | ProxyError::TooManyStreams | ProxyError::ShuttingDown => {
                 Fault::Internal
             }
@@ -114,12 +109,8 @@ impl ProxyError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::Upstream(UpstreamError::ConnectTimeout(_) | UpstreamError::ResponseTimeout(_)) => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
-            ProxyError::Upstream(UpstreamError::Unreachable(_) | UpstreamError::Failed(_)) => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::Upstream { timed_out: true, .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream { timed_out: false, .. } => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -135,10 +126,8 @@ impl ProxyError {
             ProxyError::ShuttingDown => "ssegate: shutting down\n",
             ProxyError::BodyTooLarge => "ssegate: request body too large\n",
             ProxyError::ClientBody(_) => "ssegate: the request body could not be read\n",
-            ProxyError::Upstream(UpstreamError::ConnectTimeout(_) | UpstreamError::ResponseTimeout(_)) => {
-                "ssegate: the upstream did not answer in time\n"
-            }
-            ProxyError::Upstream(_) => "ssegate: the upstream could not be reached\n",
+            ProxyError::Upstream { timed_out: true, .. } => "ssegate: the upstream did not answer in time\n",
+            ProxyError::Upstream { timed_out: false, .. } => "ssegate: the upstream could not be reached\n",
         };
         Bytes::from_static(text.as_bytes())
     }
@@ -222,7 +211,7 @@ fn log(error: &ProxyError, status: StatusCode, context: &Context<'_>) {
         ProxyError::ClientBody(_) => {
             line!(info, "the client's request body could not be read; answering 400")
         }
-        ProxyError::Upstream(error) => line!(warn, "{error}"),
+        ProxyError::Upstream { source, .. } => line!(warn, "{source}"),
     }
 }
 
@@ -269,7 +258,6 @@ pub fn chain(error: &(dyn StdError + 'static)) -> String {
 mod tests {
     use super::*;
     use http_body_util::Full;
-    use std::time::Duration;
 
     fn answer(error: ProxyError) -> Response<Full<Bytes>> {
         rescue(error, &Context::default())
@@ -277,8 +265,10 @@ mod tests {
 
     #[test]
     fn each_error_has_its_status_fault_and_body() {
-        let timeout = UpstreamError::ConnectTimeout(Duration::from_secs(5));
-        let refused = UpstreamError::Unreachable("connection refused".into());
+        let upstream = |timed_out| ProxyError::Upstream {
+            timed_out,
+            source: "connection refused".into(),
+        };
         let cases = [
             (ProxyError::Connect, 405, Fault::Client),
             (ProxyError::BadRequest("no Host".to_owned()), 400, Fault::Client),
@@ -287,8 +277,9 @@ mod tests {
             (ProxyError::TooManyClients, 503, Fault::Internal),
             (ProxyError::TooManyStreams, 503, Fault::Internal),
             (ProxyError::ShuttingDown, 503, Fault::Internal),
-            (ProxyError::from(timeout), 504, Fault::Upstream),
-            (ProxyError::from(refused), 502, Fault::Upstream),
+            (ProxyError::ClientBody("cut short".into()), 400, Fault::Client),
+            (upstream(true), 504, Fault::Upstream),
+            (upstream(false), 502, Fault::Upstream),
         ];
         for (error, status, fault) in cases {
             let name = format!("{error:?}");

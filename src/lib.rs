@@ -20,7 +20,7 @@
 //! - [`app`]: binds the listener and runs everything until a shutdown future resolves.
 //!
 //! Dependencies point one way: `app → server → proxy → hub → sse`, with `upstream` below
-//! `proxy` and `hub`; everything reads `config`.
+//! `proxy` and `hub`, and `error` below them all; everything reads `config`.
 #![deny(unsafe_code)]
 #![warn(
     rust_2018_idioms,

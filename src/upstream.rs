@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::config::Upstream;
 // Kept here too: the stream task and the server name it by this path.
 pub use crate::error::chain;
-use crate::error::Fault;
+use crate::error::ProxyError;
 use headers::{add_forwarded, drop_confusable, strip_hop_by_hop};
 
 /// A request body bound upstream: the client's streamed body (bounded by `max_request_body`),
@@ -112,15 +112,6 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// Who caused the failure: the client when its request body did, else the upstream.
-    pub fn fault(&self) -> Fault {
-        if self.is_client_body() {
-            Fault::Client
-        } else {
-            Fault::Upstream
-        }
-    }
-
     /// Whether the exchange failed because the client's request body went over its limit.
     pub fn is_body_too_large(&self) -> bool {
         self.caused_by::<LengthLimitError>()
@@ -144,6 +135,27 @@ impl UpstreamError {
             next = e.source();
         }
         false
+    }
+}
+
+impl From<UpstreamError> for ProxyError {
+    /// Sorts a failed exchange by its cause: the client's request body (over its limit, or
+    /// unreadable), or the upstream (too slow: 504, else 502).
+    fn from(error: UpstreamError) -> Self {
+        if error.is_body_too_large() {
+            ProxyError::BodyTooLarge
+        } else if error.is_client_body() {
+            ProxyError::ClientBody(Box::new(error))
+        } else {
+            let timed_out = matches!(
+                error,
+                UpstreamError::ConnectTimeout(_) | UpstreamError::ResponseTimeout(_)
+            );
+            ProxyError::Upstream {
+                timed_out,
+                source: Box::new(error),
+            }
+        }
     }
 }
 
@@ -284,6 +296,8 @@ fn is_timeout(error: &(dyn StdError + 'static)) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Fault;
+    use http_body_util::{BodyExt, Full};
 
     #[test]
     fn one_head_for_every_upstream_request() {
@@ -317,5 +331,27 @@ mod tests {
         assert!(http_body::Body::is_end_stream(request.body()));
         let request = subscription_request(&head.uri, &head.headers, Some("bad\nid"));
         assert!(!request.headers().contains_key("last-event-id"));
+    }
+
+    #[tokio::test]
+    async fn a_failed_exchange_is_the_upstreams_fault_unless_the_clients_body_caused_it() {
+        let status = |error: UpstreamError| {
+            let error = ProxyError::from(error);
+            (error.status().as_u16(), error.fault())
+        };
+        let timeout = UpstreamError::ConnectTimeout(Duration::from_secs(5));
+        assert_eq!(status(timeout), (504, Fault::Upstream));
+        let timeout = UpstreamError::ResponseTimeout(Duration::from_secs(5));
+        assert_eq!(status(timeout), (504, Fault::Upstream));
+        let refused = UpstreamError::Unreachable("connection refused".into());
+        assert_eq!(status(refused), (502, Fault::Upstream));
+        let cut = UpstreamError::Failed(Box::new(ClientBodyError("cut short".into())));
+        assert_eq!(status(cut), (400, Fault::Client));
+        let over = Limited::new(Full::new(Bytes::from_static(b"too long")), 1)
+            .collect()
+            .await
+            .expect_err("over the limit");
+        let over = UpstreamError::Failed(Box::new(ClientBodyError(over)));
+        assert_eq!(status(over), (413, Fault::Client));
     }
 }
