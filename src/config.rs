@@ -637,13 +637,12 @@ fn resolve_route(
         let duration = value.map_or(default, |v| v.get_ref().0);
         at_most(duration, max).map_err(|why| fail(value.map_or(0..0, Spanned::span), key, why))
     };
-    let toggle = |value: Option<&Spanned<value::Toggle>>, key: &str, default: Duration, max| match value
-        .map_or(Some(default), |v| v.get_ref().0)
-    {
-        Some(duration) => at_most(duration, max)
-            .map(Some)
-            .map_err(|why| fail(value.map_or(0..0, Spanned::span), key, why)),
-        None => Ok(None),
+    let toggle = |value: Option<&Spanned<value::Toggle>>, key: &str, default: Duration, max| {
+        let duration = value.map_or(Some(default), |v| v.get_ref().0);
+        duration
+            .map(|duration| at_most(duration, max))
+            .transpose()
+            .map_err(|why| fail(value.map_or(0..0, Spanned::span), key, why))
     };
     let reconnect_initial = duration(
         pick!(reconnect_initial),

@@ -153,9 +153,9 @@ pub struct Context<'a> {
 }
 
 /// Turns an error ssegate answers with into the response, and writes its one log line at the
-/// level its fault deserves: a client's at debug (info for a request ssegate had to judge
-/// malformed, which an operator may want to see), the upstream's at warn, ssegate's own limits
-/// at warn (a sizing matter, not a bug) and its stopping at debug.
+/// level its fault deserves: a client's at debug, or info where an operator may want to see it
+/// (a malformed request, a body over its limit or unreadable); the upstream's at warn;
+/// ssegate's own limits at warn (a sizing matter, not a bug) and its stopping at debug.
 pub fn rescue<B: From<Bytes>>(error: ProxyError, context: &Context<'_>) -> Response<B> {
     let status = error.status();
     log(&error, status, context);
