@@ -15,7 +15,8 @@ use crate::config::Upstream;
 /// Boxed error with the standard bounds.
 type BoxError = Box<dyn StdError + Send + Sync>;
 
-/// Who caused an error: the `fault` field of its log line.
+/// Who caused an error: the `fault` field of its log line, written
+/// `tracing::debug!(fault = %Fault::Client, ...)` where a line is not made by [`rescue`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// The client: a request ssegate cannot or will not serve, a body cut short, a slow or
