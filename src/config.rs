@@ -69,6 +69,20 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a pass-through request waits for the upstream's response head.
 pub const DEFAULT_UPSTREAM_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest any duration setting may be: a year. Durations are added to the clock for
+/// deadlines and timers, so each has a bound that keeps that arithmetic far from overflow; past
+/// a year no setting means anything useful.
+pub const MAX_DURATION: Duration = Duration::from_secs(31_557_600);
+/// The longest timeout (`header_read_timeout`, `keepalive_timeout`, `client_write_timeout`,
+/// `upstream_connect_timeout`, `upstream_response_timeout`): a day.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// The longest reconnect delay (`retry`, `reconnect_initial`, `reconnect_max`): an hour. The
+/// upstream backoff doubles its delay up to `reconnect_max`.
+pub const MAX_RECONNECT: Duration = Duration::from_secs(3600);
+/// The longest `heartbeat`: an hour; the idle timeouts heartbeats are for are minutes.
+pub const MAX_HEARTBEAT: Duration = Duration::from_secs(3600);
+/// The longest `coalesce`: a minute; an event held longer is no longer live.
+pub const MAX_COALESCE: Duration = Duration::from_secs(60);
 /// The largest request body passed through.
 pub const DEFAULT_MAX_REQUEST_BODY: u64 = 64 << 20;
 /// Streams one client may have opened, live or lingering, at once.
@@ -370,22 +384,24 @@ impl Config {
                 "no [[route]]: add at least one, with `path` and `upstream`",
             ));
         }
-        let client_write_timeout = raw
-            .client_write_timeout
-            .as_ref()
-            .map_or(DEFAULT_CLIENT_WRITE_TIMEOUT, |v| v.get_ref().0);
-        if client_write_timeout.is_zero() {
-            let span = raw.client_write_timeout.as_ref().map_or(0..0, Spanned::span);
-            return Err(source.error(span, "key `client_write_timeout`: must be above zero"));
-        }
-        let positive = |value: &Option<Spanned<value::DurationValue>>, key: &str, default: Duration| {
+        let bounded = |value: &Option<Spanned<value::DurationValue>>, key: &str, default: Duration, max| {
+            let span = value.as_ref().map_or(0..0, Spanned::span);
             let duration = value.as_ref().map_or(default, |v| v.get_ref().0);
+            at_most(duration, max).map_err(|why| source.error(span, format!("key `{key}`: {why}")))
+        };
+        let positive = |value: &Option<Spanned<value::DurationValue>>, key: &str, default: Duration| {
+            let duration = bounded(value, key, default, MAX_TIMEOUT)?;
             if duration.is_zero() {
                 let span = value.as_ref().map_or(0..0, Spanned::span);
                 return Err(source.error(span, format!("key `{key}`: must be above zero")));
             }
             Ok(duration)
         };
+        let client_write_timeout = positive(
+            &raw.client_write_timeout,
+            "client_write_timeout",
+            DEFAULT_CLIENT_WRITE_TIMEOUT,
+        )?;
         let header_read_timeout = positive(
             &raw.header_read_timeout,
             "header_read_timeout",
@@ -395,6 +411,12 @@ impl Config {
             &raw.keepalive_timeout,
             "keepalive_timeout",
             DEFAULT_KEEPALIVE_TIMEOUT,
+        )?;
+        let shutdown_grace = bounded(
+            &raw.shutdown_grace,
+            "shutdown_grace",
+            DEFAULT_SHUTDOWN_GRACE,
+            MAX_DURATION,
         )?;
         let mut trusted_proxies = Vec::new();
         for block in raw.trusted_proxies.iter().flat_map(|list| list.get_ref()) {
@@ -477,9 +499,7 @@ impl Config {
             buffer_total_bytes: raw
                 .buffer_total_bytes
                 .map_or(DEFAULT_BUFFER_TOTAL_BYTES, |v| v.into_inner().0),
-            shutdown_grace: raw
-                .shutdown_grace
-                .map_or(DEFAULT_SHUTDOWN_GRACE, |v| v.into_inner().0),
+            shutdown_grace,
             client_write_timeout,
             max_connections,
             max_streams: raw
@@ -495,6 +515,18 @@ impl Config {
             routes: routes.into_iter().map(|(route, _)| route).collect(),
         })
     }
+}
+
+/// `duration`, if it is at most `max` (the key's bound); else why not, for the key's error.
+fn at_most(duration: Duration, max: Duration) -> Result<Duration, String> {
+    if duration <= max {
+        return Ok(duration);
+    }
+    Err(format!(
+        "{} is longer than {}, the most this setting allows",
+        format_duration(duration),
+        format_duration(max)
+    ))
 }
 
 fn parse_addr(source: &Source<'_>, addr: &Spanned<String>, key: &str) -> Result<SocketAddr, ConfigError> {
@@ -600,14 +632,30 @@ fn resolve_route(
             .map_err(|_| fail(v.span(), "buffer_events", "too large".to_owned()))?,
         None => DEFAULT_BUFFER_EVENTS,
     };
-    let duration = |value: Option<&Spanned<value::DurationValue>>, default: Duration| {
-        value.map_or(default, |v| v.get_ref().0)
+    // Every duration has its bound (see `MAX_DURATION`).
+    let duration = |value: Option<&Spanned<value::DurationValue>>, key: &str, default: Duration, max| {
+        let duration = value.map_or(default, |v| v.get_ref().0);
+        at_most(duration, max).map_err(|why| fail(value.map_or(0..0, Spanned::span), key, why))
     };
-    let toggle = |value: Option<&Spanned<value::Toggle>>, default: Duration| {
-        value.map_or(Some(default), |v| v.get_ref().0)
+    let toggle = |value: Option<&Spanned<value::Toggle>>, key: &str, default: Duration, max| {
+        let duration = value.map_or(Some(default), |v| v.get_ref().0);
+        duration
+            .map(|duration| at_most(duration, max))
+            .transpose()
+            .map_err(|why| fail(value.map_or(0..0, Spanned::span), key, why))
     };
-    let reconnect_initial = duration(pick!(reconnect_initial), DEFAULT_RECONNECT_INITIAL);
-    let reconnect_max = duration(pick!(reconnect_max), DEFAULT_RECONNECT_MAX);
+    let reconnect_initial = duration(
+        pick!(reconnect_initial),
+        "reconnect_initial",
+        DEFAULT_RECONNECT_INITIAL,
+        MAX_RECONNECT,
+    )?;
+    let reconnect_max = duration(
+        pick!(reconnect_max),
+        "reconnect_max",
+        DEFAULT_RECONNECT_MAX,
+        MAX_RECONNECT,
+    )?;
     if reconnect_initial.is_zero() || reconnect_initial > reconnect_max {
         let span = pick!(reconnect_initial)
             .or(pick!(reconnect_max))
@@ -622,8 +670,12 @@ fn resolve_route(
             ),
         ));
     }
-    let upstream_connect_timeout =
-        duration(pick!(upstream_connect_timeout), DEFAULT_UPSTREAM_CONNECT_TIMEOUT);
+    let upstream_connect_timeout = duration(
+        pick!(upstream_connect_timeout),
+        "upstream_connect_timeout",
+        DEFAULT_UPSTREAM_CONNECT_TIMEOUT,
+        MAX_TIMEOUT,
+    )?;
     if upstream_connect_timeout.is_zero() {
         let span = pick!(upstream_connect_timeout).map_or(0..0, Spanned::span);
         return Err(fail(
@@ -654,29 +706,36 @@ fn resolve_route(
     // In name order, as `check` prints them.
     response_headers.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
     let settings = Settings {
-        retry: toggle(pick!(retry), DEFAULT_RETRY),
-        heartbeat: toggle(pick!(heartbeat), DEFAULT_HEARTBEAT),
+        retry: toggle(pick!(retry), "retry", DEFAULT_RETRY, MAX_RECONNECT)?,
+        heartbeat: toggle(pick!(heartbeat), "heartbeat", DEFAULT_HEARTBEAT, MAX_HEARTBEAT)?,
         ids,
         mode,
         stream_key,
         buffer_events,
         buffer_bytes,
-        buffer_age: toggle(pick!(buffer_age), DEFAULT_BUFFER_AGE),
+        buffer_age: toggle(pick!(buffer_age), "buffer_age", DEFAULT_BUFFER_AGE, MAX_DURATION)?,
         on_gap: pick!(on_gap).map_or(OnGap::Replay, |v| *v.get_ref()),
-        linger: duration(pick!(linger), DEFAULT_LINGER),
-        coalesce: toggle(pick!(coalesce), DEFAULT_COALESCE),
+        linger: duration(pick!(linger), "linger", DEFAULT_LINGER, MAX_DURATION)?,
+        coalesce: toggle(pick!(coalesce), "coalesce", DEFAULT_COALESCE, MAX_COALESCE)?,
         max_event_bytes,
         reconnect_initial,
         reconnect_max,
         upstream_connect_timeout,
-        upstream_down_grace: toggle(pick!(upstream_down_grace), DEFAULT_UPSTREAM_DOWN_GRACE),
+        upstream_down_grace: toggle(
+            pick!(upstream_down_grace),
+            "upstream_down_grace",
+            DEFAULT_UPSTREAM_DOWN_GRACE,
+            MAX_DURATION,
+        )?,
         max_clients: pick!(max_clients)
             .and_then(|v| v.get_ref().0)
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         upstream_response_timeout: toggle(
             pick!(upstream_response_timeout),
+            "upstream_response_timeout",
             DEFAULT_UPSTREAM_RESPONSE_TIMEOUT,
-        ),
+            MAX_TIMEOUT,
+        )?,
         max_request_body: pick!(max_request_body).map_or(DEFAULT_MAX_REQUEST_BODY, |v| v.get_ref().0),
         merge_slashes: pick!(merge_slashes).is_none_or(|v| *v.get_ref()),
         allow_encoded_slashes: pick!(allow_encoded_slashes).is_some_and(|v| *v.get_ref()),

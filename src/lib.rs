@@ -10,6 +10,8 @@
 //! - [`hub`]: shared SSE streams: one upstream request per stream key, a ring buffer of
 //!   encoded events, subscriber bodies that are cursors into it.
 //! - [`upstream`]: the pooled client to apps and the header rules of a proxy.
+//! - [`error`]: the answers ssegate makes itself: who was at fault, and `rescue`, which makes
+//!   the response and the log line.
 //! - [`route`]: routes ready to serve and the longest-prefix router.
 //! - [`demo`]: the naive app of `ssegate demo`.
 //! - [`tls`]: certificates, the rustls config, the swappable acceptor.
@@ -18,7 +20,7 @@
 //! - [`app`]: binds the listener and runs everything until a shutdown future resolves.
 //!
 //! Dependencies point one way: `app → server → proxy → hub → sse`, with `upstream` below
-//! `proxy` and `hub`; everything reads `config`.
+//! `proxy` and `hub`, and `error` below them all; everything reads `config`.
 #![deny(unsafe_code)]
 #![warn(
     rust_2018_idioms,
@@ -32,6 +34,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod demo;
+pub mod error;
 pub mod hub;
 pub mod metrics;
 pub mod proxy;

@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Body as _;
@@ -18,6 +17,7 @@ use hyper::body::Incoming;
 pub use body::{AccessLog, ProxyBody};
 
 use crate::config::{Cidr, Config, SseMode, StreamMode};
+use crate::error::{rescue, Context, ProxyError};
 use crate::hub::budget::ClientId;
 use crate::hub::key::{last_event_id, query_without_last_event_id, stream_key};
 use crate::hub::stream::Template;
@@ -25,8 +25,8 @@ use crate::hub::{HeldBody, Hub, Joined, Outcome};
 use crate::metrics::Metrics;
 use crate::route::{RouteEntry, Router};
 use crate::server::InFlight;
-use crate::upstream::headers::{client_address, is_event_stream, strip_hop_by_hop};
-use crate::upstream::{ClientBody, Peer, UpstreamBody, UpstreamError};
+use crate::upstream::headers::{client_address, is_event_stream, list_items, strip_hop_by_hop};
+use crate::upstream::{ClientBody, Peer, UpstreamBody, UpstreamError, UpstreamHead};
 use target::Target;
 
 /// A request body ssegate can send upstream: the client's streamed body (bounded by the
@@ -163,10 +163,7 @@ impl Proxy {
             admission: None,
         };
         if request.method() == Method::CONNECT {
-            let response = error_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "ssegate: CONNECT is not proxied\n",
-            );
+            let response = rescue(ProxyError::Connect, &asked(&request, remote));
             let log = log(request.uri().path(), response.status(), None);
             return finish(response, log, in_flight);
         }
@@ -180,7 +177,11 @@ impl Proxy {
             }
         };
         let Some(route) = self.router().find(&target.merged).cloned() else {
-            let response = error_response(StatusCode::NOT_FOUND, "ssegate: no route for this path\n");
+            let context = Context {
+                path: Some(&target.path),
+                ..asked(&request, remote)
+            };
+            let response = rescue(ProxyError::NoRoute, &context);
             let log = log(&target.path, response.status(), None);
             return finish(response, log, in_flight);
         };
@@ -194,14 +195,10 @@ impl Proxy {
         }
         let path = request.uri().path().to_owned();
         let Some(admission) = route.admit() else {
-            tracing::warn!(route = %route.config.path, "max_clients reached; answering 503");
-            let mut response = error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ssegate: too many clients on this route\n",
+            let response = rescue(
+                ProxyError::TooManyClients,
+                &routed(&route, &method, &path, remote),
             );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             let log = log(&path, response.status(), Some(&route));
             return finish(response, log, in_flight);
         };
@@ -238,8 +235,7 @@ impl Proxy {
         why: impl std::fmt::Display,
     ) -> Response<ProxyBody> {
         self.inner.metrics.bad_requests.inc();
-        tracing::info!(%remote, method = %request.method(), target = %request.uri(), fault = "client", reason = %why, "bad request; answering 400");
-        error_response(StatusCode::BAD_REQUEST, format!("ssegate: bad request: {why}\n"))
+        rescue(ProxyError::BadRequest(why.to_string()), &asked(request, remote))
     }
 
     /// An SSE subscription: joins (or opens) the stream for its key and answers 200 with a
@@ -254,10 +250,8 @@ impl Proxy {
     ) -> Result<Response<ProxyBody>, (Response<ProxyBody>, Option<crate::route::Admission>)> {
         let hub = &self.inner.hub;
         if hub.is_shutting_down() {
-            let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, "ssegate: shutting down\n");
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            let context = routed(route, request.method(), request.uri().path(), remote.addr);
+            let response = rescue(ProxyError::ShuttingDown, &context);
             return Err((response, Some(admission)));
         }
         let settings = &route.config.settings;
@@ -294,12 +288,8 @@ impl Proxy {
             }
             Joined::Full(_) => {
                 route.metrics.refused.inc();
-                tracing::warn!(route = %route.config.path, "max_streams reached; a subscription that needs a new stream gets 503");
-                let mut response =
-                    error_response(StatusCode::SERVICE_UNAVAILABLE, "ssegate: too many streams\n");
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                let context = routed(route, request.method(), request.uri().path(), remote.addr);
+                let response = rescue(ProxyError::TooManyStreams, &context);
                 return Err((response, Some(admission)));
             }
         };
@@ -328,6 +318,29 @@ impl Proxy {
     }
 }
 
+/// What a rescue's log line says of a request not routed (yet): who asked what.
+fn asked<B>(request: &Request<B>, remote: SocketAddr) -> Context<'_> {
+    Context {
+        remote: Some(remote),
+        method: Some(request.method()),
+        target: Some(request.uri()),
+        ..Context::default()
+    }
+}
+
+/// What a rescue's log line says of a routed request: who asked for which path (not the
+/// query, which may hold a token), on which route and upstream.
+fn routed<'a>(route: &'a RouteEntry, method: &'a Method, path: &'a str, remote: SocketAddr) -> Context<'a> {
+    Context {
+        remote: Some(remote),
+        method: Some(method),
+        target: None,
+        path: Some(path),
+        route: Some(&route.config.path),
+        upstream: Some(route.client.upstream()),
+    }
+}
+
 /// Attaches the access log and the connection's in-flight mark to a response.
 fn finish(response: Response<ProxyBody>, log: AccessLog, in_flight: InFlight) -> Response<ProxyBody> {
     response.map(|body| body.log(log).hold(in_flight))
@@ -353,8 +366,12 @@ fn upstream_template<B>(
         Some(query) => format!("{}?{query}", uri.path()),
         None => uri.path().to_owned(),
     };
-    let mut headers = request.headers().clone();
-    let upstream_uri = route.client.rewrite(uri, &mut headers, &path_and_query, remote);
+    let UpstreamHead {
+        uri: upstream_uri,
+        mut headers,
+    } = route
+        .client
+        .head(uri, request.headers().clone(), &path_and_query, remote);
     // A subscription's upstream request has no body, so it announces none: a Content-Length
     // kept here would make the app read the next request on the connection as this one's body.
     headers.remove(header::CONTENT_LENGTH);
@@ -379,11 +396,12 @@ async fn pass_through<B: RequestBody>(
 ) -> Response<ProxyBody> {
     let settings = &route.config.settings;
     let max_body = settings.max_request_body;
-    if request.body().declared_len() > max_body {
-        return error_response(StatusCode::PAYLOAD_TOO_LARGE, "ssegate: request body too large\n");
-    }
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let context = routed(route, &method, &path, remote.addr);
+    if request.body().declared_len() > max_body {
+        return rescue(ProxyError::BodyTooLarge, &context);
+    }
     // A body without a declared length is counted as it streams; past the limit the upstream
     // request fails and the client gets 413.
     let limited = usize::try_from(max_body).unwrap_or(usize::MAX);
@@ -411,39 +429,12 @@ async fn pass_through<B: RequestBody>(
             add_response_headers(&mut parts.headers, route);
             Response::from_parts(parts, ProxyBody::upstream(body))
         }
-        Err(error) if error.is_body_too_large() => {
-            tracing::info!(route = %route.config.path, %method, %path, fault = "client", "request body over max_request_body; answering 413");
-            error_response(StatusCode::PAYLOAD_TOO_LARGE, "ssegate: request body too large\n")
-        }
-        Err(error) if error.is_client_body() => {
-            route.metrics.all().bad_requests.inc();
-            tracing::info!(route = %route.config.path, %method, %path, fault = "client", error = %error, "the client's request body could not be read; answering 400");
-            error_response(
-                StatusCode::BAD_REQUEST,
-                "ssegate: the request body could not be read\n",
-            )
-        }
         Err(error) => {
-            let (status, body) = match error {
-                UpstreamError::ConnectTimeout(_) | UpstreamError::ResponseTimeout(_) => (
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "ssegate: the upstream did not answer in time\n",
-                ),
-                UpstreamError::Unreachable(_) | UpstreamError::Failed(_) => (
-                    StatusCode::BAD_GATEWAY,
-                    "ssegate: the upstream could not be reached\n",
-                ),
-            };
-            tracing::warn!(
-                route = %route.config.path,
-                upstream = %route.client.upstream(),
-                %method,
-                %path,
-                fault = "upstream",
-                status = status.as_u16(),
-                "{error}"
-            );
-            error_response(status, body)
+            let error = ProxyError::from(error);
+            if matches!(error, ProxyError::ClientBody(_)) {
+                route.metrics.all().bad_requests.inc();
+            }
+            rescue(error, &context)
         }
     }
 }
@@ -491,28 +482,11 @@ pub fn is_subscription<B>(mode: SseMode, request: &Request<B>) -> bool {
     match mode {
         SseMode::Never => false,
         SseMode::Always => true,
-        SseMode::Auto => request
-            .headers()
-            .get_all(header::ACCEPT)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .any(|media| {
-                media
-                    .split(';')
-                    .next()
-                    .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
-            }),
+        SseMode::Auto => list_items(request.headers().get_all(header::ACCEPT)).any(|media| {
+            media
+                .split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
+        }),
     }
-}
-
-/// A short plain-text response from ssegate itself.
-pub fn error_response(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
-    let mut response = Response::new(ProxyBody::full(body.into()));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
 }

@@ -17,6 +17,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::Upstream;
+// Kept here too: the stream task and the server name it by this path.
+pub use crate::error::chain;
+use crate::error::ProxyError;
 use headers::{add_forwarded, drop_confusable, strip_hop_by_hop};
 
 /// A request body bound upstream: the client's streamed body (bounded by `max_request_body`),
@@ -135,6 +138,27 @@ impl UpstreamError {
     }
 }
 
+impl From<UpstreamError> for ProxyError {
+    /// Sorts a failed exchange by its cause: the client's request body (over its limit, or
+    /// unreadable), or the upstream (too slow: 504, else 502).
+    fn from(error: UpstreamError) -> Self {
+        if error.is_body_too_large() {
+            ProxyError::BodyTooLarge
+        } else if error.is_client_body() {
+            ProxyError::ClientBody(Box::new(error))
+        } else {
+            let timed_out = matches!(
+                error,
+                UpstreamError::ConnectTimeout(_) | UpstreamError::ResponseTimeout(_)
+            );
+            ProxyError::Upstream {
+                timed_out,
+                source: Box::new(error),
+            }
+        }
+    }
+}
+
 impl UpstreamClient {
     /// A client for `upstream` with the given TCP connect timeout.
     pub fn new(upstream: Upstream, connect_timeout: Duration) -> Self {
@@ -173,8 +197,8 @@ impl UpstreamClient {
         })
     }
 
-    /// Rewrites a client request into the upstream request: URL on the upstream, HTTP/1.1,
-    /// hop-by-hop headers removed, `X-Forwarded-*` added, the client's Host kept.
+    /// Rewrites a client request into the upstream request (see [`UpstreamClient::head`]),
+    /// sent as HTTP/1.1 whatever the client spoke.
     pub fn prepare<B>(&self, request: Request<B>, client: Peer) -> Request<B> {
         let (mut parts, body) = request.into_parts();
         let path_and_query = parts
@@ -182,32 +206,76 @@ impl UpstreamClient {
             .path_and_query()
             .map_or("/", |pq| pq.as_str())
             .to_owned();
-        parts.uri = self.rewrite(&parts.uri, &mut parts.headers, &path_and_query, client);
+        let head = self.head(
+            &parts.uri,
+            std::mem::take(&mut parts.headers),
+            &path_and_query,
+            client,
+        );
+        parts.uri = head.uri;
+        parts.headers = head.headers;
         parts.version = Version::HTTP_11;
         Request::from_parts(parts, body)
     }
 
-    /// The upstream URL for `path_and_query`, with `headers` (those of a request for `uri`)
-    /// made ready for the upstream.
-    pub fn rewrite(&self, uri: &Uri, headers: &mut HeaderMap, path_and_query: &str, client: Peer) -> Uri {
+    /// The head of every request ssegate sends this upstream (a pass-through, a stream's
+    /// template): `path_and_query` on the upstream's URL, and `headers` (those of a client's
+    /// request for `uri`) with hop-by-hop and confusable headers removed, `X-Forwarded-*` added
+    /// and the client's Host kept.
+    pub fn head(
+        &self,
+        uri: &Uri,
+        mut headers: HeaderMap,
+        path_and_query: &str,
+        client: Peer,
+    ) -> UpstreamHead {
         // An HTTP/2 client names the host in :authority, not in a Host header.
         let host = headers.get(header::HOST).cloned().or_else(|| {
             let authority = uri.authority()?;
             HeaderValue::from_str(authority.as_str()).ok()
         });
-        strip_hop_by_hop(headers);
-        drop_confusable(headers);
+        strip_hop_by_hop(&mut headers);
+        drop_confusable(&mut headers);
         let proto = if client.secure { "https" } else { "http" };
-        add_forwarded(headers, client.addr.ip(), proto, host.clone());
+        add_forwarded(&mut headers, client.addr.ip(), proto, host.clone());
         if let Some(host) = host {
             headers.insert(header::HOST, host);
         }
         // The request line was valid, and so is the base URL: the join is a valid URI. Should it
         // not be, the base URL alone still reaches the right upstream.
-        self.upstream
+        let uri = self
+            .upstream
             .uri_for(path_and_query)
-            .unwrap_or_else(|_| self.upstream.uri_for("/").unwrap_or_default())
+            .unwrap_or_else(|_| self.upstream.uri_for("/").unwrap_or_default());
+        UpstreamHead { uri, headers }
     }
+}
+
+/// A request head ready for the upstream, as [`UpstreamClient::head`] builds it.
+#[derive(Debug, Clone)]
+pub struct UpstreamHead {
+    /// The upstream URL.
+    pub uri: Uri,
+    /// The headers to send.
+    pub headers: HeaderMap,
+}
+
+/// A stream's request to its upstream, made again on every (re)connect from the head it keeps
+/// (`uri`, `headers`: an [`UpstreamHead`] built once): no body, and `Last-Event-ID` when the
+/// stream has one to resume from (one that cannot be a header value is left out, as no app
+/// could have sent it).
+pub fn subscription_request(
+    uri: &Uri,
+    headers: &HeaderMap,
+    last_event_id: Option<&str>,
+) -> Request<UpstreamBody> {
+    let mut request = Request::new(Either::Right(Empty::new()));
+    *request.uri_mut() = uri.clone();
+    *request.headers_mut() = headers.clone();
+    if let Some(value) = last_event_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+        request.headers_mut().insert("last-event-id", value);
+    }
+    request
 }
 
 /// Whether a connect error was the connect timeout: somewhere in its chain is an I/O error of
@@ -225,17 +293,65 @@ fn is_timeout(error: &(dyn StdError + 'static)) -> bool {
     false
 }
 
-/// An error and its sources, joined by ": ", for one log line.
-pub fn chain(error: &(dyn StdError + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut next = error.source();
-    while let Some(e) = next {
-        let part = e.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Fault;
+    use http_body_util::{BodyExt, Full};
+
+    #[test]
+    fn one_head_for_every_upstream_request() {
+        let upstream = Upstream::parse("http://127.0.0.1:3000/base/").expect("upstream");
+        let client = UpstreamClient::new(upstream, Duration::from_secs(1));
+        let peer = Peer {
+            addr: "192.0.2.7:5000".parse().expect("addr"),
+            secure: true,
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("x-hop"));
+        headers.insert("x-hop", HeaderValue::from_static("1"));
+        headers.insert("x_forwarded_for", HeaderValue::from_static("spoof"));
+        headers.insert(header::ACCEPT, HeaderValue::from_static("text/event-stream"));
+        // An HTTP/2 client: the host is in the URI, not in a Host header.
+        let uri: Uri = "https://app.test/events?x=1".parse().expect("uri");
+        let head = client.head(&uri, headers, "/events?x=1", peer);
+        assert_eq!(head.uri, "http://127.0.0.1:3000/base/events?x=1");
+        assert_eq!(head.headers[header::HOST], "app.test");
+        assert_eq!(head.headers["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(head.headers["x-forwarded-proto"], "https");
+        assert_eq!(head.headers["x-forwarded-host"], "app.test");
+        assert_eq!(head.headers[header::ACCEPT], "text/event-stream");
+        for gone in ["connection", "x-hop", "x_forwarded_for"] {
+            assert!(!head.headers.contains_key(gone), "{gone}");
         }
-        next = e.source();
+
+        let request = subscription_request(&head.uri, &head.headers, Some("e-41"));
+        assert_eq!(request.uri(), &head.uri);
+        assert_eq!(request.headers()["last-event-id"], "e-41");
+        assert!(http_body::Body::is_end_stream(request.body()));
+        let request = subscription_request(&head.uri, &head.headers, Some("bad\nid"));
+        assert!(!request.headers().contains_key("last-event-id"));
     }
-    text
+
+    #[tokio::test]
+    async fn a_failed_exchange_is_the_upstreams_fault_unless_the_clients_body_caused_it() {
+        let status = |error: UpstreamError| {
+            let error = ProxyError::from(error);
+            (error.status().as_u16(), error.fault())
+        };
+        let timeout = UpstreamError::ConnectTimeout(Duration::from_secs(5));
+        assert_eq!(status(timeout), (504, Fault::Upstream));
+        let timeout = UpstreamError::ResponseTimeout(Duration::from_secs(5));
+        assert_eq!(status(timeout), (504, Fault::Upstream));
+        let refused = UpstreamError::Unreachable("connection refused".into());
+        assert_eq!(status(refused), (502, Fault::Upstream));
+        let cut = UpstreamError::Failed(Box::new(ClientBodyError("cut short".into())));
+        assert_eq!(status(cut), (400, Fault::Client));
+        let over = Limited::new(Full::new(Bytes::from_static(b"too long")), 1)
+            .collect()
+            .await
+            .expect_err("over the limit");
+        let over = UpstreamError::Failed(Box::new(ClientBodyError(over)));
+        assert_eq!(status(over), (413, Fault::Client));
+    }
 }

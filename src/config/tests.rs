@@ -225,3 +225,57 @@ fn printed_strings_load_again_whatever_they_hold() {
     assert_eq!(again.to_string(), printed);
     assert_eq!(again.routes[0].path, "/a\u{f3cf}b");
 }
+
+#[test]
+fn every_duration_has_an_upper_bound() {
+    const ROUTE: &str = "[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\n";
+    // (key, its bound, whether it is a top-level key, other keys it needs at its bound)
+    let cases: &[(&str, Duration, bool, &str)] = &[
+        ("shutdown_grace", MAX_DURATION, true, ""),
+        ("client_write_timeout", MAX_TIMEOUT, true, ""),
+        ("header_read_timeout", MAX_TIMEOUT, true, ""),
+        ("keepalive_timeout", MAX_TIMEOUT, true, ""),
+        ("retry", MAX_RECONNECT, false, ""),
+        ("heartbeat", MAX_HEARTBEAT, false, ""),
+        ("buffer_age", MAX_DURATION, false, ""),
+        ("linger", MAX_DURATION, false, ""),
+        ("coalesce", MAX_COALESCE, false, ""),
+        (
+            "reconnect_initial",
+            MAX_RECONNECT,
+            false,
+            "reconnect_max = \"1h\"\n",
+        ),
+        ("reconnect_max", MAX_RECONNECT, false, ""),
+        ("upstream_connect_timeout", MAX_TIMEOUT, false, ""),
+        ("upstream_down_grace", MAX_DURATION, false, ""),
+        ("upstream_response_timeout", MAX_TIMEOUT, false, ""),
+    ];
+    for &(key, max, top_level, needs) in cases {
+        let text = |value: &str| {
+            let line = format!("{key} = \"{value}\"\n");
+            if top_level {
+                format!("{line}{ROUTE}")
+            } else {
+                format!("{ROUTE}{needs}{line}")
+            }
+        };
+        let at = format_duration(max);
+        let config = load(&text(&at)).unwrap_or_else(|e| panic!("{key} = {at:?}: {e}"));
+        assert!(config.to_string().contains(&format!("{key} = \"{at}\"")), "{key}");
+        let (line, message) = error(&text(&format!("{at} 1s")));
+        let want = if top_level { 1 } else { 4 + needs.lines().count() };
+        assert_eq!(line, want, "{key}: {message}");
+        for needle in [
+            format!("`{key}`"),
+            "the most this setting allows".to_owned(),
+            at.clone(),
+        ] {
+            assert!(message.contains(&needle), "{key}: {message:?} lacks {needle:?}");
+        }
+    }
+    assert_eq!(format_duration(MAX_DURATION), "1year");
+    // "500 years" parses as a duration, and is refused as a setting.
+    let (_, message) = error(&format!("{ROUTE}linger = \"500 years\"\n"));
+    assert!(message.contains("longer than 1year"), "{message}");
+}

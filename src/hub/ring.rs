@@ -23,9 +23,10 @@ pub struct Entry {
     pub at: Instant,
 }
 
-/// Limits of one ring.
+/// The bounds of one ring: what it keeps at most (`buffer_events`, `buffer_bytes`,
+/// `buffer_age`). Not `server::Limits`, the connection settings.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub struct Bounds {
     /// Most events kept.
     pub events: usize,
     /// Most bytes kept (of encoded events).
@@ -48,7 +49,7 @@ pub enum Resume {
 pub struct Ring {
     epoch: Box<str>,
     inject: bool,
-    limits: Limits,
+    limits: Bounds,
     entries: VecDeque<Entry>,
     bytes: usize,
     next_seq: u64,
@@ -61,7 +62,7 @@ pub struct Ring {
 
 impl Ring {
     /// An empty ring with a fresh epoch. `inject` says ids are `<epoch>-<seq>`.
-    pub fn new(limits: Limits, inject: bool) -> Ring {
+    pub fn new(limits: Bounds, inject: bool) -> Ring {
         Ring {
             epoch: new_epoch(),
             inject,
@@ -195,7 +196,7 @@ impl Ring {
 
     /// Changes the limits (a reloaded config), evicting what they no longer allow; returns the
     /// bytes freed.
-    pub fn set_limits(&mut self, limits: Limits, now: Instant) -> usize {
+    pub fn set_limits(&mut self, limits: Bounds, now: Instant) -> usize {
         self.limits = limits;
         let mut freed = 0;
         while self.entries.len() > self.limits.events || self.bytes > self.limits.bytes {
@@ -284,7 +285,7 @@ mod tests {
 
     fn ring(events: usize, bytes: usize, inject: bool) -> Ring {
         Ring::new(
-            Limits {
+            Bounds {
                 events,
                 bytes,
                 age: Some(Duration::from_secs(60)),

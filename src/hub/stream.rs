@@ -21,7 +21,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use super::budget::Charge;
 use super::key::{is_resumable, StreamKey};
 use super::replay::Replay;
-use super::ring::{Limits, Ring};
+use super::ring::{Bounds, Ring};
 use super::Shared;
 use crate::config::{format_duration, IdMode, OnGap, Settings};
 use crate::metrics::RouteMetrics;
@@ -333,8 +333,8 @@ fn classify(response: &Response<Incoming>) -> Answer {
 }
 
 /// The ring limits of a route's settings.
-fn limits(settings: &Settings) -> Limits {
-    Limits {
+fn limits(settings: &Settings) -> Bounds {
+    Bounds {
         events: settings.buffer_events,
         bytes: settings.buffer_bytes,
         age: settings.buffer_age,

@@ -84,6 +84,13 @@ impl Drop for AccessLog {
     }
 }
 
+/// A complete body, as [`crate::error::rescue`] makes them.
+impl From<Bytes> for ProxyBody {
+    fn from(bytes: Bytes) -> Self {
+        ProxyBody::full(bytes)
+    }
+}
+
 impl ProxyBody {
     /// The upstream's body, streamed through frame by frame (trailers included).
     pub fn upstream(body: Incoming) -> Self {

@@ -33,31 +33,77 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// Removes hop-by-hop headers: those named by `Connection`, then the fixed set, then `TE` —
 /// except that `TE: trailers` is passed on, as it asks the next hop to keep trailers.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+    let named: Vec<HeaderName> = list_items(headers.get_all(header::CONNECTION))
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
-    let wants_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|coding| {
-            coding
-                .split(';')
-                .next()
-                .is_some_and(|c| c.trim().eq_ignore_ascii_case("trailers"))
-        });
+    let wants_trailers = list_items(headers.get_all(header::TE)).any(|coding| {
+        coding
+            .split(';')
+            .next()
+            .is_some_and(|c| c.trim().eq_ignore_ascii_case("trailers"))
+    });
     headers.remove(header::TE);
     if wants_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// The elements of a comma-separated header list, over all of its field lines (`values`, as
+/// from `HeaderMap::get_all`), each trimmed of whitespace; field lines that are not text are
+/// skipped.
+///
+/// RFC 9110 §5.6.1.2: "A recipient MUST parse and ignore a reasonable number of empty list
+/// elements: enough to handle common mistakes by senders that merge values, but not so much
+/// that they could be used as a denial-of-service mechanism." Empty elements are skipped, so
+/// `foo , ,bar,charlie` is three. A comma inside a quoted string (§5.6.4, a parameter's value)
+/// does not end an element.
+pub fn list_items<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -> impl Iterator<Item = &'a str> {
+    values
+        .into_iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|line| ListItems { rest: line })
+}
+
+/// The elements of one field line; see [`list_items`].
+struct ListItems<'a> {
+    rest: &'a str,
+}
+
+impl<'a> Iterator for ListItems<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        while !self.rest.is_empty() {
+            let (element, rest) = self.rest.split_at(element_end(self.rest));
+            // `rest` is empty or starts with the comma, one byte.
+            self.rest = rest.get(1..).unwrap_or("");
+            // OWS is spaces and tabs (§5.6.3).
+            let element = element.trim_matches([' ', '\t']);
+            if !element.is_empty() {
+                return Some(element);
+            }
+        }
+        None
+    }
+}
+
+/// Where the first element of `text` ends: at its first comma outside a quoted string (a
+/// quoted string left open runs to the end).
+fn element_end(text: &str) -> usize {
+    let (mut quoted, mut escaped) = (false, false);
+    for (i, byte) in text.bytes().enumerate() {
+        match byte {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b',' if !quoted => return i,
+            _ => {}
+        }
+    }
+    text.len()
 }
 
 /// Whether a response's `Content-Type` is `text/event-stream` (parameters aside).
@@ -315,6 +361,34 @@ mod tests {
             "the first ones are kept"
         );
         assert!(dropped > 80, "{dropped}");
+    }
+
+    #[test]
+    fn list_elements_per_rfc_9110() {
+        let items = |lines: &[&str]| {
+            let values: Vec<HeaderValue> = lines
+                .iter()
+                .map(|line| HeaderValue::from_str(line).expect("value"))
+                .collect();
+            list_items(&values).map(str::to_owned).collect::<Vec<_>>()
+        };
+        // RFC 9110 §5.6.1.2's examples: valid lists, and lists with no element.
+        assert_eq!(items(&["foo,bar"]), ["foo", "bar"]);
+        assert_eq!(items(&["foo ,bar,"]), ["foo", "bar"]);
+        assert_eq!(items(&["foo , ,bar,charlie"]), ["foo", "bar", "charlie"]);
+        for empty in ["", ",", ",   ,"] {
+            assert!(items(&[empty]).is_empty(), "{empty:?}");
+        }
+        // Field lines are one list (§5.3); OWS includes tabs.
+        assert_eq!(items(&["a,\tb\t", " c "]), ["a", "b", "c"]);
+        // A quoted parameter may hold a comma (or an escaped quote).
+        assert_eq!(
+            items(&[r#"text/plain;x="a,b", text/event-stream"#]),
+            [r#"text/plain;x="a,b""#, "text/event-stream"]
+        );
+        assert_eq!(items(&[r#"a;x="\",", b"#]), [r#"a;x="\",""#, "b"]);
+        let not_text = HeaderValue::from_bytes(b"caf\xe9, b").expect("value");
+        assert_eq!(list_items([&not_text]).count(), 0);
     }
 
     #[test]
