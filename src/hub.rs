@@ -14,10 +14,12 @@
 pub mod budget;
 pub mod held;
 pub mod key;
+mod pacer;
 pub mod replay;
 pub mod ring;
 pub mod stream;
 pub mod subscriber;
+mod wakers;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
