@@ -34,7 +34,7 @@ impl Backoff {
     }
 
     /// The next delay; the step after it doubles.
-    pub fn next(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let step = self.current;
         // Saturating: a `reconnect_max` near `Duration::MAX` must not overflow when doubled.
         self.current = self.current.saturating_mul(2).min(self.max);
@@ -53,21 +53,21 @@ mod tests {
         let ms = Duration::from_millis;
         let mut backoff = Backoff::new(ms(100), ms(400));
         for step in [100, 200, 400, 400, 400] {
-            let delay = backoff.next();
+            let delay = backoff.next_delay();
             assert!(
                 delay >= ms(step / 2) && delay <= ms(step),
                 "{delay:?} for step {step}"
             );
         }
         backoff.reset();
-        assert!(backoff.next() <= ms(100));
+        assert!(backoff.next_delay() <= ms(100));
     }
 
     #[test]
     fn a_huge_max_does_not_overflow() {
         let mut backoff = Backoff::new(Duration::MAX / 3, Duration::MAX);
         for _ in 0..4 {
-            assert!(backoff.next() >= Duration::from_millis(1));
+            assert!(backoff.next_delay() >= Duration::from_millis(1));
         }
     }
 }

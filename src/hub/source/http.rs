@@ -1,0 +1,129 @@
+//! The app over HTTP: the stream's request (the template, with `Last-Event-ID` on reconnect)
+//! sent on the route's pooled client, and its response body read chunk by chunk.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ORIGIN};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Empty};
+use hyper::body::Incoming;
+
+use super::{Answer, Source, Step};
+use crate::hub::stream::Template;
+use crate::route::RouteEntry;
+use crate::upstream::headers::is_event_stream;
+use crate::upstream::{UpstreamBody, UpstreamError};
+
+type Head = Pin<Box<dyn Future<Output = Result<Response<Incoming>, UpstreamError>> + Send>>;
+
+/// The app's SSE endpoint, asked with the request of the subscription that opened the stream.
+pub struct HttpSource {
+    route: Arc<RouteEntry>,
+    template: Template,
+    upstream: Upstream,
+}
+
+/// Where the request to the app stands.
+enum Upstream {
+    Idle,
+    Asking(Head),
+    Reading(Incoming),
+}
+
+impl HttpSource {
+    /// A source asking `route`'s upstream with `template`.
+    pub fn new(route: Arc<RouteEntry>, template: Template) -> HttpSource {
+        HttpSource {
+            route,
+            template,
+            upstream: Upstream::Idle,
+        }
+    }
+
+    /// The answer to a response head: a stream is read on, anything else ends the request.
+    fn answer(&mut self, response: Response<Incoming>) -> Answer {
+        match response.status() {
+            StatusCode::OK if is_event_stream(response.headers()) => {
+                let (head, body) = response.into_parts();
+                self.route
+                    .remember_cors(self.template.headers.get(ORIGIN), &head.headers);
+                self.upstream = Upstream::Reading(body);
+                Answer::Stream(head.headers)
+            }
+            status @ (StatusCode::BAD_GATEWAY
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT) => Answer::Transient(format!("upstream answered {status}")),
+            _ => Answer::Definitive(response.map(|body| body.map_err(Into::into).boxed_unsync())),
+        }
+    }
+}
+
+/// The stream's upstream request: the template, plus `Last-Event-ID` when resuming.
+fn request(template: &Template, last_event_id: Option<&str>) -> Request<UpstreamBody> {
+    let mut request = Request::new(Either::Right(Empty::<Bytes>::new()));
+    *request.uri_mut() = template.uri.clone();
+    *request.headers_mut() = template.headers.clone();
+    if let Some(value) = last_event_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+        request.headers_mut().insert("last-event-id", value);
+    }
+    request
+}
+
+impl Source for HttpSource {
+    fn open(&mut self, last_event_id: Option<&str>) {
+        let request = request(&self.template, last_event_id);
+        let client = self.route.client.clone();
+        // The connect timeout also bounds the wait for the response head: an SSE endpoint
+        // answers at once, and a subscription must not hang on one that does not.
+        let limit = self.route.config.settings.upstream_connect_timeout;
+        self.upstream = Upstream::Asking(Box::pin(async move {
+            match tokio::time::timeout(limit, client.send(request)).await {
+                Ok(result) => result,
+                Err(_) => Err(UpstreamError::ResponseTimeout(limit)),
+            }
+        }));
+    }
+
+    async fn next(&mut self) -> Step {
+        match &mut self.upstream {
+            Upstream::Idle => std::future::pending().await,
+            Upstream::Asking(head) => {
+                let result = head.as_mut().await;
+                self.upstream = Upstream::Idle;
+                Step::Answer(match result {
+                    Ok(response) => self.answer(response),
+                    Err(error) => Answer::Transient(error.to_string()),
+                })
+            }
+            Upstream::Reading(body) => loop {
+                match body.frame().await {
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            return Step::Chunk(data);
+                        }
+                    }
+                    Some(Err(error)) => {
+                        self.upstream = Upstream::Idle;
+                        return Step::End(Some(error.into()));
+                    }
+                    None => {
+                        self.upstream = Upstream::Idle;
+                        return Step::End(None);
+                    }
+                }
+            },
+        }
+    }
+
+    fn reconfigure(&mut self, route: &Arc<RouteEntry>) {
+        self.route = route.clone();
+    }
+
+    fn origin(&self) -> &dyn fmt::Display {
+        self.route.client.upstream()
+    }
+}
