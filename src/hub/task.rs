@@ -1,6 +1,7 @@
 //! The task that owns a stream's source: it opens it, parses what it reads, appends each event
 //! once, wakes the subscribers, writes heartbeats, reopens the source with backoff, and ends the
-//! stream (after `linger`, on a reload, on shutdown, or when the upstream stays down).
+//! stream (after `linger`, on a reload, on shutdown, when the upstream stays down, or when the
+//! task itself panics).
 
 use std::ops::ControlFlow::{self, Break, Continue};
 use std::pin::Pin;
@@ -49,6 +50,8 @@ enum End {
     Definitive(StatusCode),
     /// Per-client, the app's stream ended (or broke) and gave no id to resume by.
     AppEnded,
+    /// The task panicked.
+    Panicked,
 }
 
 /// One stream's task: everything the loop needs between two events.
@@ -76,6 +79,8 @@ pub(super) struct Task<S> {
     pacer: Pacer,
     upkeep: Interval,
     scratch: Scratch,
+    // Last: dropped after the source and the live guard, as the stream's final act.
+    cleanup: Cleanup,
 }
 
 /// An upstream stream in progress: counted as streaming while it lives.
@@ -116,6 +121,27 @@ struct Scratch {
     told_unsendable: bool,
 }
 
+/// Ends the stream when its task ends, however it ends: a panic too, so its clients end
+/// cleanly (and resume by id elsewhere) instead of waiting on a stream nobody feeds.
+struct Cleanup {
+    stream: Arc<Stream>,
+    /// Set when the loop ends; `None` on drop means the task panicked or was dropped.
+    end: Option<End>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let end = match self.end.take() {
+            Some(end) => end,
+            // Tokio drops a panicking task's future while unwinding.
+            None if std::thread::panicking() => End::Panicked,
+            // The runtime dropped the task: it is going away.
+            None => End::Shutdown,
+        };
+        self.stream.finish(end);
+    }
+}
+
 impl<S: Source> Task<S> {
     /// The task of `stream`, reading `source`.
     pub(super) fn new(stream: Arc<Stream>, source: S, opener: Option<oneshot::Sender<Answer>>) -> Task<S> {
@@ -124,6 +150,10 @@ impl<S: Source> Task<S> {
         let mut upkeep = tokio::time::interval(UPKEEP);
         upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Task {
+            cleanup: Cleanup {
+                stream: stream.clone(),
+                end: None,
+            },
             stream,
             source,
             opener,
@@ -149,7 +179,7 @@ impl<S: Source> Task<S> {
         }
     }
 
-    /// Runs the stream until it ends, then finishes it.
+    /// Runs the stream until it ends; then (or if this panics) the stream is finished.
     pub(super) async fn run(mut self) {
         tracing::debug!(route = %self.stream.path, stream = %self.stream.digest, "stream opened");
         self.source.open(None);
@@ -175,10 +205,7 @@ impl<S: Source> Task<S> {
                 break end;
             }
         };
-        let stream = self.stream.clone();
-        // The source and the live upstream go first, as the stream is finished.
-        drop(self);
-        stream.finish(end);
+        self.cleanup.end = Some(end);
     }
 
     /// The last subscriber left, a reload happened, or ssegate is stopping.
@@ -536,6 +563,7 @@ impl Stream {
             End::DownTooLong(_) => "upstream down longer than upstream_down_grace",
             End::Rejected(_) | End::Definitive(_) => "upstream answered with a non-stream response",
             End::AppEnded => "the app's stream ended (per-client, no id to resume by)",
+            End::Panicked => "the stream's task failed",
         };
         self.leave_registry();
         let mut wakers = Vec::new();
@@ -581,6 +609,10 @@ impl Stream {
             }
             End::Definitive(status) => {
                 tracing::warn!(%route, stream = %self.digest, subscribers, %status, "upstream answered a reconnect with a non-stream response; ending the stream so clients ask again")
+            }
+            End::Panicked => {
+                self.shared.metrics.stream_task_panics.inc();
+                tracing::error!(%route, stream = %self.digest, subscribers, fault = "ssegate", "the stream's task panicked; its clients' responses end so they reconnect and resume by id");
             }
         }
     }
