@@ -28,6 +28,9 @@ use crate::upstream::backoff::Backoff;
 use crate::upstream::headers::{header_bytes, stream_headers, MAX_STREAM_HEADER_BYTES};
 use crate::upstream::{chain, BoxError};
 
+#[cfg(test)]
+mod tests;
+
 /// An upstream stream that lasted this long and gave an event is reopened at once when it ends
 /// cleanly, and resets the backoff.
 const SETTLED: Duration = Duration::from_secs(1);
