@@ -49,8 +49,9 @@ pub trait Source: Send + 'static {
     /// given. The answer comes from [`Source::next`].
     fn open(&mut self, last_event_id: Option<&str>);
 
-    /// The next step: the answer to the open, then chunks, then the end; pending forever when
-    /// nothing is open. Cancel-safe: what is in progress is kept in `self`.
+    /// The next step: the answer to the open, then (after a stream) chunks and the end. After
+    /// an answer that is no stream, or the end, nothing is open and this pends until the next
+    /// open. Cancel-safe: what is in progress is kept in `self`.
     fn next(&mut self) -> impl Future<Output = Step> + Send + '_;
 
     /// A reload gave the route a new version (same identity): later opens follow it.

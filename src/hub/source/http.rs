@@ -24,11 +24,11 @@ type Head = Pin<Box<dyn Future<Output = Result<Response<Incoming>, UpstreamError
 pub struct HttpSource {
     route: Arc<RouteEntry>,
     template: Template,
-    upstream: Upstream,
+    exchange: Exchange,
 }
 
-/// Where the request to the app stands.
-enum Upstream {
+/// Where the exchange with the app stands.
+enum Exchange {
     Idle,
     Asking(Head),
     Reading(Incoming),
@@ -40,7 +40,7 @@ impl HttpSource {
         HttpSource {
             route,
             template,
-            upstream: Upstream::Idle,
+            exchange: Exchange::Idle,
         }
     }
 
@@ -51,7 +51,7 @@ impl HttpSource {
                 let (head, body) = response.into_parts();
                 self.route
                     .remember_cors(self.template.headers.get(ORIGIN), &head.headers);
-                self.upstream = Upstream::Reading(body);
+                self.exchange = Exchange::Reading(body);
                 Answer::Stream(head.headers)
             }
             status @ (StatusCode::BAD_GATEWAY
@@ -80,7 +80,7 @@ impl Source for HttpSource {
         // The connect timeout also bounds the wait for the response head: an SSE endpoint
         // answers at once, and a subscription must not hang on one that does not.
         let limit = self.route.config.settings.upstream_connect_timeout;
-        self.upstream = Upstream::Asking(Box::pin(async move {
+        self.exchange = Exchange::Asking(Box::pin(async move {
             match tokio::time::timeout(limit, client.send(request)).await {
                 Ok(result) => result,
                 Err(_) => Err(UpstreamError::ResponseTimeout(limit)),
@@ -89,17 +89,17 @@ impl Source for HttpSource {
     }
 
     async fn next(&mut self) -> Step {
-        match &mut self.upstream {
-            Upstream::Idle => std::future::pending().await,
-            Upstream::Asking(head) => {
+        match &mut self.exchange {
+            Exchange::Idle => std::future::pending().await,
+            Exchange::Asking(head) => {
                 let result = head.as_mut().await;
-                self.upstream = Upstream::Idle;
+                self.exchange = Exchange::Idle;
                 Step::Answer(match result {
                     Ok(response) => self.answer(response),
                     Err(error) => Answer::Transient(error.to_string()),
                 })
             }
-            Upstream::Reading(body) => loop {
+            Exchange::Reading(body) => loop {
                 match body.frame().await {
                     Some(Ok(frame)) => {
                         if let Ok(data) = frame.into_data() {
@@ -107,11 +107,11 @@ impl Source for HttpSource {
                         }
                     }
                     Some(Err(error)) => {
-                        self.upstream = Upstream::Idle;
+                        self.exchange = Exchange::Idle;
                         return Step::End(Some(error.into()));
                     }
                     None => {
-                        self.upstream = Upstream::Idle;
+                        self.exchange = Exchange::Idle;
                         return Step::End(None);
                     }
                 }
