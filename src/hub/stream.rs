@@ -1,5 +1,5 @@
 //! One stream: its handle, the state its subscribers read (ring, wakers, headers) under one
-//! lock, and a subscriber's place in it. The task that feeds it is in [`super::task`].
+//! lock, and a subscriber's place in it. The task that feeds it is in `hub/task.rs`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -7,7 +7,6 @@ use std::task::Waker;
 use std::time::Instant;
 
 use http::header::HeaderMap;
-use http::Uri;
 use tokio::sync::{oneshot, watch, Notify};
 
 use super::budget::Charge;
@@ -20,7 +19,9 @@ use super::Shared;
 use crate::config::{IdMode, Settings};
 use crate::metrics::RouteMetrics;
 use crate::route::RouteEntry;
-use crate::upstream::headers::header_bytes;
+
+// The HTTP source's request, where the proxy and held subscriptions have always found it.
+pub use super::source::http::Template;
 
 /// Where a stream's first upstream answer stands, for subscriptions waiting on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,24 +33,6 @@ pub enum Phase {
     /// The upstream gave a definitive non-stream answer; each waiting subscription must ask the
     /// upstream itself, since that answer is never shared.
     Rejected,
-}
-
-/// The request a stream sends upstream (and again on every reconnect).
-#[derive(Debug, Clone)]
-pub struct Template {
-    /// Upstream URL.
-    pub uri: Uri,
-    /// Headers of the subscription that opened the stream, ready for the upstream.
-    pub headers: HeaderMap,
-}
-
-impl Template {
-    /// About the bytes this request head holds, for `buffer_total_bytes`.
-    pub fn size(&self) -> usize {
-        let target = self.uri.path_and_query().map_or(1, |pq| pq.as_str().len());
-        let authority = self.uri.authority().map_or(0, |a| a.as_str().len());
-        target + authority + header_bytes(&self.headers) + 64
-    }
 }
 
 /// A stream shared by the subscriptions with one key (or owned by one, in per-client mode).

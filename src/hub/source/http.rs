@@ -7,16 +7,33 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ORIGIN};
-use http::{Request, Response, StatusCode};
+use http::header::{HeaderMap, HeaderValue, ORIGIN};
+use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Empty};
 use hyper::body::Incoming;
 
 use super::{Answer, Source, Step};
-use crate::hub::stream::Template;
 use crate::route::RouteEntry;
-use crate::upstream::headers::is_event_stream;
+use crate::upstream::headers::{header_bytes, is_event_stream};
 use crate::upstream::{UpstreamBody, UpstreamError};
+
+/// The request a stream sends upstream (and again on every reconnect).
+#[derive(Debug, Clone)]
+pub struct Template {
+    /// Upstream URL.
+    pub uri: Uri,
+    /// Headers of the subscription that opened the stream, ready for the upstream.
+    pub headers: HeaderMap,
+}
+
+impl Template {
+    /// About the bytes this request head holds, for `buffer_total_bytes`.
+    pub fn size(&self) -> usize {
+        let target = self.uri.path_and_query().map_or(1, |pq| pq.as_str().len());
+        let authority = self.uri.authority().map_or(0, |a| a.as_str().len());
+        target + authority + header_bytes(&self.headers) + 64
+    }
+}
 
 type Head = Pin<Box<dyn Future<Output = Result<Response<Incoming>, UpstreamError>> + Send>>;
 
