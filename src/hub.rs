@@ -1,7 +1,9 @@
 //! Shared SSE streams: one upstream request per stream key, fanned out to every subscriber.
 //!
 //! - [`ring`]: the bounded buffer of encoded events, and resume by id.
-//! - [`stream`]: one stream's state and the task (an actor) that owns its upstream.
+//! - [`stream`]: one stream's handle and the state its subscribers read.
+//! - `task`: the task (an actor) that owns a stream's source and feeds the stream.
+//! - [`source`]: where events come from (the app over HTTP), behind a trait.
 //! - [`subscriber`]: the response body of one client, a cursor into the ring.
 //! - [`key`]: stream keys and `Last-Event-ID`.
 //! - [`budget`]: how many streams one client may open, and how fast.
@@ -14,19 +16,22 @@
 pub mod budget;
 pub mod held;
 pub mod key;
+mod pacer;
 pub mod replay;
 pub mod ring;
+pub mod source;
 pub mod stream;
 pub mod subscriber;
+mod task;
+mod wakers;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use http::header::{HeaderMap, HeaderValue};
+use http::header::{HeaderMap, HeaderValue, SET_COOKIE};
 use http::Response;
-use hyper::body::Incoming;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
@@ -37,7 +42,9 @@ use budget::{Budgets, ClientId, Grant};
 use held::Counted;
 pub use held::{Held, HeldBody};
 use key::StreamKey;
-use stream::{First, Phase, Stream, Subscriber, Template};
+use source::http::HttpSource;
+use source::{Answer, AnswerBody, Source};
+use stream::{Phase, Stream, Subscriber, Template};
 pub use subscriber::{SlowClient, Start, SubscriberBody};
 
 /// The registry of live streams. Cheap to clone.
@@ -71,8 +78,8 @@ pub struct Shared {
 #[derive(Debug)]
 pub struct Pending {
     subscriber: Subscriber,
-    /// Present when this subscription opened the stream: receives the first answer.
-    opener: Option<oneshot::Receiver<First>>,
+    /// Present when this subscription opened the stream: receives the answer to its request.
+    opener: Option<oneshot::Receiver<Answer>>,
     /// The `Set-Cookie` fields of the answer to the upstream request this subscription caused:
     /// a cookie is set for one client, so no other subscriber gets them.
     cookies: Vec<HeaderValue>,
@@ -90,19 +97,13 @@ pub enum Joined {
     Full(Template),
 }
 
-enum Decided {
-    Answer(Response<Incoming>),
-    Refused,
-    Serve(Vec<HeaderValue>),
-}
-
 /// How a pending subscription is to be answered.
 #[derive(Debug)]
 pub enum Outcome {
     /// Serve it from the stream (200).
     Subscribe(Pending),
     /// The upstream's definitive answer, for this subscription only (it opened the stream).
-    Answer(Response<Incoming>),
+    Answer(Response<AnswerBody>),
     /// The upstream refused the stream this subscription waited on; ask the upstream directly.
     AskUpstream,
 }
@@ -182,6 +183,19 @@ impl Hub {
         template: Template,
         client: ClientId,
     ) -> Joined {
+        self.join_with(route, key, template, client, HttpSource::new)
+    }
+
+    /// [`Hub::join`], with the source a new stream reads made by `source` from the route and
+    /// the template.
+    pub(crate) fn join_with<S: Source>(
+        &self,
+        route: &Arc<RouteEntry>,
+        key: Option<StreamKey>,
+        template: Template,
+        client: ClientId,
+        source: impl FnOnce(Arc<RouteEntry>, Template) -> S,
+    ) -> Joined {
         let (private, stream_key) = match &key {
             Some(key) => (false, key.clone()),
             None => {
@@ -219,7 +233,7 @@ impl Hub {
                 self.shared.account(head, 0);
                 route.metrics.held.inc();
                 if first {
-                    tracing::warn!(route = %route.config.path, %client, limit = wait.reason, fault = "client", "client over its budget of new streams: its subscriptions are held (200, heartbeats) until it may open more");
+                    tracing::warn!(route = %route.config.path, %client, limit = wait.reason, fault = %crate::error::Fault::Client, "client over its budget of new streams: its subscriptions are held (200, heartbeats) until it may open more");
                 } else {
                     tracing::debug!(route = %route.config.path, %client, limit = wait.reason, "subscription held for its client's stream budget");
                 }
@@ -250,7 +264,7 @@ impl Hub {
         );
         let subscriber = stream.join(&mut stream.lock());
         let (tx, rx) = oneshot::channel();
-        stream.spawn(template, Some(tx));
+        stream.spawn(source(route.clone(), template), Some(tx));
         streams.insert(stream_key, stream);
         Joined::Pending(Pending {
             subscriber,
@@ -302,41 +316,33 @@ impl Pending {
     /// Waits (at most `limit`) for the stream's first upstream answer and says how to answer
     /// this subscription. Subscriptions never hang: past `limit` they are served from the
     /// stream (with heartbeats) while its task keeps trying.
-    pub async fn outcome(self, limit: Duration) -> Outcome {
-        let Pending {
-            subscriber,
-            opener,
-            cookies,
-        } = self;
-        let mut phase = subscriber.stream.phase.subscribe();
-        let decided = async {
+    pub async fn outcome(mut self, limit: Duration) -> Outcome {
+        let opener = self.opener.take();
+        let mut phase = self.subscriber.stream.phase.subscribe();
+        let cookies = &mut self.cookies;
+        let decided = async move {
             match opener {
-                // The task sends the opener the first answer (a definitive one, or the
-                // stream's cookies), or drops the sender unused once the stream can serve.
+                // The task sends the opener the answer to its request when it is the stream
+                // (for its cookies) or definitive, or drops the sender unused once the stream
+                // can serve.
                 Some(opener) => match opener.await {
-                    Ok(First::Definitive(response)) => Decided::Answer(response),
-                    Ok(First::Stream(cookies)) => Decided::Serve(cookies),
-                    Err(_) => Decided::Serve(Vec::new()),
+                    Ok(Answer::Definitive(response)) => Some(Outcome::Answer(response)),
+                    Ok(Answer::Stream(head)) => {
+                        *cookies = head.get_all(SET_COOKIE).iter().cloned().collect();
+                        None
+                    }
+                    Ok(Answer::Transient(_)) | Err(_) => None,
                 },
                 None => match phase.wait_for(|p| *p != Phase::Opening).await.map(|p| *p) {
-                    Ok(Phase::Rejected) => Decided::Refused,
-                    _ => Decided::Serve(Vec::new()),
+                    Ok(Phase::Rejected) => Some(Outcome::AskUpstream),
+                    _ => None,
                 },
             }
         };
+        // Undecided (served, or still waiting past `limit`): subscribed.
         match tokio::time::timeout(limit, decided).await {
-            Ok(Decided::Answer(response)) => Outcome::Answer(response),
-            Ok(Decided::Refused) => Outcome::AskUpstream,
-            Ok(Decided::Serve(first)) => Outcome::Subscribe(Pending {
-                subscriber,
-                opener: None,
-                cookies: first,
-            }),
-            Err(_) => Outcome::Subscribe(Pending {
-                subscriber,
-                opener: None,
-                cookies,
-            }),
+            Ok(Some(outcome)) => outcome,
+            Ok(None) | Err(_) => Outcome::Subscribe(self),
         }
     }
 
@@ -346,7 +352,7 @@ impl Pending {
     pub fn app_headers(&self) -> Option<HeaderMap> {
         let mut headers = self.subscriber.stream.lock().app_headers.as_deref().cloned()?;
         for cookie in &self.cookies {
-            headers.append(http::header::SET_COOKIE, cookie.clone());
+            headers.append(SET_COOKIE, cookie.clone());
         }
         Some(headers)
     }

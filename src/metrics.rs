@@ -64,6 +64,8 @@ pub struct Metrics {
     pub buffer_bytes: Gauge,
     /// Events evicted early to stay under `buffer_total_bytes`.
     pub cap_evictions: Counter,
+    /// Stream tasks that panicked (their streams were ended cleanly).
+    pub stream_task_panics: Counter,
     /// Reloads by outcome.
     pub reloads: Family<ReloadLabels, Counter>,
     subscriptions: Family<RouteLabel, Gauge>,
@@ -157,6 +159,7 @@ impl Metrics {
             write_stalls: Counter::default(),
             buffer_bytes: Gauge::default(),
             cap_evictions: Counter::default(),
+            stream_task_panics: Counter::default(),
             reloads: Family::default(),
             subscriptions: Family::default(),
             streams: Family::default(),
@@ -207,6 +210,11 @@ impl Metrics {
             "buffer_cap_evictions",
             "Events evicted early to stay under buffer_total_bytes",
             metrics.cap_evictions.clone(),
+        );
+        r.register(
+            "stream_task_panics",
+            "Stream tasks that panicked; their clients' responses were ended so they resume by id",
+            metrics.stream_task_panics.clone(),
         );
         r.register("reloads", "Config reloads by result", metrics.reloads.clone());
         r.register(

@@ -308,7 +308,7 @@ impl Proxy {
                 strip_hop_by_hop(&mut parts.headers);
                 add_response_headers(&mut parts.headers, route);
                 Err((
-                    Response::from_parts(parts, ProxyBody::upstream(body)),
+                    Response::from_parts(parts, ProxyBody::answer(body)),
                     Some(admission),
                 ))
             }

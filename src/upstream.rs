@@ -1,6 +1,7 @@
 //! The way to an app: a pooled HTTP/1.1 client per route, the rewriting of a client request into
 //! an upstream request, and the errors an upstream exchange can end in.
 
+pub mod backoff;
 pub mod headers;
 
 use std::error::Error as StdError;

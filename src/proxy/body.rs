@@ -13,6 +13,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use crate::hub::source::AnswerBody;
 use crate::hub::{HeldBody, SubscriberBody};
 use crate::metrics::RouteMetrics;
 use crate::route::Admission;
@@ -34,6 +35,8 @@ pin_project! {
     #[project = InnerProj]
     enum Inner {
         Upstream { #[pin] body: Incoming },
+        // Already boxed (a pointer): an upstream's definitive answer to a subscription.
+        Answer { body: AnswerBody },
         Full { #[pin] body: Full<Bytes> },
         Sse { body: SubscriberBody },
         // Boxed: held subscriptions are rare, and the enum is as large as its largest variant,
@@ -97,6 +100,11 @@ impl ProxyBody {
         ProxyBody::of(Inner::Upstream { body })
     }
 
+    /// The body of an upstream's definitive answer to a subscription.
+    pub fn answer(body: AnswerBody) -> Self {
+        ProxyBody::of(Inner::Answer { body })
+    }
+
     /// An SSE subscriber's body.
     pub fn sse(body: SubscriberBody) -> Self {
         ProxyBody::of(Inner::Sse { body })
@@ -146,6 +154,7 @@ impl Body for ProxyBody {
         let this = self.project();
         let polled = match this.kind.project() {
             InnerProj::Upstream { body } => body.poll_frame(cx).map_err(Into::into),
+            InnerProj::Answer { body } => Pin::new(body).poll_frame(cx),
             InnerProj::Full { body } => body.poll_frame(cx).map_err(|never| match never {}),
             InnerProj::Sse { body } => Pin::new(body).poll_frame(cx).map_err(Into::into),
             InnerProj::Held { body } => Pin::new(&mut **body).poll_frame(cx).map_err(Into::into),
@@ -169,6 +178,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Inner::Upstream { body } => body.is_end_stream(),
+            Inner::Answer { body } => body.is_end_stream(),
             Inner::Full { body } => body.is_end_stream(),
             Inner::Sse { body } => body.is_end_stream(),
             Inner::Held { body } => body.is_end_stream(),
@@ -178,6 +188,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Inner::Upstream { body } => body.size_hint(),
+            Inner::Answer { body } => body.size_hint(),
             Inner::Full { body } => body.size_hint(),
             Inner::Sse { body } => body.size_hint(),
             Inner::Held { body } => body.size_hint(),
