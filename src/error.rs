@@ -20,7 +20,8 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// The client: a request ssegate cannot or will not serve, a body cut short, a slow or
-    /// broken connection. Worth a debug or info line, never more.
+    /// broken connection. A debug or info line; a warning only where it says more than one
+    /// request did (a client held over its stream budget, once).
     Client,
     /// The app behind ssegate: unreachable, too slow, or not speaking HTTP. A warning.
     Upstream,

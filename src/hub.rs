@@ -264,8 +264,11 @@ impl Hub {
         );
         let subscriber = stream.join(&mut stream.lock());
         let (tx, rx) = oneshot::channel();
+        streams.insert(stream_key, stream.clone());
+        // Spawned after the map's lock is released: a runtime that is shutting down drops the
+        // task at once, and its cleanup takes that lock.
+        drop(streams);
         stream.spawn(source(route.clone(), template), Some(tx));
-        streams.insert(stream_key, stream);
         Joined::Pending(Pending {
             subscriber,
             opener: Some(rx),

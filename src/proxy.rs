@@ -179,6 +179,8 @@ impl Proxy {
         let Some(route) = self.router().find(&target.merged).cloned() else {
             let context = Context {
                 path: Some(&target.path),
+                // The path only: the query may hold a token.
+                target: None,
                 ..asked(&request, remote)
             };
             let response = rescue(ProxyError::NoRoute, &context);

@@ -116,7 +116,6 @@ impl Drop for Subscriber {
     }
 }
 
-/// How a stream's task ended.
 /// The ring limits of a route's settings.
 fn limits(settings: &Settings) -> Bounds {
     Bounds {
@@ -261,7 +260,8 @@ impl Stream {
     }
 
     /// Starts the task that feeds the stream from `source`. `opener` receives the answer to
-    /// the first request when it is the stream (its cookies) or definitive; it is dropped
+    /// the first request when it is the stream (its headers, for the cookies) or definitive
+    /// (a transient failure never reaches it: the stream serves then); it is dropped
     /// unanswered once subscribers can be served.
     ///
     /// The task's drop guard ends the stream however the task ends; a watcher on its handle
