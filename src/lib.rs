@@ -31,6 +31,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod hub;
 pub mod metrics;
@@ -41,5 +42,6 @@ pub mod sse;
 pub mod tls;
 pub mod upstream;
 
-pub use app::{App, AppError, Control, ReloadError};
+pub use app::{App, AppError};
 pub use config::Config;
+pub use control::{Control, ReloadError};
