@@ -6,14 +6,17 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
+use http::{header, Request};
 use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 use crate::config::Config;
 use crate::control::{Control, Parts};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
-use crate::server::{self, Limits};
+use crate::proxy::{IncomingBody, Proxy};
+use crate::server::{self, Limits, Server};
 use crate::tls::{self, Acceptor, TlsError};
 
 /// Why ssegate could not start.
@@ -135,16 +138,24 @@ impl App {
             tracing::info!("draining: /readyz answers 503");
         };
         let hub = control.hub().clone();
-        server::serve(
-            self.listener,
-            control.proxy().clone(),
-            drain,
-            move || hub.shutdown(),
-            control.limits().clone(),
-            control.metrics().clone(),
-            control.tls().cloned(),
-        )
-        .await;
+        let proxy = control.proxy().clone();
+        let is_lean: server::IsLean = {
+            let proxy = proxy.clone();
+            Arc::new(move |head: &Request<()>| proxy.is_subscription_head(head))
+        };
+        // The credentials a request carries stay out of any log or trace of it.
+        let service = ServiceBuilder::new()
+            .layer(SetSensitiveRequestHeadersLayer::new([
+                header::AUTHORIZATION,
+                header::COOKIE,
+                header::PROXY_AUTHORIZATION,
+            ]))
+            .service(proxy);
+        Server::new(service, control.limits().clone(), control.metrics().clone())
+            .lean(is_lean)
+            .tls(control.tls().cloned())
+            .serve::<IncomingBody, _>(self.listener, drain, move || hub.shutdown())
+            .await;
         let _ = admin_stop.send(());
         if let Some(admin) = admin {
             let _ = admin.await;

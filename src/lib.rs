@@ -35,6 +35,7 @@ pub mod control;
 pub mod demo;
 pub mod hub;
 pub mod metrics;
+pub mod peer;
 pub mod proxy;
 pub mod route;
 pub mod server;

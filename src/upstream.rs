@@ -4,7 +4,6 @@
 pub mod headers;
 
 use std::error::Error as StdError;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -74,14 +73,7 @@ impl http_body::Body for ClientBody {
 /// Boxed error with the standard bounds.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
-/// The client a request came from, as the upstream is told in `X-Forwarded-*`.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer {
-    /// The client's address.
-    pub addr: SocketAddr,
-    /// Whether it came over TLS.
-    pub secure: bool,
-}
+pub use crate::peer::Peer;
 
 /// A pooled HTTP/1.1 client for one route's upstream.
 #[derive(Clone, Debug)]

@@ -25,8 +25,7 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
-use super::MAX_REQUEST_HEAD_BYTES;
-use crate::proxy::{Proxy, ProxyBody};
+use super::{BoxError, MAX_REQUEST_HEAD_BYTES};
 
 /// Headers a head may hold (hyper's default is 100).
 const MAX_HEADERS: usize = 100;
@@ -51,8 +50,13 @@ enum Parsed {
     Invalid,
 }
 
-/// Reads the first request head of a connection and decides which path serves it.
-pub async fn sniff<IO: AsyncRead + Unpin>(io: &mut IO, proxy: &Proxy) -> io::Result<Sniffed> {
+/// Reads the first request head of a connection and decides which path serves it: the lean
+/// path when `is_lean` says the head is a subscription it may serve.
+pub async fn sniff<IO, F>(io: &mut IO, is_lean: &F) -> io::Result<Sniffed>
+where
+    IO: AsyncRead + Unpin,
+    F: Fn(&Request<()>) -> bool + ?Sized,
+{
     let mut buf = BytesMut::with_capacity(1024);
     loop {
         if buf.len() >= MAX_REQUEST_HEAD_BYTES {
@@ -72,7 +76,7 @@ pub async fn sniff<IO: AsyncRead + Unpin>(io: &mut IO, proxy: &Proxy) -> io::Res
             Parsed::Partial => {}
             Parsed::Invalid => return Ok(Sniffed::Other(buf.freeze())),
             Parsed::Complete(request, len) => {
-                let lean = len == buf.len() && eligible(&request) && proxy.is_subscription_head(&request);
+                let lean = len == buf.len() && eligible(&request) && is_lean(&request);
                 return Ok(if lean {
                     Sniffed::Subscription(*request)
                 } else {
@@ -135,42 +139,126 @@ fn eligible(request: &Request<()>) -> bool {
             .all(|v| v.as_bytes() == b"0")
 }
 
-/// Writes a response as HTTP/1.1 (chunked body, `Connection: close`), then ends the connection.
-/// Frames the body has ready go out together in one write; each is written as soon as it exists.
-///
-/// While it waits for the body, it watches the client's side of the connection: a client that
-/// hangs up is noticed at once (its subscription ends now, not at the next failed write).
-///
-/// A plain struct rather than an `async fn`, so that what an idle SSE client costs is exactly
-/// these fields: the socket, the body (a cursor into its stream) and the pending buffers.
-pub struct Writer<IO> {
+pin_project! {
+    /// Writes a response as HTTP/1.1 (chunked body, `Connection: close`), then ends the
+    /// connection. Frames the body has ready go out together in one write; each is written as
+    /// soon as it exists.
+    ///
+    /// While it waits for the body, it watches the client's side of the connection: a client
+    /// that hangs up is noticed at once (its subscription ends now, not at the next failed
+    /// write).
+    ///
+    /// A plain struct rather than an `async fn`, so that what an idle SSE client costs is
+    /// exactly these fields: the socket, the body (a cursor into its stream) and the pending
+    /// buffers. The body is pinned in place (the writer is its task's future), so any body will
+    /// do, `Unpin` or not, without a box.
+    pub struct Writer<IO, B> {
+        out: Output<IO>,
+        #[pin]
+        body: Option<B>,
+        // Once the batch is written: shut the connection down.
+        finishing: bool,
+        writing: bool,
+    }
+}
+
+/// The socket and what is still to be written to it.
+struct Output<IO> {
     io: IO,
-    body: Option<ProxyBody>,
     /// Buffers to write, from `first` on.
     batch: Vec<Bytes>,
     first: usize,
-    /// Once the batch is written: shut the connection down.
-    finishing: bool,
-    writing: bool,
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> Writer<IO> {
+impl<IO, B> Writer<IO, B>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     /// A writer of `response` on `io`.
-    pub fn new(io: IO, response: Response<ProxyBody>) -> Writer<IO> {
+    pub fn new(io: IO, response: Response<B>) -> Writer<IO, B> {
         let (parts, body) = response.into_parts();
         let bodyless = parts.status == StatusCode::NO_CONTENT || parts.status == StatusCode::NOT_MODIFIED;
         let mut batch = Vec::with_capacity(4);
         batch.push(head(parts.status, &parts.headers, bodyless));
         Writer {
-            io,
+            out: Output { io, batch, first: 0 },
             body: (!bodyless).then_some(body),
-            batch,
-            first: 0,
             finishing: bodyless,
             writing: true,
         }
     }
 
+    /// Moves every frame the body has ready into the batch as one chunk (plus the last chunk
+    /// and trailers when the body ends). Pending while there is nothing to write.
+    fn poll_body(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut this = self.project();
+        let out = this.out;
+        if let Poll::Ready(gone) = poll_hang_up(Pin::new(&mut out.io), cx) {
+            return Poll::Ready(Err(gone));
+        }
+        let Some(mut body) = this.body.as_mut().as_pin_mut() else {
+            *this.finishing = true;
+            return Poll::Ready(Ok(()));
+        };
+        // A slot for the chunk size, filled in once the chunk's frames are known.
+        let slot = out.batch.len();
+        out.batch.push(Bytes::new());
+        let mut size = 0;
+        let mut trailers = None;
+        let mut ended = false;
+        loop {
+            match body.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        size += data.len();
+                        out.batch.push(data);
+                        if size >= MAX_BATCH_BYTES {
+                            break;
+                        }
+                    }
+                    Err(frame) => trailers = frame.into_trailers().ok(),
+                },
+                Poll::Ready(None) => {
+                    ended = true;
+                    break;
+                }
+                // The client is cut off without a final chunk: it sees an incomplete response.
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(io::Error::other(error.into()))),
+                Poll::Pending => break,
+            }
+        }
+        if size > 0 {
+            let mut line = BytesMut::with_capacity(10);
+            let _ = write!(line, "{size:x}\r\n");
+            out.batch[slot] = line.freeze();
+            out.batch.push(Bytes::from_static(b"\r\n"));
+        } else {
+            out.batch.truncate(slot);
+        }
+        if ended {
+            let mut last = BytesMut::from(&b"0\r\n"[..]);
+            for (name, value) in trailers.iter().flatten() {
+                last.extend_from_slice(name.as_str().as_bytes());
+                last.extend_from_slice(b": ");
+                last.extend_from_slice(value.as_bytes());
+                last.extend_from_slice(b"\r\n");
+            }
+            last.extend_from_slice(b"\r\n");
+            out.batch.push(last.freeze());
+            this.body.set(None);
+            *this.finishing = true;
+        }
+        if out.batch.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> Output<IO> {
     /// Writes what is in the batch; ready when all of it is written and flushed.
     fn poll_write_batch(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.first < self.batch.len() {
@@ -204,88 +292,28 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Writer<IO> {
         }
         Poll::Ready(Ok(()))
     }
-
-    /// Moves every frame the body has ready into the batch as one chunk (plus the last chunk
-    /// and trailers when the body ends). Pending while there is nothing to write.
-    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if let Poll::Ready(gone) = poll_hang_up(Pin::new(&mut self.io), cx) {
-            return Poll::Ready(Err(gone));
-        }
-        let Some(body) = self.body.as_mut() else {
-            self.finishing = true;
-            return Poll::Ready(Ok(()));
-        };
-        // A slot for the chunk size, filled in once the chunk's frames are known.
-        let slot = self.batch.len();
-        self.batch.push(Bytes::new());
-        let mut size = 0;
-        let mut trailers = None;
-        let mut ended = false;
-        loop {
-            match Pin::new(&mut *body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => {
-                        size += data.len();
-                        self.batch.push(data);
-                        if size >= MAX_BATCH_BYTES {
-                            break;
-                        }
-                    }
-                    Err(frame) => trailers = frame.into_trailers().ok(),
-                },
-                Poll::Ready(None) => {
-                    ended = true;
-                    break;
-                }
-                // The client is cut off without a final chunk: it sees an incomplete response.
-                Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(io::Error::other(error))),
-                Poll::Pending => break,
-            }
-        }
-        if size > 0 {
-            let mut line = BytesMut::with_capacity(10);
-            let _ = write!(line, "{size:x}\r\n");
-            self.batch[slot] = line.freeze();
-            self.batch.push(Bytes::from_static(b"\r\n"));
-        } else {
-            self.batch.truncate(slot);
-        }
-        if ended {
-            let mut last = BytesMut::from(&b"0\r\n"[..]);
-            for (name, value) in trailers.iter().flatten() {
-                last.extend_from_slice(name.as_str().as_bytes());
-                last.extend_from_slice(b": ");
-                last.extend_from_slice(value.as_bytes());
-                last.extend_from_slice(b"\r\n");
-            }
-            last.extend_from_slice(b"\r\n");
-            self.batch.push(last.freeze());
-            self.body = None;
-            self.finishing = true;
-        }
-        if self.batch.is_empty() {
-            Poll::Pending
-        } else {
-            Poll::Ready(Ok(()))
-        }
-    }
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> std::future::Future for Writer<IO> {
+impl<IO, B> std::future::Future for Writer<IO, B>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     type Output = io::Result<()>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
-            if this.writing {
-                std::task::ready!(this.poll_write_batch(cx))?;
-                this.writing = false;
-                if this.finishing {
-                    return Pin::new(&mut this.io).poll_shutdown(cx);
+            if self.writing {
+                let this = self.as_mut().project();
+                std::task::ready!(this.out.poll_write_batch(cx))?;
+                *this.writing = false;
+                if *this.finishing {
+                    return Pin::new(&mut this.out.io).poll_shutdown(cx);
                 }
             }
-            std::task::ready!(this.poll_body(cx))?;
-            this.writing = true;
+            std::task::ready!(self.as_mut().poll_body(cx))?;
+            *self.as_mut().project().writing = true;
         }
     }
 }
