@@ -7,18 +7,18 @@
 //! the body ends.
 
 mod conn;
-mod h1;
 mod io;
+mod lean;
 mod limit;
 mod tracked;
 
 pub use conn::{ConnState, Expiry, InFlight};
-pub use h1::{sniff, Sniffed};
 pub use io::ConnIo;
+pub use lean::{sniff, Sniffed};
 pub use limit::{ConnectionLimit, MAX_REFUSING};
 pub use tracked::Tracked;
 
-use h1::Prefixed;
+use lean::Prefixed;
 use limit::{Admission, Slot};
 
 use std::convert::Infallible;
@@ -47,7 +47,7 @@ use crate::peer::Peer;
 use crate::tls::Acceptor;
 
 /// Boxed error with the standard bounds: what a response body's error becomes.
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The lean path's question: is this request head (with no body) a subscription it may serve?
 /// A predicate beside the service rather than a bound on it, so layers can wrap the service.
@@ -117,7 +117,7 @@ impl<S> Server<S> {
     }
 
     /// Serves the first request of a connection on the lean HTTP/1.1 path when `is_lean` says
-    /// its head is a subscription (see `h1`).
+    /// its head is a subscription (see `lean`).
     pub fn lean(mut self, is_lean: IsLean) -> Self {
         self.lean = Some(is_lean);
         self
@@ -317,7 +317,7 @@ impl<S> Connection<S> {
         let stop = self.stop.clone();
         let sniffing = async {
             tokio::select! {
-                sniffed = h1::sniff(&mut io, &*is_lean) => Some(sniffed),
+                sniffed = lean::sniff(&mut io, &*is_lean) => Some(sniffed),
                 // Stopping before a request arrived: close.
                 () = stop.cancelled() => None,
             }
@@ -339,7 +339,7 @@ impl<S> Connection<S> {
         };
         // The response goes on in a task of its own, holding only what it needs: an idle SSE
         // client costs that task, not this one's largest state.
-        let writer = h1::Writer::new(io, response.map(|body| Tracked::new(body, in_flight)));
+        let writer = lean::Writer::new(io, response.map(|body| Tracked::new(body, in_flight)));
         self.tasks.spawn(async move {
             let _open = slot;
             if let Err(error) = writer.await {

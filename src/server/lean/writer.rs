@@ -1,143 +1,24 @@
-//! The lean HTTP/1.1 path: the first request of every connection is read here, and an SSE
-//! subscription is served here, without hyper; anything else is handed to hyper untouched.
-//!
-//! Why: hyper gives every HTTP/1.1 connection an 8 KiB read buffer and an 8 KiB write buffer
-//! for its whole life. An SSE connection lives for hours and is idle almost always, so those
-//! buffers would be most of what a client costs (16 KiB of the 22 KiB measured per idle
-//! client). Here a connection holds its socket, its response body (a cursor into the stream's
-//! ring) and a small write batch; the request head is parsed by `httparse` (hyper's own parser)
-//! from a buffer freed as soon as it is parsed.
-//!
-//! The path is taken only for a GET over HTTP/1.1 with no body, no `Upgrade` or `Expect`, and
-//! nothing sent after the head; the connection closes when the response ends (SSE responses end
-//! only when their stream does, and an EventSource reconnects on a new connection anyway).
-//! Everything else, including HTTP/2 and malformed requests, goes to hyper with the bytes read
-//! so far replayed first.
+//! The writer of a lean subscription's response: the task an idle SSE client costs.
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{header, HeaderMap, Response, StatusCode};
 use http_body::Body;
 use pin_project_lite::pin_project;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::{BoxError, MAX_REQUEST_HEAD_BYTES};
+use crate::server::BoxError;
 
-/// Headers a head may hold (hyper's default is 100).
-const MAX_HEADERS: usize = 100;
 /// Most bytes gathered into one write while a client catches up. Several events a subscriber
 /// has ready come as one copied frame, so this is also about what a client whose socket is
 /// full holds beyond the shared buffer.
 const MAX_BATCH_BYTES: usize = 16 * 1024;
-
-/// What the first read of a connection found.
-pub enum Sniffed {
-    /// An SSE subscription head, to serve on the lean path.
-    Subscription(Request<()>),
-    /// Anything else: hyper serves the connection, reading these bytes first.
-    Other(Bytes),
-    /// The client closed the connection before sending a head.
-    Closed,
-}
-
-enum Parsed {
-    Partial,
-    Complete(Box<Request<()>>, usize),
-    Invalid,
-}
-
-/// Reads the first request head of a connection and decides which path serves it: the lean
-/// path when `is_lean` says the head is a subscription it may serve.
-pub async fn sniff<IO, F>(io: &mut IO, is_lean: &F) -> io::Result<Sniffed>
-where
-    IO: AsyncRead + Unpin,
-    F: Fn(&Request<()>) -> bool + ?Sized,
-{
-    let mut buf = BytesMut::with_capacity(1024);
-    loop {
-        if buf.len() >= MAX_REQUEST_HEAD_BYTES {
-            return Ok(Sniffed::Other(buf.freeze()));
-        }
-        if buf.capacity() == buf.len() {
-            buf.reserve(buf.len().max(1024));
-        }
-        if io.read_buf(&mut buf).await? == 0 {
-            return Ok(if buf.is_empty() {
-                Sniffed::Closed
-            } else {
-                Sniffed::Other(buf.freeze())
-            });
-        }
-        match parse(&buf) {
-            Parsed::Partial => {}
-            Parsed::Invalid => return Ok(Sniffed::Other(buf.freeze())),
-            Parsed::Complete(request, len) => {
-                let lean = len == buf.len() && eligible(&request) && is_lean(&request);
-                return Ok(if lean {
-                    Sniffed::Subscription(*request)
-                } else {
-                    Sniffed::Other(buf.freeze())
-                });
-            }
-        }
-    }
-}
-
-/// Parses a request head. Kept out of the async state, so the header array lives on the stack
-/// only while parsing.
-fn parse(buf: &[u8]) -> Parsed {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut head = httparse::Request::new(&mut headers);
-    let len = match head.parse(buf) {
-        Ok(httparse::Status::Partial) => return Parsed::Partial,
-        Ok(httparse::Status::Complete(len)) => len,
-        Err(_) => return Parsed::Invalid,
-    };
-    let (Some(method), Some(path), Some(1)) = (head.method, head.path, head.version) else {
-        return Parsed::Invalid;
-    };
-    let mut builder = Request::builder()
-        .method(method)
-        .uri(path)
-        .version(Version::HTTP_11);
-    let Some(map) = builder.headers_mut() else {
-        return Parsed::Invalid;
-    };
-    for h in head.headers.iter() {
-        match (
-            HeaderName::from_bytes(h.name.as_bytes()),
-            HeaderValue::from_bytes(h.value),
-        ) {
-            (Ok(name), Ok(value)) => {
-                map.append(name, value);
-            }
-            _ => return Parsed::Invalid,
-        }
-    }
-    match builder.body(()) {
-        Ok(request) => Parsed::Complete(Box::new(request), len),
-        Err(_) => Parsed::Invalid,
-    }
-}
-
-/// A GET with no body, no upgrade and no 100-continue: nothing the lean path would mishandle.
-/// Every `Content-Length` counts (a `0` followed by a `40` is a body of 40 to some readers);
-/// anything else goes to hyper, which frames it or refuses it.
-fn eligible(request: &Request<()>) -> bool {
-    let headers = request.headers();
-    request.method() == Method::GET
-        && !headers.contains_key(header::TRANSFER_ENCODING)
-        && !headers.contains_key(header::UPGRADE)
-        && !headers.contains_key(header::EXPECT)
-        && headers
-            .get_all(header::CONTENT_LENGTH)
-            .iter()
-            .all(|v| v.as_bytes() == b"0")
-}
 
 pin_project! {
     /// Writes a response as HTTP/1.1 (chunked body, `Connection: close`), then ends the
@@ -334,7 +215,8 @@ fn poll_hang_up<IO: AsyncRead>(io: Pin<&mut IO>, cx: &mut Context<'_>) -> Poll<i
     }
 }
 
-/// The status line and headers, with framing headers of our own.
+/// The status line and headers, with framing headers of our own, and a `Date` unless the
+/// response has one (RFC 9110 §6.6.1: an origin server with a clock sends it; hyper does).
 fn head(status: StatusCode, headers: &HeaderMap, bodyless: bool) -> Bytes {
     let mut out = BytesMut::with_capacity(256);
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -354,6 +236,11 @@ fn head(status: StatusCode, headers: &HeaderMap, bodyless: bool) -> Bytes {
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    if !headers.contains_key(header::DATE) {
+        out.extend_from_slice(b"date: ");
+        with_date(|date| out.extend_from_slice(date));
+        out.extend_from_slice(b"\r\n");
+    }
     if !bodyless {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
@@ -361,123 +248,51 @@ fn head(status: StatusCode, headers: &HeaderMap, bodyless: bool) -> Bytes {
     out.freeze()
 }
 
-pin_project! {
-    /// An I/O stream that yields `prefix` before reading from `io`: hyper gets the bytes the
-    /// lean path already read.
-    pub struct Prefixed<IO> {
-        prefix: Bytes,
-        #[pin]
-        io: IO,
+/// Calls `f` with the current time as an HTTP date (IMF-fixdate), formatted at most once a
+/// second per thread, as hyper caches its own: a burst of subscriptions formats it once.
+fn with_date(f: impl FnOnce(&[u8])) {
+    thread_local! {
+        static CACHED: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
     }
-}
-
-impl<IO> Prefixed<IO> {
-    /// `io`, with `prefix` read first.
-    pub fn new(prefix: Bytes, io: IO) -> Self {
-        Prefixed { prefix, io }
-    }
-}
-
-impl<IO: AsyncRead> AsyncRead for Prefixed<IO> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.project();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix[..n]);
-            this.prefix.advance(n);
-            return Poll::Ready(Ok(()));
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs());
+    CACHED.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != second {
+            *cached = (second, httpdate::fmt_http_date(now));
         }
-        this.io.poll_read(cx, buf)
-    }
-}
-
-impl<IO: AsyncWrite> AsyncWrite for Prefixed<IO> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write(cx, buf)
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.project().io.poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().io.poll_shutdown(cx)
-    }
+        f(cached.1.as_bytes());
+    });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_a_head_and_rejects_what_it_cannot_serve() {
-        let Parsed::Complete(request, len) =
-            parse(b"GET /events?x=1 HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\n\r\n")
-        else {
-            panic!("complete head")
-        };
-        assert_eq!(len, 64);
-        assert_eq!(
-            request.uri().path_and_query().map(|p| p.as_str()),
-            Some("/events?x=1")
-        );
-        assert_eq!(request.headers()["accept"], "text/event-stream");
-        assert!(eligible(&request));
-        assert!(matches!(parse(b"GET / HTTP/1.1\r\nHost: a\r\n"), Parsed::Partial));
-        assert!(
-            matches!(parse(b"GET / HTTP/1.0\r\n\r\n"), Parsed::Invalid),
-            "HTTP/1.0 goes to hyper"
-        );
-        assert!(
-            matches!(parse(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Parsed::Invalid),
-            "h2 goes to hyper"
-        );
-        assert!(matches!(parse(b"NOT A REQUEST\r\n\r\n"), Parsed::Invalid));
-        let Parsed::Complete(post, _) = parse(b"POST / HTTP/1.1\r\ncontent-length: 3\r\n\r\n") else {
-            panic!()
-        };
-        assert!(!eligible(&post));
-        let Parsed::Complete(upgrade, _) = parse(b"GET / HTTP/1.1\r\nupgrade: websocket\r\n\r\n") else {
-            panic!()
-        };
-        assert!(!eligible(&upgrade));
-        for lengths in [
-            &b"content-length: 0\r\ncontent-length: 40\r\n"[..],
-            b"content-length: 40\r\n",
-            b"content-length: 00\r\n",
-            b"transfer-encoding: chunked\r\n",
-        ] {
-            let head = [&b"GET / HTTP/1.1\r\nhost: a\r\n"[..], lengths, b"\r\n"].concat();
-            let Parsed::Complete(request, _) = parse(&head) else {
-                panic!("complete head")
-            };
-            assert!(!eligible(&request), "{}", String::from_utf8_lossy(lengths));
-        }
-        let Parsed::Complete(zeros, _) =
-            parse(b"GET / HTTP/1.1\r\ncontent-length: 0\r\ncontent-length: 0\r\n\r\n")
-        else {
-            panic!()
-        };
-        assert!(eligible(&zeros));
-    }
+    use http::HeaderValue;
 
     #[test]
     fn head_has_our_framing() {
         let mut headers = HeaderMap::new();
         headers.insert("content-type", HeaderValue::from_static("text/event-stream"));
         headers.insert("content-length", HeaderValue::from_static("5"));
+        headers.insert("date", HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"));
         let head = head(StatusCode::OK, &headers, false);
         assert_eq!(
             &head[..],
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ndate: Sun, 06 Nov 1994 08:49:37 GMT\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn head_has_a_date_of_now_unless_the_response_has_one() {
+        let head = head(StatusCode::NO_CONTENT, &HeaderMap::new(), true);
+        let text = std::str::from_utf8(&head).expect("ascii head");
+        let date = text
+            .lines()
+            .find_map(|line| line.strip_prefix("date: "))
+            .expect("a date header");
+        let sent = httpdate::parse_http_date(date).expect("an HTTP date");
+        let skew = SystemTime::now().duration_since(sent).unwrap_or_default();
+        assert!(skew.as_secs() < 5, "{date}");
     }
 }
