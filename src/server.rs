@@ -73,6 +73,8 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// Time connections get to finish after a stop.
     pub grace: Duration,
+    /// Whether the lean HTTP/1.1 path serves subscriptions (when the server has one).
+    pub lean_http1: bool,
 }
 
 impl Limits {
@@ -83,6 +85,7 @@ impl Limits {
             keepalive_timeout: config.keepalive_timeout,
             write_timeout: config.client_write_timeout,
             grace: config.shutdown_grace,
+            lean_http1: config.lean_http1,
         }
     }
 }
@@ -229,7 +232,7 @@ impl<S> Server<S> {
             };
             let connection = Connection {
                 service: service.clone(),
-                is_lean: is_lean.clone(),
+                is_lean: is_lean.clone().filter(|_| limits.lean_http1),
                 peer: Peer {
                     addr: remote,
                     secure: handshake.is_some(),
