@@ -1,5 +1,5 @@
-//! The accept loop: HTTP/1.1 and HTTP/2 cleartext on one port, connection limits and deadlines,
-//! graceful stop.
+//! The accept loop: HTTP/1.1 and HTTP/2 on one port (cleartext or TLS), connection limits and
+//! deadlines, graceful stop.
 //!
 //! The server runs any `tower::Service` over HTTP requests and knows nothing of what it does.
 //! It inserts the connection's [`Peer`] into each request's extensions and wraps each response
@@ -47,7 +47,7 @@ use crate::peer::Peer;
 use crate::tls::Acceptor;
 
 /// Boxed error with the standard bounds: what a response body's error becomes.
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The lean path's question: is this request head (with no body) a subscription it may serve?
 /// A predicate beside the service rather than a bound on it, so layers can wrap the service.
