@@ -9,21 +9,19 @@
 mod conn;
 mod io;
 mod lean;
-mod limit;
 mod tracked;
 
 pub use conn::{ConnState, Expiry, InFlight};
 pub use io::ConnIo;
 pub use lean::{sniff, Sniffed};
-pub use limit::{ConnectionLimit, MAX_REFUSING};
 pub use tracked::Tracked;
 
 use lean::Prefixed;
-use limit::{Admission, Slot};
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -35,10 +33,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceExt};
 
 use crate::config::Config;
@@ -62,9 +59,10 @@ pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 pub const MAX_H2_STREAMS: u32 = 128;
 
 /// The connection settings in force; a reload replaces them (new connections use them).
-/// `max_connections` is a [`ConnectionLimit`] of its own: it counts open connections.
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// Connections served at once.
+    pub max_connections: Option<u64>,
     /// Time for a complete request head.
     pub header_read_timeout: Duration,
     /// Idle time between requests.
@@ -81,6 +79,7 @@ impl Limits {
     /// The limits of `config`.
     pub fn of(config: &Config) -> Limits {
         Limits {
+            max_connections: config.max_connections,
             header_read_timeout: config.header_read_timeout,
             keepalive_timeout: config.keepalive_timeout,
             write_timeout: config.client_write_timeout,
@@ -90,30 +89,36 @@ impl Limits {
     }
 }
 
+/// Counts an open connection while it lives.
+struct Open {
+    count: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.connections.dec();
+    }
+}
+
 /// A server of `service`: its limits, metrics, TLS and lean path, ready to [`Server::serve`].
 pub struct Server<S> {
     service: S,
     lean: Option<IsLean>,
     limits: Arc<RwLock<Limits>>,
-    connections: ConnectionLimit,
     metrics: Arc<Metrics>,
     tls: Option<Acceptor>,
 }
 
 impl<S> Server<S> {
-    /// A cleartext server of `service` under `limits` and `connections` (a reload changes
-    /// both), without the lean path.
-    pub fn new(
-        service: S,
-        limits: Arc<RwLock<Limits>>,
-        connections: ConnectionLimit,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    /// A cleartext server of `service` under `limits` (a reload replaces them), without the
+    /// lean path.
+    pub fn new(service: S, limits: Arc<RwLock<Limits>>, metrics: Arc<Metrics>) -> Self {
         Server {
             service,
             lean: None,
             limits,
-            connections,
             metrics,
             tls: None,
         }
@@ -136,10 +141,6 @@ impl<S> Server<S> {
     /// connections the grace period to finish. `before_drain` runs between the two: the hub
     /// uses it to end SSE responses, which never end by themselves and would otherwise hold the
     /// drain open.
-    ///
-    /// Past `max_connections`, a place is waited for before `accept`: a few connections
-    /// ([`MAX_REFUSING`] at once) are answered 503 meanwhile, the others wait in the kernel's
-    /// backlog.
     pub async fn serve<B, RB>(
         self,
         listener: TcpListener,
@@ -156,7 +157,6 @@ impl<S> Server<S> {
             service,
             lean: is_lean,
             limits,
-            connections,
             metrics,
             tls,
         } = self;
@@ -174,16 +174,12 @@ impl<S> Server<S> {
             .max_header_list_size(MAX_REQUEST_HEAD_BYTES as u32)
             .max_concurrent_streams(MAX_H2_STREAMS);
         let builder = Arc::new(builder);
-        // Every connection's task (and every lean writer's) is tracked, so the drain waits for
-        // them all; `stop` tells them to finish.
-        let tasks = TaskTracker::new();
-        let stop = CancellationToken::new();
+        let graceful = GracefulShutdown::new();
+        let lean = Tracker::default();
+        let (stopping, stop_seen) = tokio::sync::watch::channel(false);
+        let open = Arc::new(AtomicUsize::new(0));
         tokio::pin!(shutdown);
         loop {
-            let admission = tokio::select! {
-                admission = connections.admit() => admission,
-                () = &mut shutdown => break,
-            };
             let (stream, remote) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(pair) => pair,
@@ -201,35 +197,29 @@ impl<S> Server<S> {
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone();
-            let handshake = tls.as_ref().map(Acceptor::current);
-            let slot = match connections.recheck(admission) {
-                Admission::Serve(reserved) => reserved.open(),
-                Admission::Refuse(refusal) => {
-                    metrics.connections_refused.inc();
-                    let stop = stop.clone();
-                    tasks.spawn(async move {
-                        let _refusal = refusal;
-                        let timeout = limits.header_read_timeout;
-                        let refusing = async {
-                            match handshake {
-                                None => refuse(stream, remote, timeout).await,
-                                Some(acceptor) => {
-                                    if let Ok(Ok(tls)) =
-                                        tokio::time::timeout(timeout, acceptor.accept(stream)).await
-                                    {
-                                        refuse(tls, remote, timeout).await;
-                                    }
-                                }
-                            }
-                        };
-                        tokio::select! {
-                            () = refusing => {}
-                            () = stop.cancelled() => {}
-                        }
-                    });
-                    continue;
-                }
+            let count = open.fetch_add(1, Ordering::AcqRel) + 1;
+            metrics.connections.inc();
+            let guard = Open {
+                count: open.clone(),
+                metrics: metrics.clone(),
             };
+            let handshake = tls.as_ref().map(Acceptor::current);
+            if limits.max_connections.is_some_and(|max| count as u64 > max) {
+                metrics.connections_refused.inc();
+                tokio::spawn(async move {
+                    let timeout = limits.header_read_timeout;
+                    match handshake {
+                        None => refuse(stream, remote, timeout, guard).await,
+                        Some(acceptor) => {
+                            if let Ok(Ok(tls)) = tokio::time::timeout(timeout, acceptor.accept(stream)).await
+                            {
+                                refuse(tls, remote, timeout, guard).await;
+                            }
+                        }
+                    }
+                });
+                continue;
+            }
             let connection = Connection {
                 service: service.clone(),
                 is_lean: is_lean.clone().filter(|_| limits.lean_http1),
@@ -238,10 +228,12 @@ impl<S> Server<S> {
                     secure: handshake.is_some(),
                 },
                 builder: builder.clone(),
-                tasks: tasks.clone(),
-                stop: stop.clone(),
+                watcher: graceful.watcher(),
+                lean: lean.clone(),
+                stop_seen: stop_seen.clone(),
+                remote,
             };
-            let state = ConnState::new();
+            let state = ConnState::new(handshake.is_some());
             let io = ConnIo::new(
                 stream,
                 state.clone(),
@@ -251,12 +243,12 @@ impl<S> Server<S> {
             let task = async move {
                 let serving = async {
                     match handshake {
-                        None => connection.serve(io, state.clone(), slot).await,
+                        None => connection.serve(io, state.clone(), guard).await,
                         Some(acceptor) => {
                             // The handshake's bytes count as the first request head's: a client
                             // that stalls in it is cut off by header_read_timeout.
                             match Box::pin(acceptor.accept(io)).await {
-                                Ok(tls) => connection.serve(tls, state.clone(), slot).await,
+                                Ok(tls) => connection.serve(tls, state.clone(), guard).await,
                                 Err(error) => {
                                     tracing::debug!(%remote, fault = "client", %error, "TLS handshake failed")
                                 }
@@ -274,18 +266,21 @@ impl<S> Server<S> {
                     }
                 }
             };
-            tasks.spawn(task);
+            tokio::spawn(task);
         }
         drop(listener);
-        stop.cancel();
+        let _ = stopping.send(true);
         before_drain();
-        tasks.close();
         let grace = limits
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .grace;
-        tracing::info!(open_connections = tasks.len(), grace = ?grace, "stopped accepting; draining connections");
-        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+        tracing::info!(open_connections = open.load(Ordering::Acquire), grace = ?grace, "stopped accepting; draining connections");
+        let drained = async {
+            graceful.shutdown().await;
+            lean.idle().await;
+        };
+        if tokio::time::timeout(grace, drained).await.is_err() {
             tracing::warn!("grace period over; closing the connections still open");
         }
     }
@@ -297,14 +292,16 @@ struct Connection<S> {
     is_lean: Option<IsLean>,
     peer: Peer,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    tasks: TaskTracker,
-    stop: CancellationToken,
+    watcher: hyper_util::server::graceful::Watcher,
+    lean: Tracker,
+    stop_seen: tokio::sync::watch::Receiver<bool>,
+    remote: SocketAddr,
 }
 
 impl<S> Connection<S> {
     /// Reads the first request head; serves an SSE subscription on the lean path, and anything
     /// else with hyper (which then serves the rest of the connection).
-    async fn serve<IO, B, RB>(self, mut io: IO, state: Arc<ConnState>, slot: Option<Slot>)
+    async fn serve<IO, B, RB>(self, mut io: IO, state: Arc<ConnState>, guard: Open)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         S: Service<Request<B>, Response = Response<RB>, Error = Infallible> + Clone + Send + 'static,
@@ -313,22 +310,24 @@ impl<S> Connection<S> {
         RB: Body<Data = Bytes> + Send + 'static,
         RB::Error: Into<BoxError>,
     {
-        let remote = self.peer.addr;
+        let remote = self.remote;
         let Some(is_lean) = self.is_lean.clone() else {
-            return self.hyper(Bytes::new(), io, state, slot).await;
+            return self.hyper(Bytes::new(), io, state, guard).await;
         };
-        let stop = self.stop.clone();
+        let mut stop_seen = self.stop_seen.clone();
+        let counted = self.lean.enter();
         let sniffing = async {
             tokio::select! {
                 sniffed = lean::sniff(&mut io, &*is_lean) => Some(sniffed),
                 // Stopping before a request arrived: close.
-                () = stop.cancelled() => None,
+                _ = stop_seen.wait_for(|stopping| *stopping) => None,
             }
         };
         let request = match Box::pin(sniffing).await {
             Some(Ok(Sniffed::Subscription(request))) => request,
             Some(Ok(Sniffed::Other(prefix))) => {
-                return self.hyper(prefix, io, state, slot).await;
+                drop(counted);
+                return self.hyper(prefix, io, state, guard).await;
             }
             Some(Ok(Sniffed::Closed)) | None => return,
             Some(Err(error)) => return log_connection_error(remote, &error),
@@ -343,8 +342,9 @@ impl<S> Connection<S> {
         // The response goes on in a task of its own, holding only what it needs: an idle SSE
         // client costs that task, not this one's largest state.
         let writer = lean::Writer::new(io, response.map(|body| Tracked::new(body, in_flight)));
-        self.tasks.spawn(async move {
-            let _open = slot;
+        tokio::spawn(async move {
+            let _open = guard;
+            let _counted = counted;
             if let Err(error) = writer.await {
                 log_connection_error(remote, &error);
             }
@@ -357,7 +357,7 @@ impl<S> Connection<S> {
         prefix: bytes::Bytes,
         io: IO,
         state: Arc<ConnState>,
-        slot: Option<Slot>,
+        guard: Open,
     ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -367,7 +367,7 @@ impl<S> Connection<S> {
         RB: Body<Data = Bytes> + Send + 'static,
         RB::Error: Into<BoxError>,
     {
-        let remote = self.peer.addr;
+        let remote = self.remote;
         let peer = self.peer;
         let inner = self.service;
         let service = service_fn(move |request: Request<Incoming>| {
@@ -384,29 +384,55 @@ impl<S> Connection<S> {
             }
         });
         let io = TokioIo::new(Prefixed::new(prefix, io));
-        let connection = self.builder.serve_connection(io, service).into_owned();
-        let stop = self.stop;
+        let connection = self
+            .watcher
+            .watch(self.builder.serve_connection(io, service).into_owned());
         Box::pin(async move {
-            let _open = slot;
-            let mut connection = std::pin::pin!(connection);
-            let served = tokio::select! {
-                served = connection.as_mut() => served,
-                () = stop.cancelled() => {
-                    // Finish the requests in flight (HTTP/2: GOAWAY), take no new ones.
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(error) = served {
+            let _open = guard;
+            if let Err(error) = connection.await {
                 log_connection_error(remote, error.as_ref());
             }
         })
     }
 }
 
+/// Counts the connections on the lean path, so a drain can wait for them as hyper's graceful
+/// shutdown waits for its own.
+#[derive(Clone, Default)]
+struct Tracker(Arc<(AtomicUsize, tokio::sync::Notify)>);
+
+struct Entered(Tracker);
+
+impl Tracker {
+    fn enter(&self) -> Entered {
+        self.0 .0.fetch_add(1, Ordering::AcqRel);
+        Entered(self.clone())
+    }
+
+    async fn idle(&self) {
+        loop {
+            let notified = self.0 .1.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.0 .0.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        if self.0 .0 .0.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0 .0 .1.notify_waiters();
+        }
+    }
+}
+
 /// Answers one request on a connection over `max_connections` with 503 and closes it. Never a
 /// hang: the connection gets `header_read_timeout` to send its request.
-async fn refuse<IO>(stream: IO, remote: SocketAddr, timeout: Duration)
+async fn refuse<IO>(stream: IO, remote: SocketAddr, timeout: Duration, _guard: Open)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -17,6 +17,8 @@ use tokio::time::Instant;
 /// What the watchdog, the I/O wrapper and the requests of one connection share.
 #[derive(Debug)]
 pub struct ConnState {
+    /// The connection is TLS.
+    secure: bool,
     inflight: AtomicUsize,
     times: Mutex<Times>,
     changed: Notify,
@@ -45,6 +47,13 @@ pub enum Expiry {
 #[derive(Debug)]
 pub struct InFlight(Arc<ConnState>);
 
+impl InFlight {
+    /// Whether the request came over TLS.
+    pub fn secure(&self) -> bool {
+        self.0.secure
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         if self.0.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -55,9 +64,10 @@ impl Drop for InFlight {
 }
 
 impl ConnState {
-    /// The state of a connection accepted now.
-    pub fn new() -> Arc<ConnState> {
+    /// The state of a connection accepted now; `secure` when it is TLS.
+    pub fn new(secure: bool) -> Arc<ConnState> {
         Arc::new(ConnState {
+            secure,
             inflight: AtomicUsize::new(0),
             times: Mutex::new(Times {
                 first: true,
