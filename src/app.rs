@@ -16,7 +16,7 @@ use crate::control::{Control, Parts};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::proxy::{IncomingBody, Proxy};
-use crate::server::{self, Limits, Server};
+use crate::server::{self, ConnectionLimit, Limits, Server};
 use crate::tls::{self, Acceptor, TlsError};
 
 /// Why ssegate could not start.
@@ -82,6 +82,7 @@ impl App {
         let control = Control::new(Parts {
             config_path: path.map(Path::to_path_buf),
             limits: Arc::new(RwLock::new(Limits::of(&config))),
+            connections: ConnectionLimit::new(config.max_connections, metrics.clone()),
             tls,
             config,
             proxy,
@@ -151,11 +152,16 @@ impl App {
                 header::PROXY_AUTHORIZATION,
             ]))
             .service(proxy);
-        Server::new(service, control.limits().clone(), control.metrics().clone())
-            .lean(is_lean)
-            .tls(control.tls().cloned())
-            .serve::<IncomingBody, _>(self.listener, drain, move || hub.shutdown())
-            .await;
+        Server::new(
+            service,
+            control.limits().clone(),
+            control.connections().clone(),
+            control.metrics().clone(),
+        )
+        .lean(is_lean)
+        .tls(control.tls().cloned())
+        .serve::<IncomingBody, _>(self.listener, drain, move || hub.shutdown())
+        .await;
         let _ = admin_stop.send(());
         if let Some(admin) = admin {
             let _ = admin.await;

@@ -9,7 +9,7 @@ use crate::config::{Config, ConfigError};
 use crate::hub::Hub;
 use crate::metrics::{Metrics, ReloadLabels};
 use crate::proxy::Proxy;
-use crate::server::Limits;
+use crate::server::{ConnectionLimit, Limits};
 use crate::tls::{self, Acceptor, TlsError};
 
 /// Why a reload was refused; the old config stays in force.
@@ -40,6 +40,7 @@ struct ControlInner {
     hub: Hub,
     metrics: Arc<Metrics>,
     limits: Arc<RwLock<Limits>>,
+    connections: ConnectionLimit,
     tls: Option<Acceptor>,
     draining: AtomicBool,
     /// One reload at a time.
@@ -54,6 +55,7 @@ pub(crate) struct Parts {
     pub hub: Hub,
     pub metrics: Arc<Metrics>,
     pub limits: Arc<RwLock<Limits>>,
+    pub connections: ConnectionLimit,
     pub tls: Option<Acceptor>,
 }
 
@@ -68,6 +70,7 @@ impl Control {
                 hub: parts.hub,
                 metrics: parts.metrics,
                 limits: parts.limits,
+                connections: parts.connections,
                 tls: parts.tls,
                 draining: AtomicBool::new(false),
                 reloading: Mutex::new(()),
@@ -83,6 +86,11 @@ impl Control {
     /// The connection limits a reload replaces.
     pub(crate) fn limits(&self) -> &Arc<RwLock<Limits>> {
         &self.inner.limits
+    }
+
+    /// The `max_connections` limit a reload changes.
+    pub(crate) fn connections(&self) -> &ConnectionLimit {
+        &self.inner.connections
     }
 
     /// The TLS acceptor a reload swaps certificates in, if TLS is on.
@@ -175,6 +183,7 @@ impl Control {
             config.admin_listen = old.admin_listen;
         }
         *self.inner.limits.write().unwrap_or_else(PoisonError::into_inner) = Limits::of(&config);
+        self.inner.connections.set(config.max_connections);
         self.inner.proxy.reload(&config);
         let routes = config.routes.len();
         for warning in config.warnings() {

@@ -9,14 +9,17 @@
 mod conn;
 mod io;
 mod lean;
+mod limit;
 mod tracked;
 
 pub use conn::{ConnState, Expiry, InFlight};
 pub use io::ConnIo;
 pub use lean::{sniff, Sniffed};
+pub use limit::{ConnectionLimit, MAX_REFUSING};
 pub use tracked::Tracked;
 
 use lean::Prefixed;
+use limit::{Admission, Slot};
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -59,10 +62,9 @@ pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 pub const MAX_H2_STREAMS: u32 = 128;
 
 /// The connection settings in force; a reload replaces them (new connections use them).
+/// `max_connections` is a [`ConnectionLimit`] of its own: it counts open connections.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Connections served at once.
-    pub max_connections: Option<u64>,
     /// Time for a complete request head.
     pub header_read_timeout: Duration,
     /// Idle time between requests.
@@ -79,7 +81,6 @@ impl Limits {
     /// The limits of `config`.
     pub fn of(config: &Config) -> Limits {
         Limits {
-            max_connections: config.max_connections,
             header_read_timeout: config.header_read_timeout,
             keepalive_timeout: config.keepalive_timeout,
             write_timeout: config.client_write_timeout,
@@ -89,36 +90,30 @@ impl Limits {
     }
 }
 
-/// Counts an open connection while it lives.
-struct Open {
-    count: Arc<AtomicUsize>,
-    metrics: Arc<Metrics>,
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.count.fetch_sub(1, Ordering::AcqRel);
-        self.metrics.connections.dec();
-    }
-}
-
 /// A server of `service`: its limits, metrics, TLS and lean path, ready to [`Server::serve`].
 pub struct Server<S> {
     service: S,
     lean: Option<IsLean>,
     limits: Arc<RwLock<Limits>>,
+    connections: ConnectionLimit,
     metrics: Arc<Metrics>,
     tls: Option<Acceptor>,
 }
 
 impl<S> Server<S> {
-    /// A cleartext server of `service` under `limits` (a reload replaces them), without the
-    /// lean path.
-    pub fn new(service: S, limits: Arc<RwLock<Limits>>, metrics: Arc<Metrics>) -> Self {
+    /// A cleartext server of `service` under `limits` and `connections` (a reload changes
+    /// both), without the lean path.
+    pub fn new(
+        service: S,
+        limits: Arc<RwLock<Limits>>,
+        connections: ConnectionLimit,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Server {
             service,
             lean: None,
             limits,
+            connections,
             metrics,
             tls: None,
         }
@@ -141,6 +136,10 @@ impl<S> Server<S> {
     /// connections the grace period to finish. `before_drain` runs between the two: the hub
     /// uses it to end SSE responses, which never end by themselves and would otherwise hold the
     /// drain open.
+    ///
+    /// Past `max_connections`, a place is waited for before `accept`: a few connections
+    /// ([`MAX_REFUSING`] at once) are answered 503 meanwhile, the others wait in the kernel's
+    /// backlog.
     pub async fn serve<B, RB>(
         self,
         listener: TcpListener,
@@ -157,6 +156,7 @@ impl<S> Server<S> {
             service,
             lean: is_lean,
             limits,
+            connections,
             metrics,
             tls,
         } = self;
@@ -177,9 +177,12 @@ impl<S> Server<S> {
         let graceful = GracefulShutdown::new();
         let lean = Tracker::default();
         let (stopping, stop_seen) = tokio::sync::watch::channel(false);
-        let open = Arc::new(AtomicUsize::new(0));
         tokio::pin!(shutdown);
         loop {
+            let admission = tokio::select! {
+                admission = connections.admit() => admission,
+                () = &mut shutdown => break,
+            };
             let (stream, remote) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(pair) => pair,
@@ -197,29 +200,28 @@ impl<S> Server<S> {
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone();
-            let count = open.fetch_add(1, Ordering::AcqRel) + 1;
-            metrics.connections.inc();
-            let guard = Open {
-                count: open.clone(),
-                metrics: metrics.clone(),
-            };
             let handshake = tls.as_ref().map(Acceptor::current);
-            if limits.max_connections.is_some_and(|max| count as u64 > max) {
-                metrics.connections_refused.inc();
-                tokio::spawn(async move {
-                    let timeout = limits.header_read_timeout;
-                    match handshake {
-                        None => refuse(stream, remote, timeout, guard).await,
-                        Some(acceptor) => {
-                            if let Ok(Ok(tls)) = tokio::time::timeout(timeout, acceptor.accept(stream)).await
-                            {
-                                refuse(tls, remote, timeout, guard).await;
+            let guard = match connections.recheck(admission) {
+                Admission::Serve(reserved) => reserved.open(),
+                Admission::Refuse(refusal) => {
+                    metrics.connections_refused.inc();
+                    tokio::spawn(async move {
+                        let _refusal = refusal;
+                        let timeout = limits.header_read_timeout;
+                        match handshake {
+                            None => refuse(stream, remote, timeout).await,
+                            Some(acceptor) => {
+                                if let Ok(Ok(tls)) =
+                                    tokio::time::timeout(timeout, acceptor.accept(stream)).await
+                                {
+                                    refuse(tls, remote, timeout).await;
+                                }
                             }
                         }
-                    }
-                });
-                continue;
-            }
+                    });
+                    continue;
+                }
+            };
             let connection = Connection {
                 service: service.clone(),
                 is_lean: is_lean.clone().filter(|_| limits.lean_http1),
@@ -275,7 +277,7 @@ impl<S> Server<S> {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .grace;
-        tracing::info!(open_connections = open.load(Ordering::Acquire), grace = ?grace, "stopped accepting; draining connections");
+        tracing::info!(open_connections = metrics.connections.get(), grace = ?grace, "stopped accepting; draining connections");
         let drained = async {
             graceful.shutdown().await;
             lean.idle().await;
@@ -301,7 +303,7 @@ struct Connection<S> {
 impl<S> Connection<S> {
     /// Reads the first request head; serves an SSE subscription on the lean path, and anything
     /// else with hyper (which then serves the rest of the connection).
-    async fn serve<IO, B, RB>(self, mut io: IO, state: Arc<ConnState>, guard: Open)
+    async fn serve<IO, B, RB>(self, mut io: IO, state: Arc<ConnState>, guard: Option<Slot>)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         S: Service<Request<B>, Response = Response<RB>, Error = Infallible> + Clone + Send + 'static,
@@ -357,7 +359,7 @@ impl<S> Connection<S> {
         prefix: bytes::Bytes,
         io: IO,
         state: Arc<ConnState>,
-        guard: Open,
+        guard: Option<Slot>,
     ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -432,7 +434,7 @@ impl Drop for Entered {
 
 /// Answers one request on a connection over `max_connections` with 503 and closes it. Never a
 /// hang: the connection gets `header_read_timeout` to send its request.
-async fn refuse<IO>(stream: IO, remote: SocketAddr, timeout: Duration, _guard: Open)
+async fn refuse<IO>(stream: IO, remote: SocketAddr, timeout: Duration)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
