@@ -39,6 +39,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tower::{Service, ServiceExt};
 
 use crate::config::Config;
@@ -176,7 +177,7 @@ impl<S> Server<S> {
         let builder = Arc::new(builder);
         let graceful = GracefulShutdown::new();
         let lean = Tracker::default();
-        let (stopping, stop_seen) = tokio::sync::watch::channel(false);
+        let stop = CancellationToken::new();
         tokio::pin!(shutdown);
         loop {
             let admission = tokio::select! {
@@ -232,7 +233,7 @@ impl<S> Server<S> {
                 builder: builder.clone(),
                 watcher: graceful.watcher(),
                 lean: lean.clone(),
-                stop_seen: stop_seen.clone(),
+                stop: stop.clone(),
                 remote,
             };
             let state = ConnState::new(handshake.is_some());
@@ -271,7 +272,7 @@ impl<S> Server<S> {
             tokio::spawn(task);
         }
         drop(listener);
-        let _ = stopping.send(true);
+        stop.cancel();
         before_drain();
         let grace = limits
             .read()
@@ -296,7 +297,7 @@ struct Connection<S> {
     builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: hyper_util::server::graceful::Watcher,
     lean: Tracker,
-    stop_seen: tokio::sync::watch::Receiver<bool>,
+    stop: CancellationToken,
     remote: SocketAddr,
 }
 
@@ -316,13 +317,12 @@ impl<S> Connection<S> {
         let Some(is_lean) = self.is_lean.clone() else {
             return self.hyper(Bytes::new(), io, state, guard).await;
         };
-        let mut stop_seen = self.stop_seen.clone();
         let counted = self.lean.enter();
         let sniffing = async {
             tokio::select! {
                 sniffed = lean::sniff(&mut io, &*is_lean) => Some(sniffed),
                 // Stopping before a request arrived: close.
-                _ = stop_seen.wait_for(|stopping| *stopping) => None,
+                () = self.stop.cancelled() => None,
             }
         };
         let request = match Box::pin(sniffing).await {
