@@ -84,7 +84,8 @@ pub fn head(data: &[u8]) {
     let input = data.get(1..).unwrap_or_default();
     bounded(256 * 1024, || {
         let mut io = Chunked { data: input, step };
-        let sniffed = runtime.block_on(ssegate::server::sniff(&mut io, proxy));
+        let is_lean = |head: &http::Request<()>| proxy.is_subscription_head(head);
+        let sniffed = runtime.block_on(ssegate::server::sniff(&mut io, &is_lean));
         let Ok(ssegate::server::Sniffed::Subscription(request)) = sniffed else {
             return;
         };

@@ -3,17 +3,20 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
 
+use http::{header, Request};
 use tokio::net::TcpListener;
+use tower::ServiceBuilder;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
+use crate::control::{Control, Parts};
 use crate::hub::Hub;
-use crate::metrics::{Metrics, ReloadLabels};
-use crate::proxy::Proxy;
-use crate::server::{self, Limits};
+use crate::metrics::Metrics;
+use crate::proxy::{IncomingBody, Proxy};
+use crate::server::{self, ConnectionLimit, Limits, Server};
 use crate::tls::{self, Acceptor, TlsError};
 
 /// Why ssegate could not start.
@@ -33,20 +36,6 @@ pub enum AppError {
     },
 }
 
-/// Why a reload was refused; the old config stays in force.
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    /// There is no file to reload from (`ssegate demo`).
-    #[error("this instance was not started from a config file")]
-    NoFile,
-    /// The file is not a valid config.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The new certificate or key cannot be used.
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-}
-
 /// A bound, ready-to-run ssegate. Tests bind `127.0.0.1:0` and read [`App::local_addr`].
 #[derive(Debug)]
 pub struct App {
@@ -55,26 +44,6 @@ pub struct App {
     local_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     control: Control,
-}
-
-/// A handle on a running ssegate: reload, readiness, metrics, streams. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct Control {
-    inner: Arc<ControlInner>,
-}
-
-#[derive(Debug)]
-struct ControlInner {
-    config_path: Option<PathBuf>,
-    config: RwLock<Arc<Config>>,
-    proxy: Proxy,
-    hub: Hub,
-    metrics: Arc<Metrics>,
-    limits: Arc<RwLock<Limits>>,
-    tls: Option<Acceptor>,
-    draining: AtomicBool,
-    /// One reload at a time.
-    reloading: Mutex<()>,
 }
 
 impl App {
@@ -110,19 +79,16 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let hub = Hub::new(&config, metrics.clone());
         let proxy = Proxy::new(&config, hub.clone(), metrics.clone());
-        let control = Control {
-            inner: Arc::new(ControlInner {
-                config_path: path.map(Path::to_path_buf),
-                limits: Arc::new(RwLock::new(Limits::of(&config))),
-                tls,
-                config: RwLock::new(Arc::new(config)),
-                proxy,
-                hub,
-                metrics,
-                draining: AtomicBool::new(false),
-                reloading: Mutex::new(()),
-            }),
-        };
+        let control = Control::new(Parts {
+            config_path: path.map(Path::to_path_buf),
+            limits: Arc::new(RwLock::new(Limits::of(&config))),
+            connections: ConnectionLimit::new(config.max_connections, metrics.clone()),
+            tls,
+            config,
+            proxy,
+            hub,
+            metrics,
+        });
         Ok(App {
             listener,
             admin,
@@ -169,116 +135,37 @@ impl App {
         let draining = control.clone();
         let drain = async move {
             shutdown.await;
-            draining.inner.draining.store(true, Ordering::SeqCst);
+            draining.start_draining();
             tracing::info!("draining: /readyz answers 503");
         };
-        let hub = control.inner.hub.clone();
-        server::serve(
-            self.listener,
-            control.inner.proxy.clone(),
-            drain,
-            move || hub.shutdown(),
-            control.inner.limits.clone(),
-            control.inner.metrics.clone(),
-            control.inner.tls.clone(),
+        let hub = control.hub().clone();
+        let proxy = control.proxy().clone();
+        let is_lean: server::IsLean = {
+            let proxy = proxy.clone();
+            Arc::new(move |head: &Request<()>| proxy.is_subscription_head(head))
+        };
+        // The credentials a request carries stay out of any log or trace of it.
+        let service = ServiceBuilder::new()
+            .layer(SetSensitiveRequestHeadersLayer::new([
+                header::AUTHORIZATION,
+                header::COOKIE,
+                header::PROXY_AUTHORIZATION,
+            ]))
+            .service(proxy);
+        Server::new(
+            service,
+            control.limits().clone(),
+            control.connections().clone(),
+            control.metrics().clone(),
         )
+        .lean(is_lean)
+        .tls(control.tls().cloned())
+        .serve::<IncomingBody, _>(self.listener, drain, move || hub.shutdown())
         .await;
         let _ = admin_stop.send(());
         if let Some(admin) = admin {
             let _ = admin.await;
         }
         tracing::info!("stopped");
-    }
-}
-
-impl Control {
-    /// The config in force.
-    pub fn config(&self) -> Arc<Config> {
-        self.inner
-            .config
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Whether the instance takes traffic: listening, config loaded, not draining.
-    pub fn is_ready(&self) -> bool {
-        !self.inner.draining.load(Ordering::SeqCst)
-    }
-
-    /// The metrics.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.inner.metrics
-    }
-
-    /// The hub of streams.
-    pub fn hub(&self) -> &Hub {
-        &self.inner.hub
-    }
-
-    /// Re-reads the config file and applies it; if it is invalid, the old config stays and the
-    /// error says why.
-    pub fn reload(&self) -> Result<(), ReloadError> {
-        let result = match &self.inner.config_path {
-            Some(path) => Config::load(path)
-                .map_err(ReloadError::from)
-                .and_then(|config| self.apply(config)),
-            None => Err(ReloadError::NoFile),
-        };
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        self.inner
-            .metrics
-            .reloads
-            .get_or_create(&ReloadLabels {
-                result: outcome.to_owned(),
-            })
-            .inc();
-        if let Err(error) = &result {
-            tracing::error!(%error, "reload refused; the running config stays in force");
-        }
-        result
-    }
-
-    /// Swaps in `config`: routes, settings and the TLS certificate at once (new handshakes use
-    /// the new certificate; open connections keep theirs). Listen addresses, and turning TLS on
-    /// or off, take a restart; such a change is logged and ignored. A certificate that cannot be
-    /// used refuses the whole reload.
-    pub fn apply(&self, mut config: Config) -> Result<(), ReloadError> {
-        let _one_at_a_time = self
-            .inner
-            .reloading
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let old = self.config();
-        match (&self.inner.tls, &config.tls) {
-            (Some(acceptor), Some(settings)) => {
-                let loaded = tls::load(settings)?;
-                acceptor.replace(tls::server_config(&loaded, settings.min_version)?);
-                tracing::info!(subject = %loaded.subject, not_after = %loaded.not_after, "TLS certificate reloaded");
-            }
-            (None, None) => {}
-            _ => {
-                tracing::warn!(
-                    "turning TLS on or off takes effect on restart only; keeping the listener as it is"
-                );
-                config.tls = old.tls.clone();
-            }
-        }
-        if config.listen != old.listen || config.admin_listen != old.admin_listen {
-            tracing::warn!(
-                "listen and admin_listen take effect on restart only; keeping the addresses in use"
-            );
-            config.listen = old.listen;
-            config.admin_listen = old.admin_listen;
-        }
-        *self.inner.limits.write().unwrap_or_else(PoisonError::into_inner) = Limits::of(&config);
-        self.inner.proxy.reload(&config);
-        let routes = config.routes.len();
-        for warning in config.warnings() {
-            tracing::warn!("{warning}");
-        }
-        *self.inner.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
-        tracing::info!(routes, "config reloaded");
-        Ok(())
     }
 }

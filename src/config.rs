@@ -216,6 +216,9 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// How long an idle HTTP/1.1 keep-alive connection stays open between requests.
     pub keepalive_timeout: Duration,
+    /// Serve HTTP/1.1 SSE subscriptions on the lean path (a small writer task per client)
+    /// rather than with hyper (its 16 KiB of buffers per connection).
+    pub lean_http1: bool,
     /// Peers whose `X-Forwarded-For` names the client (load balancers in front of ssegate).
     pub trusted_proxies: Vec<Cidr>,
     /// Streams one client may have opened (live or lingering); `None`: no limit.
@@ -509,6 +512,7 @@ impl Config {
                 .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX)),
             header_read_timeout,
             keepalive_timeout,
+            lean_http1: raw.lean_http1.as_ref().is_none_or(|v| *v.get_ref()),
             trusted_proxies,
             max_streams_per_client,
             new_streams_per_client,
@@ -956,6 +960,7 @@ impl fmt::Display for Config {
             "keepalive_timeout = \"{}\"",
             format_duration(self.keepalive_timeout)
         )?;
+        writeln!(f, "lean_http1 = {}", self.lean_http1)?;
         let blocks: Vec<String> = self.trusted_proxies.iter().map(|b| format!("\"{b}\"")).collect();
         writeln!(f, "trusted_proxies = [{}]", blocks.join(", "))?;
         writeln!(

@@ -5,8 +5,12 @@
 //!
 //! - [`config`]: the TOML file, parsed once into validated settings ([`Config`]).
 //! - [`sse`]: the event-stream wire format, pure code: incremental parser and encoder.
-//! - [`proxy`]: the HTTP service: router, faithful pass-through, SSE subscriptions.
-//! - [`server`]: the accept loop, HTTP/1.1 and HTTP/2 on one port, graceful stop.
+//! - [`proxy`]: the HTTP service (a `tower::Service`): router, faithful pass-through, SSE
+//!   subscriptions.
+//! - [`server`]: runs any such service: the accept loop, `max_connections`, HTTP/1.1 and
+//!   HTTP/2 on one port, the lean HTTP/1.1 path for SSE subscriptions, graceful stop.
+//! - [`peer`]: what a request carries of its connection (client address, TLS), put in by the
+//!   server, read by the proxy.
 //! - [`hub`]: shared SSE streams: one upstream request per stream key, a ring buffer of
 //!   encoded events, subscriber bodies that are cursors into it.
 //! - [`upstream`]: the pooled client to apps and the header rules of a proxy.
@@ -16,11 +20,14 @@
 //! - [`demo`]: the naive app of `ssegate demo`.
 //! - [`tls`]: certificates, the rustls config, the swappable acceptor.
 //! - [`metrics`]: every counter and gauge, exported in the Prometheus format.
+//! - [`control`]: the handle on a running instance: reload, readiness, metrics, streams.
 //! - [`admin`]: the admin listener: metrics, health, readiness, streams, reload.
-//! - [`app`]: binds the listener and runs everything until a shutdown future resolves.
+//! - [`app`]: binds the listeners, wires the proxy into the server, and runs everything until a
+//!   shutdown future resolves.
 //!
-//! Dependencies point one way: `app → server → proxy → hub → sse`, with `upstream` below
-//! `proxy` and `hub`, and `error` below them all; everything reads `config`.
+//! Dependencies point one way: `app → admin → control → {server, proxy}`; `server` knows no
+//! proxy (only `peer`, `tls`, `metrics`); `proxy → hub → route → upstream → peer`, with `hub →
+//! sse`; everything reads `config` and `metrics`, and `error` is below them all. ARCHITECTURE.md says how to check it.
 #![deny(unsafe_code)]
 #![warn(
     rust_2018_idioms,
@@ -33,10 +40,12 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod error;
 pub mod hub;
 pub mod metrics;
+pub mod peer;
 pub mod proxy;
 pub mod route;
 pub mod server;
@@ -44,5 +53,6 @@ pub mod sse;
 pub mod tls;
 pub mod upstream;
 
-pub use app::{App, AppError, Control, ReloadError};
+pub use app::{App, AppError};
 pub use config::Config;
+pub use control::{Control, ReloadError};

@@ -4,8 +4,12 @@
 mod body;
 pub mod target;
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, PoisonError, RwLock};
+use std::task::Poll;
 use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderValue};
@@ -23,10 +27,10 @@ use crate::hub::key::{last_event_id, query_without_last_event_id, stream_key};
 use crate::hub::stream::Template;
 use crate::hub::{HeldBody, Hub, Joined, Outcome};
 use crate::metrics::Metrics;
+use crate::peer::Peer;
 use crate::route::{RouteEntry, Router};
-use crate::server::InFlight;
 use crate::upstream::headers::{client_address, is_event_stream, list_items, strip_hop_by_hop};
-use crate::upstream::{ClientBody, Peer, UpstreamBody, UpstreamError, UpstreamHead};
+use crate::upstream::{ClientBody, UpstreamBody, UpstreamError, UpstreamHead};
 use target::Target;
 
 /// A request body ssegate can send upstream: the client's streamed body (bounded by the
@@ -53,6 +57,29 @@ impl RequestBody for () {
     }
     fn declared_len(&self) -> u64 {
         0
+    }
+}
+
+/// The request body the proxy serves: hyper's streamed body, or none (a head the server's lean
+/// path read). One type for both, so the server hands its service one kind of request.
+#[derive(Debug, Default)]
+pub struct IncomingBody(Option<Incoming>);
+
+impl From<Incoming> for IncomingBody {
+    fn from(body: Incoming) -> Self {
+        IncomingBody(Some(body))
+    }
+}
+
+impl RequestBody for IncomingBody {
+    fn upstream(self, limit: usize) -> UpstreamBody {
+        match self.0 {
+            Some(body) => body.upstream(limit),
+            None => ().upstream(limit),
+        }
+    }
+    fn declared_len(&self) -> u64 {
+        self.0.as_ref().map_or(0, RequestBody::declared_len)
     }
 }
 
@@ -138,19 +165,12 @@ impl Proxy {
         })
     }
 
-    /// Serves one request from the client at `remote`; `in_flight` keeps it counted on its
-    /// connection until the response ends.
-    pub async fn handle<B: RequestBody>(
-        &self,
-        mut request: Request<B>,
-        remote: SocketAddr,
-        in_flight: InFlight,
-    ) -> Response<ProxyBody> {
+    /// Serves one request. The client's address and whether it came over TLS are the
+    /// request's [`Peer`] extension (the server inserts it).
+    pub async fn handle<B: RequestBody>(&self, mut request: Request<B>) -> Response<ProxyBody> {
         let started = Instant::now();
-        let peer = Peer {
-            addr: remote,
-            secure: in_flight.secure(),
-        };
+        let peer = request.extensions().get::<Peer>().copied().unwrap_or_default();
+        let remote = peer.addr;
         let method = request.method().clone();
         let log = |path: &str, status, route: Option<&RouteEntry>| AccessLog {
             method: method.clone(),
@@ -165,7 +185,7 @@ impl Proxy {
         if request.method() == Method::CONNECT {
             let response = rescue(ProxyError::Connect, &asked(&request, remote));
             let log = log(request.uri().path(), response.status(), None);
-            return finish(response, log, in_flight);
+            return finish(response, log);
         }
         // One path decides the route and reaches the upstream: normalised here, once.
         let target = match Target::of(&request) {
@@ -173,7 +193,7 @@ impl Proxy {
             Err(why) => {
                 let response = self.refuse(&request, remote, why);
                 let log = log(request.uri().path(), response.status(), None);
-                return finish(response, log, in_flight);
+                return finish(response, log);
             }
         };
         let Some(route) = self.router().find(&target.merged).cloned() else {
@@ -185,7 +205,7 @@ impl Proxy {
             };
             let response = rescue(ProxyError::NoRoute, &context);
             let log = log(&target.path, response.status(), None);
-            return finish(response, log, in_flight);
+            return finish(response, log);
         };
         let applied = target
             .path_for(&route.config.settings)
@@ -193,7 +213,7 @@ impl Proxy {
         if let Err(why) = applied {
             let response = self.refuse(&request, remote, why);
             let log = log(&target.path, response.status(), Some(&route));
-            return finish(response, log, in_flight);
+            return finish(response, log);
         }
         let path = request.uri().path().to_owned();
         let Some(admission) = route.admit() else {
@@ -202,7 +222,7 @@ impl Proxy {
                 &routed(&route, &method, &path, remote),
             );
             let log = log(&path, response.status(), Some(&route));
-            return finish(response, log, in_flight);
+            return finish(response, log);
         };
         if is_subscription(route.config.sse, &request) {
             if announces_body(&request) {
@@ -211,14 +231,14 @@ impl Proxy {
                 let response =
                     self.refuse(&request, remote, "a subscription (GET) announcing a request body");
                 let log = log(&path, response.status(), Some(&route));
-                return finish(response, log, in_flight);
+                return finish(response, log);
             }
             return match self.subscribe(&route, request, peer, admission).await {
-                Ok(response) => response.map(|body| body.hold(in_flight)),
+                Ok(response) => response,
                 Err((response, admission)) => {
                     let mut log = log(&path, response.status(), Some(&route));
                     log.admission = admission;
-                    finish(response, log, in_flight)
+                    finish(response, log)
                 }
             };
         }
@@ -226,7 +246,7 @@ impl Proxy {
         let response = pass_through(&route, request, peer, false).await;
         entry.status = response.status();
         entry.admission = Some(admission);
-        finish(response, entry, in_flight)
+        finish(response, entry)
     }
 
     /// A 400 for a request that is the client's fault, with the log line that says so.
@@ -343,9 +363,27 @@ fn routed<'a>(route: &'a RouteEntry, method: &'a Method, path: &'a str, remote: 
     }
 }
 
-/// Attaches the access log and the connection's in-flight mark to a response.
-fn finish(response: Response<ProxyBody>, log: AccessLog, in_flight: InFlight) -> Response<ProxyBody> {
-    response.map(|body| body.log(log).hold(in_flight))
+/// Attaches the access log to a response.
+fn finish(response: Response<ProxyBody>, log: AccessLog) -> Response<ProxyBody> {
+    response.map(|body| body.log(log))
+}
+
+/// The proxy as a tower service, so layers can wrap it and the server can run it without
+/// knowing it.
+impl<B: RequestBody> tower::Service<Request<B>> for Proxy {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Always ready: limits apply per route, after routing (`max_clients`, `max_streams`).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let proxy = self.clone();
+        Box::pin(async move { Ok(proxy.handle(request).await) })
+    }
 }
 
 /// The request a stream sends upstream: the opening subscription's, minus its resume point in

@@ -1,16 +1,27 @@
-//! The accept loop: HTTP/1.1 and HTTP/2 cleartext on one port, connection limits and deadlines,
-//! graceful stop.
+//! The accept loop: HTTP/1.1 and HTTP/2 on one port (cleartext or TLS), connection limits and
+//! deadlines, graceful stop.
+//!
+//! The server runs any `tower::Service` over HTTP requests and knows nothing of what it does.
+//! It inserts the connection's [`Peer`] into each request's extensions and wraps each response
+//! body in its own [`Tracked`] body, which keeps the request counted on its connection until
+//! the body ends.
 
 mod conn;
-mod h1;
 mod io;
+mod lean;
+mod limit;
+mod tracked;
 
 pub use conn::{ConnState, Expiry, InFlight};
-pub use h1::{sniff, Sniffed};
 pub use io::ConnIo;
+pub use lean::{sniff, Sniffed};
+pub use limit::{ConnectionLimit, MAX_REFUSING};
+pub use tracked::Tracked;
 
-use h1::Prefixed;
+use lean::Prefixed;
+use limit::{Admission, Slot};
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,19 +29,31 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, Response, StatusCode};
+use http::{Request, Response};
+use http_body::Body;
 use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::{Service, ServiceExt};
 
 use crate::config::Config;
+use crate::error::{chain, unavailable, Fault};
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
+use crate::peer::Peer;
 use crate::tls::Acceptor;
-use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Boxed error with the standard bounds: what a response body's error becomes.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The lean path's question: is this request head (with no body) a subscription it may serve?
+/// A predicate beside the service rather than a bound on it, so layers can wrap the service.
+pub type IsLean = Arc<dyn Fn(&Request<()>) -> bool + Send + Sync>;
 
 /// Largest request head (request line and headers) accepted from a client, in bytes.
 pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
@@ -41,10 +64,9 @@ pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 pub const MAX_H2_STREAMS: u32 = 128;
 
 /// The connection settings in force; a reload replaces them (new connections use them).
+/// `max_connections` is a [`ConnectionLimit`] of its own: it counts open connections.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Connections served at once.
-    pub max_connections: Option<u64>,
     /// Time for a complete request head.
     pub header_read_timeout: Duration,
     /// Idle time between requests.
@@ -53,191 +75,255 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// Time connections get to finish after a stop.
     pub grace: Duration,
+    /// Whether the lean HTTP/1.1 path serves subscriptions (when the server has one).
+    pub lean_http1: bool,
 }
 
 impl Limits {
     /// The limits of `config`.
     pub fn of(config: &Config) -> Limits {
         Limits {
-            max_connections: config.max_connections,
             header_read_timeout: config.header_read_timeout,
             keepalive_timeout: config.keepalive_timeout,
             write_timeout: config.client_write_timeout,
             grace: config.shutdown_grace,
+            lean_http1: config.lean_http1,
         }
     }
 }
 
-/// Counts an open connection while it lives.
-struct Open {
-    count: Arc<AtomicUsize>,
-    metrics: Arc<Metrics>,
-}
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.count.fetch_sub(1, Ordering::AcqRel);
-        self.metrics.connections.dec();
-    }
-}
-
-/// Serves `listener` with `proxy` until `shutdown` resolves, then stops accepting and gives the
-/// open connections the grace period to finish. `before_drain` runs between the two: the hub
-/// uses it to end SSE responses, which never end by themselves and would otherwise hold the
-/// drain open.
-pub async fn serve(
-    listener: TcpListener,
-    proxy: Proxy,
-    shutdown: impl Future<Output = ()>,
-    before_drain: impl FnOnce(),
+/// A server of `service`: its limits, metrics, TLS and lean path, ready to [`Server::serve`].
+pub struct Server<S> {
+    service: S,
+    lean: Option<IsLean>,
     limits: Arc<RwLock<Limits>>,
+    connections: ConnectionLimit,
     metrics: Arc<Metrics>,
     tls: Option<Acceptor>,
-) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // Request-head deadlines are the connection watchdog's (see `conn`), so hyper's own timer,
-    // which would also cut idle keep-alive connections, is off.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        .max_buf_size(MAX_REQUEST_HEAD_BYTES);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(MAX_REQUEST_HEAD_BYTES as u32)
-        .max_concurrent_streams(MAX_H2_STREAMS);
-    let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
-    let lean = Tracker::default();
-    let (stopping, stop_seen) = tokio::sync::watch::channel(false);
-    let open = Arc::new(AtomicUsize::new(0));
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    // Out of file descriptors, usually: pause rather than spin on the error.
-                    tracing::warn!(%error, "accept failed; pausing accepts for 100ms");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+impl<S> Server<S> {
+    /// A cleartext server of `service` under `limits` and `connections` (a reload changes
+    /// both), without the lean path.
+    pub fn new(
+        service: S,
+        limits: Arc<RwLock<Limits>>,
+        connections: ConnectionLimit,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Server {
+            service,
+            lean: None,
+            limits,
+            connections,
+            metrics,
+            tls: None,
+        }
+    }
+
+    /// Serves the first request of a connection on the lean HTTP/1.1 path when `is_lean` says
+    /// its head is a subscription (see `lean`).
+    pub fn lean(mut self, is_lean: IsLean) -> Self {
+        self.lean = Some(is_lean);
+        self
+    }
+
+    /// Serves TLS with `acceptor`.
+    pub fn tls(mut self, acceptor: Option<Acceptor>) -> Self {
+        self.tls = acceptor;
+        self
+    }
+
+    /// Serves `listener` until `shutdown` resolves, then stops accepting and gives the open
+    /// connections the grace period to finish. `before_drain` runs between the two: the hub
+    /// uses it to end SSE responses, which never end by themselves and would otherwise hold the
+    /// drain open.
+    ///
+    /// Past `max_connections`, a place is waited for before `accept`: a few connections
+    /// ([`MAX_REFUSING`] at once) are answered 503 meanwhile, the others wait in the kernel's
+    /// backlog.
+    pub async fn serve<B, RB>(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+        before_drain: impl FnOnce(),
+    ) where
+        S: Service<Request<B>, Response = Response<RB>, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        B: From<Incoming> + Default + Send + 'static,
+        RB: Body<Data = Bytes> + Send + 'static,
+        RB::Error: Into<BoxError>,
+    {
+        let Server {
+            service,
+            lean: is_lean,
+            limits,
+            connections,
+            metrics,
+            tls,
+        } = self;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        // Request-head deadlines are the connection watchdog's (see `conn`), so hyper's own timer,
+        // which would also cut idle keep-alive connections, is off.
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .max_buf_size(MAX_REQUEST_HEAD_BYTES);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_REQUEST_HEAD_BYTES as u32)
+            .max_concurrent_streams(MAX_H2_STREAMS);
+        let builder = Arc::new(builder);
+        let graceful = GracefulShutdown::new();
+        let lean = Tracker::default();
+        let stop = CancellationToken::new();
+        tokio::pin!(shutdown);
+        loop {
+            let admission = tokio::select! {
+                admission = connections.admit() => admission,
+                () = &mut shutdown => break,
+            };
+            let (stream, remote) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        // Out of file descriptors, usually: pause rather than spin on the error.
+                        tracing::warn!(%error, "accept failed; pausing accepts for 100ms");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let limits = limits
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            let handshake = tls.as_ref().map(Acceptor::current);
+            let guard = match connections.recheck(admission) {
+                Admission::Serve(reserved) => reserved.open(),
+                Admission::Refuse(refusal) => {
+                    metrics.connections_refused.inc();
+                    tokio::spawn(async move {
+                        let _refusal = refusal;
+                        let timeout = limits.header_read_timeout;
+                        match handshake {
+                            None => refuse(stream, remote, timeout).await,
+                            Some(acceptor) => {
+                                if let Ok(Ok(tls)) =
+                                    tokio::time::timeout(timeout, acceptor.accept(stream)).await
+                                {
+                                    refuse(tls, remote, timeout).await;
+                                }
+                            }
+                        }
+                    });
                     continue;
                 }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let limits = limits
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let count = open.fetch_add(1, Ordering::AcqRel) + 1;
-        metrics.connections.inc();
-        let guard = Open {
-            count: open.clone(),
-            metrics: metrics.clone(),
-        };
-        let handshake = tls.as_ref().map(Acceptor::current);
-        if limits.max_connections.is_some_and(|max| count as u64 > max) {
-            metrics.connections_refused.inc();
-            tokio::spawn(async move {
-                let timeout = limits.header_read_timeout;
-                match handshake {
-                    None => refuse(stream, remote, timeout, guard).await,
-                    Some(acceptor) => {
-                        if let Ok(Ok(tls)) = tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                            refuse(tls, remote, timeout, guard).await;
+            };
+            let connection = Connection {
+                service: service.clone(),
+                is_lean: is_lean.clone().filter(|_| limits.lean_http1),
+                peer: Peer {
+                    addr: remote,
+                    secure: handshake.is_some(),
+                },
+                builder: builder.clone(),
+                watcher: graceful.watcher(),
+                lean: lean.clone(),
+                stop: stop.clone(),
+                remote,
+            };
+            let state = ConnState::new(handshake.is_some());
+            let io = ConnIo::new(
+                stream,
+                state.clone(),
+                limits.write_timeout,
+                metrics.write_stalls.clone(),
+            );
+            let task = async move {
+                let serving = async {
+                    match handshake {
+                        None => connection.serve(io, state.clone(), guard).await,
+                        Some(acceptor) => {
+                            // The handshake's bytes count as the first request head's: a client
+                            // that stalls in it is cut off by header_read_timeout.
+                            match Box::pin(acceptor.accept(io)).await {
+                                Ok(tls) => connection.serve(tls, state.clone(), guard).await,
+                                Err(error) => {
+                                    tracing::debug!(%remote, fault = %Fault::Client, %error, "TLS handshake failed")
+                                }
+                            }
                         }
                     }
-                }
-            });
-            continue;
-        }
-        let connection = Connection {
-            proxy: proxy.clone(),
-            builder: builder.clone(),
-            watcher: graceful.watcher(),
-            lean: lean.clone(),
-            stop_seen: stop_seen.clone(),
-            remote,
-        };
-        let state = ConnState::new(handshake.is_some());
-        let io = ConnIo::new(
-            stream,
-            state.clone(),
-            limits.write_timeout,
-            metrics.write_stalls.clone(),
-        );
-        let task = async move {
-            let serving = async {
-                match handshake {
-                    None => connection.serve(io, state.clone(), guard).await,
-                    Some(acceptor) => {
-                        // The handshake's bytes count as the first request head's: a client
-                        // that stalls in it is cut off by header_read_timeout.
-                        match Box::pin(acceptor.accept(io)).await {
-                            Ok(tls) => connection.serve(tls, state.clone(), guard).await,
-                            Err(error) => {
-                                tracing::debug!(%remote, fault = "client", %error, "TLS handshake failed")
-                            }
+                };
+                tokio::select! {
+                    () = serving => {}
+                    why = state.expired(limits.header_read_timeout, limits.keepalive_timeout) => {
+                        match why {
+                            Expiry::Head => tracing::debug!(%remote, fault = %Fault::Client, "request head not complete within header_read_timeout; closing"),
+                            Expiry::Idle => tracing::debug!(%remote, "keep-alive connection idle past keepalive_timeout; closing"),
                         }
                     }
                 }
             };
-            tokio::select! {
-                () = serving => {}
-                why = state.expired(limits.header_read_timeout, limits.keepalive_timeout) => {
-                    match why {
-                        Expiry::Head => tracing::debug!(%remote, fault = "client", "request head not complete within header_read_timeout; closing"),
-                        Expiry::Idle => tracing::debug!(%remote, "keep-alive connection idle past keepalive_timeout; closing"),
-                    }
-                }
-            }
+            tokio::spawn(task);
+        }
+        drop(listener);
+        stop.cancel();
+        before_drain();
+        let grace = limits
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .grace;
+        tracing::info!(open_connections = metrics.connections.get(), grace = ?grace, "stopped accepting; draining connections");
+        let drained = async {
+            graceful.shutdown().await;
+            lean.idle().await;
         };
-        tokio::spawn(task);
-    }
-    drop(listener);
-    let _ = stopping.send(true);
-    before_drain();
-    let grace = limits
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .grace;
-    tracing::info!(open_connections = open.load(Ordering::Acquire), grace = ?grace, "stopped accepting; draining connections");
-    let drained = async {
-        graceful.shutdown().await;
-        lean.idle().await;
-    };
-    if tokio::time::timeout(grace, drained).await.is_err() {
-        tracing::warn!("grace period over; closing the connections still open");
+        if tokio::time::timeout(grace, drained).await.is_err() {
+            tracing::warn!("grace period over; closing the connections still open");
+        }
     }
 }
 
 /// What one connection's task needs.
-struct Connection {
-    proxy: Proxy,
+struct Connection<S> {
+    service: S,
+    is_lean: Option<IsLean>,
+    peer: Peer,
     builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: hyper_util::server::graceful::Watcher,
     lean: Tracker,
-    stop_seen: tokio::sync::watch::Receiver<bool>,
+    stop: CancellationToken,
     remote: SocketAddr,
 }
 
-impl Connection {
+impl<S> Connection<S> {
     /// Reads the first request head; serves an SSE subscription on the lean path, and anything
     /// else with hyper (which then serves the rest of the connection).
-    async fn serve<IO>(self, mut io: IO, state: Arc<ConnState>, guard: Open)
+    async fn serve<IO, B, RB>(self, mut io: IO, state: Arc<ConnState>, guard: Option<Slot>)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: Service<Request<B>, Response = Response<RB>, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        B: From<Incoming> + Default + Send + 'static,
+        RB: Body<Data = Bytes> + Send + 'static,
+        RB::Error: Into<BoxError>,
     {
         let remote = self.remote;
-        let mut stop_seen = self.stop_seen.clone();
+        let Some(is_lean) = self.is_lean.clone() else {
+            return self.hyper(Bytes::new(), io, state, guard).await;
+        };
         let counted = self.lean.enter();
         let sniffing = async {
             tokio::select! {
-                sniffed = h1::sniff(&mut io, &self.proxy) => Some(sniffed),
+                sniffed = lean::sniff(&mut io, &*is_lean) => Some(sniffed),
                 // Stopping before a request arrived: close.
-                _ = stop_seen.wait_for(|stopping| *stopping) => None,
+                () = self.stop.cancelled() => None,
             }
         };
         let request = match Box::pin(sniffing).await {
@@ -249,10 +335,16 @@ impl Connection {
             Some(Ok(Sniffed::Closed)) | None => return,
             Some(Err(error)) => return log_connection_error(remote, &error),
         };
-        let response = Box::pin(self.proxy.handle(request, remote, state.begin())).await;
+        let in_flight = state.begin();
+        let mut request = request.map(|()| B::default());
+        request.extensions_mut().insert(self.peer);
+        let response = match Box::pin(self.service.oneshot(request)).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
         // The response goes on in a task of its own, holding only what it needs: an idle SSE
         // client costs that task, not this one's largest state.
-        let writer = h1::Writer::new(io, response);
+        let writer = lean::Writer::new(io, response.map(|body| Tracked::new(body, in_flight)));
         tokio::spawn(async move {
             let _open = guard;
             let _counted = counted;
@@ -263,22 +355,36 @@ impl Connection {
     }
 
     /// Hands the connection to hyper, with the bytes already read replayed first.
-    fn hyper<IO>(
+    fn hyper<IO, B, RB>(
         self,
         prefix: bytes::Bytes,
         io: IO,
         state: Arc<ConnState>,
-        guard: Open,
+        guard: Option<Slot>,
     ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: Service<Request<B>, Response = Response<RB>, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        B: From<Incoming> + Default + Send + 'static,
+        RB: Body<Data = Bytes> + Send + 'static,
+        RB::Error: Into<BoxError>,
     {
         let remote = self.remote;
-        let proxy = self.proxy;
-        let service = service_fn(move |request| {
-            let proxy = proxy.clone();
+        let peer = self.peer;
+        let inner = self.service;
+        let service = service_fn(move |request: Request<Incoming>| {
             let in_flight = state.begin();
-            async move { Ok::<_, std::convert::Infallible>(proxy.handle(request, remote, in_flight).await) }
+            let mut request = request.map(B::from);
+            request.extensions_mut().insert(peer);
+            let called = inner.clone().oneshot(request);
+            async move {
+                let response = match called.await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                };
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
+            }
         });
         let io = TokioIo::new(Prefixed::new(prefix, io));
         let connection = self
@@ -329,21 +435,13 @@ impl Drop for Entered {
 
 /// Answers one request on a connection over `max_connections` with 503 and closes it. Never a
 /// hang: the connection gets `header_read_timeout` to send its request.
-async fn refuse<IO>(stream: IO, remote: SocketAddr, timeout: Duration, _guard: Open)
+async fn refuse<IO>(stream: IO, remote: SocketAddr, timeout: Duration)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    tracing::warn!(%remote, "max_connections reached; answering 503");
+    tracing::warn!(%remote, fault = %Fault::Internal, "max_connections reached; answering 503");
     let service = service_fn(|_request| async {
-        let mut response = Response::new(Full::new(Bytes::from_static(b"ssegate: too many connections\n")));
-        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-        let headers = response.headers_mut();
-        headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        headers.insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        Ok::<_, std::convert::Infallible>(response)
+        Ok::<_, std::convert::Infallible>(unavailable::<Full<Bytes>>("ssegate: too many connections\n"))
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().keep_alive(false);
@@ -354,5 +452,5 @@ where
 /// A connection that ended with an error: the client's doing (bad request, reset) and worth a
 /// debug line, never more.
 fn log_connection_error(remote: SocketAddr, error: &(dyn std::error::Error + 'static)) {
-    tracing::debug!(%remote, fault = "client", error = %crate::upstream::chain(error), "connection ended with an error");
+    tracing::debug!(%remote, fault = %Fault::Client, error = %chain(error), "connection ended with an error");
 }

@@ -5,7 +5,6 @@ pub mod backoff;
 pub mod headers;
 
 use std::error::Error as StdError;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,8 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::Upstream;
-// Kept here too: the stream task and the server name it by this path.
-pub use crate::error::chain;
+use crate::error::chain;
 use crate::error::ProxyError;
 use headers::{add_forwarded, drop_confusable, strip_hop_by_hop};
 
@@ -78,14 +76,7 @@ impl http_body::Body for ClientBody {
 /// Boxed error with the standard bounds.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
-/// The client a request came from, as the upstream is told in `X-Forwarded-*`.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer {
-    /// The client's address.
-    pub addr: SocketAddr,
-    /// Whether it came over TLS.
-    pub secure: bool,
-}
+use crate::peer::Peer;
 
 /// A pooled HTTP/1.1 client for one route's upstream.
 #[derive(Clone, Debug)]

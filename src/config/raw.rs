@@ -20,6 +20,7 @@ pub struct RawConfig {
     pub max_streams: Option<Spanned<LimitValue>>,
     pub header_read_timeout: Option<Spanned<DurationValue>>,
     pub keepalive_timeout: Option<Spanned<DurationValue>>,
+    pub lean_http1: Option<Spanned<bool>>,
     pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
     pub max_streams_per_client: Option<Spanned<LimitValue>>,
     pub new_streams_per_client: Option<Spanned<LimitValue>>,

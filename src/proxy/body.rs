@@ -1,6 +1,6 @@
 //! The response body type: one enum over every kind of body ssegate sends, so nothing is boxed;
 //! it also carries what must live exactly as long as the response (the request's place on its
-//! connection and route, and the access log line written when it ends).
+//! route, and the access log line written when it ends).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -17,7 +17,6 @@ use crate::hub::source::AnswerBody;
 use crate::hub::{HeldBody, SubscriberBody};
 use crate::metrics::RouteMetrics;
 use crate::route::Admission;
-use crate::server::InFlight;
 use crate::upstream::BoxError;
 
 pin_project! {
@@ -27,7 +26,6 @@ pin_project! {
         #[pin]
         kind: Inner,
         log: Option<Box<AccessLog>>,
-        in_flight: Option<InFlight>,
     }
 }
 
@@ -123,17 +121,7 @@ impl ProxyBody {
     }
 
     fn of(kind: Inner) -> Self {
-        ProxyBody {
-            kind,
-            log: None,
-            in_flight: None,
-        }
-    }
-
-    /// Keeps the request counted on its connection until this body ends.
-    pub fn hold(mut self, in_flight: InFlight) -> Self {
-        self.in_flight = Some(in_flight);
-        self
+        ProxyBody { kind, log: None }
     }
 
     /// Writes `log` when this body ends.
@@ -168,7 +156,6 @@ impl Body for ProxyBody {
             // The response is over: log it and free its places now, not when hyper drops it.
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
                 this.log.take();
-                this.in_flight.take();
             }
             Poll::Pending => {}
         }
