@@ -56,8 +56,8 @@ impl AsyncRead for Chunked<'_> {
     }
 }
 
-fn proxy() -> &'static (tokio::runtime::Runtime, ssegate::proxy::Proxy) {
-    static PROXY: OnceLock<(tokio::runtime::Runtime, ssegate::proxy::Proxy)> = OnceLock::new();
+fn proxy() -> &'static (tokio::runtime::Runtime, ssegate::fuzzing::Proxy) {
+    static PROXY: OnceLock<(tokio::runtime::Runtime, ssegate::fuzzing::Proxy)> = OnceLock::new();
     PROXY.get_or_init(|| {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
@@ -69,9 +69,9 @@ fn proxy() -> &'static (tokio::runtime::Runtime, ssegate::proxy::Proxy) {
             "fuzz",
         )
         .expect("config");
-        let metrics = Arc::new(ssegate::metrics::Metrics::new());
-        let hub = ssegate::hub::Hub::new(&config, metrics.clone());
-        let proxy = ssegate::proxy::Proxy::new(&config, hub, metrics);
+        let metrics = Arc::new(ssegate::fuzzing::Metrics::new());
+        let hub = ssegate::fuzzing::Hub::new(&config, metrics.clone());
+        let proxy = ssegate::fuzzing::Proxy::new(&config, hub, metrics);
         (runtime, proxy)
     })
 }
@@ -85,8 +85,8 @@ pub fn head(data: &[u8]) {
     bounded(256 * 1024, || {
         let mut io = Chunked { data: input, step };
         let is_lean = |head: &http::Request<()>| proxy.is_subscription_head(head);
-        let sniffed = runtime.block_on(ssegate::server::sniff(&mut io, &is_lean));
-        let Ok(ssegate::server::Sniffed::Subscription(request)) = sniffed else {
+        let sniffed = runtime.block_on(ssegate::fuzzing::sniff(&mut io, &is_lean));
+        let Ok(ssegate::fuzzing::Sniffed::Subscription(request)) = sniffed else {
             return;
         };
         // The lean path only takes a GET without a body, that ssegate would route and serve.
@@ -97,10 +97,9 @@ pub fn head(data: &[u8]) {
             .iter()
             .all(|v| v == "0"));
         assert!(!request.headers().contains_key(http::header::TRANSFER_ENCODING));
-        let target =
-            ssegate::proxy::target::Target::of(&request).expect("a lean head passes the target checks");
+        let target = ssegate::fuzzing::Target::of(&request).expect("a lean head passes the target checks");
         // Normal form is a fixed point, and has no dot-segments left.
-        let again = ssegate::proxy::target::normalise_path(&target.path).expect("normal form parses");
+        let again = ssegate::fuzzing::normalise_path(&target.path).expect("normal form parses");
         assert_eq!(again, target.path);
         assert!(!target.merged.contains("//"));
         assert!(target.path.starts_with('/'));
@@ -117,7 +116,7 @@ pub fn head(data: &[u8]) {
     });
 }
 
-fn route_settings(proxy: &ssegate::proxy::Proxy, path: &str) -> ssegate::config::Settings {
+fn route_settings(proxy: &ssegate::fuzzing::Proxy, path: &str) -> ssegate::config::Settings {
     let router = proxy.router();
     let route = router.find(path).expect("the config has a root route");
     route.config.settings.clone()

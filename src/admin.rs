@@ -19,7 +19,7 @@ use crate::control::Control;
 const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Serves the admin endpoints on `listener` until `stop` resolves.
-pub async fn serve(listener: TcpListener, control: Control, stop: impl Future<Output = ()>) {
+pub(crate) async fn serve(listener: TcpListener, control: Control, stop: impl Future<Output = ()>) {
     tokio::pin!(stop);
     loop {
         let (stream, _) = tokio::select! {

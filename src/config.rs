@@ -1,6 +1,6 @@
 //! Configuration: the TOML file, parsed once at start into typed, validated settings.
 //!
-//! Two layers: [`raw`] mirrors the file key for key (serde, `deny_unknown_fields`, every value
+//! Two layers: `raw` mirrors the file key for key (serde, `deny_unknown_fields`, every value
 //! optional and spanned); this module turns it into [`Config`] with real types, applying the
 //! precedence route > `[defaults]` > the `DEFAULT_*` constants. Every error names the file, the
 //! line, the section and the key.

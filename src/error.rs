@@ -18,7 +18,7 @@ type BoxError = Box<dyn StdError + Send + Sync>;
 /// Who caused an error: the `fault` field of its log line, written
 /// `tracing::debug!(fault = %Fault::Client, ...)` where a line is not made by [`rescue`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
+pub(crate) enum Fault {
     /// The client: a request ssegate cannot or will not serve, a body cut short, a slow or
     /// broken connection. A debug or info line; a warning only where it says more than one
     /// request did (a client held over its stream budget, once).
@@ -31,7 +31,7 @@ pub enum Fault {
 
 impl Fault {
     /// The name written in logs: "client", "upstream" or "internal".
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Fault::Client => "client",
             Fault::Upstream => "upstream",
@@ -49,7 +49,7 @@ impl fmt::Display for Fault {
 /// Why ssegate answers a request itself. Each knows its [`Fault`] and status; [`rescue`] makes
 /// the response and the log line.
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     /// A CONNECT request: ssegate is no forward proxy. 405.
     #[error("CONNECT is not proxied")]
     Connect,
@@ -87,7 +87,7 @@ pub enum ProxyError {
 
 impl ProxyError {
     /// Who caused it.
-    pub fn fault(&self) -> Fault {
+    pub(crate) fn fault(&self) -> Fault {
         match self {
             ProxyError::Connect
             | ProxyError::BadRequest(_)
@@ -102,7 +102,7 @@ impl ProxyError {
     }
 
     /// The status the client gets.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ProxyError::Connect => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
@@ -138,7 +138,7 @@ impl ProxyError {
 /// What the log line of a rescued request says about it, besides the error: whatever of it is
 /// known where the error happened (a request refused before routing has no route).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Context<'a> {
+pub(crate) struct Context<'a> {
     /// The client's address.
     pub remote: Option<SocketAddr>,
     /// The request method.
@@ -158,7 +158,7 @@ pub struct Context<'a> {
 /// level its fault deserves: a client's at debug, or info where an operator may want to see it
 /// (a malformed request, a body over its limit or unreadable); the upstream's at warn;
 /// ssegate's own limits at warn (a sizing matter, not a bug) and its stopping at debug.
-pub fn rescue<B: From<Bytes>>(error: ProxyError, context: &Context<'_>) -> Response<B> {
+pub(crate) fn rescue<B: From<Bytes>>(error: ProxyError, context: &Context<'_>) -> Response<B> {
     let status = error.status();
     log(&error, status, context);
     let body = error.body();
@@ -219,7 +219,7 @@ fn log(error: &ProxyError, status: StatusCode, context: &Context<'_>) {
 
 /// A short plain-text response from ssegate itself, with any body type that holds bytes (the
 /// proxy's [`ProxyBody`](crate::proxy::ProxyBody), or `Full<Bytes>`).
-pub fn error_response<B: From<Bytes>>(status: StatusCode, body: impl Into<Bytes>) -> Response<B> {
+pub(crate) fn error_response<B: From<Bytes>>(status: StatusCode, body: impl Into<Bytes>) -> Response<B> {
     let mut response = Response::new(B::from(body.into()));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -232,7 +232,7 @@ pub fn error_response<B: From<Bytes>>(status: StatusCode, body: impl Into<Bytes>
 /// A 503 that asks the client to come back in a second: ssegate is at one of its limits (or
 /// stopping), which lasts about that long for any one client, and an EventSource retries after
 /// its own delay anyway.
-pub fn unavailable<B: From<Bytes>>(body: impl Into<Bytes>) -> Response<B> {
+pub(crate) fn unavailable<B: From<Bytes>>(body: impl Into<Bytes>) -> Response<B> {
     let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, body);
     response
         .headers_mut()
@@ -242,7 +242,7 @@ pub fn unavailable<B: From<Bytes>>(body: impl Into<Bytes>) -> Response<B> {
 
 /// An error and its sources, joined by ": ", for one log line. A source whose text its error
 /// already holds (many wrap with "{source}") is not repeated.
-pub fn chain(error: &(dyn StdError + 'static)) -> String {
+pub(crate) fn chain(error: &(dyn StdError + 'static)) -> String {
     let mut text = error.to_string();
     let mut next = error.source();
     while let Some(e) = next {

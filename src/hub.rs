@@ -13,15 +13,15 @@
 //! Per-event work (parse, id, encode, buffer) happens once per stream, in its task; a client
 //! costs a cursor, a waker slot and a few counters.
 
-pub mod budget;
-pub mod held;
-pub mod key;
+pub(crate) mod budget;
+pub(crate) mod held;
+pub(crate) mod key;
 mod pacer;
-pub mod replay;
-pub mod ring;
-pub mod source;
-pub mod stream;
-pub mod subscriber;
+pub(crate) mod replay;
+pub(crate) mod ring;
+pub(crate) mod source;
+pub(crate) mod stream;
+pub(crate) mod subscriber;
 mod task;
 mod wakers;
 
@@ -40,12 +40,12 @@ use crate::metrics::Metrics;
 use crate::route::{Admission, RouteEntry, Router};
 use budget::{Budgets, ClientId, Grant};
 use held::Counted;
-pub use held::{Held, HeldBody};
+pub(crate) use held::{Held, HeldBody};
 use key::StreamKey;
 use source::http::HttpSource;
 use source::{Answer, AnswerBody, Source};
 use stream::{Phase, Stream, Subscriber, Template};
-pub use subscriber::{SlowClient, Start, SubscriberBody};
+pub(crate) use subscriber::SubscriberBody;
 
 /// The registry of live streams. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -55,7 +55,7 @@ pub struct Hub {
 
 /// What streams share with the hub.
 #[derive(Debug)]
-pub struct Shared {
+pub(crate) struct Shared {
     streams: Mutex<HashMap<StreamKey, Arc<Stream>>>,
     buffered: AtomicUsize,
     /// Bytes of the request heads streams keep (counted in `buffered` too).

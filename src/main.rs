@@ -68,7 +68,7 @@ fn check(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let certificate = match config.tls.as_ref().map(ssegate::tls::load) {
+    let certificate = match config.tls.as_ref().map(ssegate::load_certificate) {
         Some(Err(error)) => {
             eprintln!("error: [tls]: {error}");
             return ExitCode::from(2);

@@ -13,25 +13,14 @@ use prometheus_client::registry::Registry;
 
 /// The `route` label: a route's path prefix.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabel {
+pub(crate) struct RouteLabel {
     /// The route's `path`.
     pub route: String,
 }
 
-/// Status class of an answer: `1xx` … `5xx`.
-pub fn status_class(status: http::StatusCode) -> &'static str {
-    match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
-}
-
 /// Labels of a pass-through request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
+pub(crate) struct RequestLabels {
     /// The route's `path`.
     pub route: String,
     /// Status class of the answer.

@@ -2,7 +2,7 @@
 //! subscribes it to an SSE stream of the hub.
 
 mod body;
-pub mod target;
+pub(crate) mod target;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,7 +18,7 @@ use http_body::Body as _;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 
-pub use body::{AccessLog, ProxyBody};
+pub(crate) use body::{AccessLog, ProxyBody};
 
 use crate::config::{Cidr, Config, SseMode, StreamMode};
 use crate::error::{rescue, Context, ProxyError};
@@ -63,7 +63,7 @@ impl RequestBody for () {
 /// The request body the proxy serves: hyper's streamed body, or none (a head the server's lean
 /// path read). One type for both, so the server hands its service one kind of request.
 #[derive(Debug, Default)]
-pub struct IncomingBody(Option<Incoming>);
+pub(crate) struct IncomingBody(Option<Incoming>);
 
 impl From<Incoming> for IncomingBody {
     fn from(body: Incoming) -> Self {
@@ -515,7 +515,7 @@ fn sse_response(body: ProxyBody, app: HeaderMap, route: &RouteEntry) -> Response
 }
 
 /// Whether a request is an SSE subscription under the route's `sse` setting.
-pub fn is_subscription<B>(mode: SseMode, request: &Request<B>) -> bool {
+pub(crate) fn is_subscription<B>(mode: SseMode, request: &Request<B>) -> bool {
     if request.method() != Method::GET {
         return false;
     }

@@ -198,7 +198,7 @@ fn matches(prefix: &str, path: &str) -> bool {
 /// strip), ASCII case ignored (case-insensitive servers), trailing dots ignored (Windows). A
 /// spelling one app may read as a route's path goes to that route, never around it through a
 /// wider one; the upstream still gets the path as sent (normalised).
-pub fn same_segment(want: &str, have: &str) -> bool {
+pub(crate) fn same_segment(want: &str, have: &str) -> bool {
     fn lenient(segment: &str) -> &str {
         let segment = segment.split(';').next().unwrap_or(segment);
         match segment.trim_end_matches('.') {

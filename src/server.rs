@@ -12,11 +12,11 @@ mod lean;
 mod limit;
 mod tracked;
 
-pub use conn::{ConnState, Expiry, InFlight};
-pub use io::ConnIo;
+pub(crate) use conn::{ConnState, Expiry, InFlight};
+pub(crate) use io::ConnIo;
 pub use lean::{sniff, Sniffed};
-pub use limit::{ConnectionLimit, MAX_REFUSING};
-pub use tracked::Tracked;
+pub(crate) use limit::ConnectionLimit;
+pub(crate) use tracked::Tracked;
 
 use lean::Prefixed;
 use limit::{Admission, Slot};
@@ -49,24 +49,24 @@ use crate::peer::Peer;
 use crate::tls::Acceptor;
 
 /// Boxed error with the standard bounds: what a response body's error becomes.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The lean path's question: is this request head (with no body) a subscription it may serve?
 /// A predicate beside the service rather than a bound on it, so layers can wrap the service.
-pub type IsLean = Arc<dyn Fn(&Request<()>) -> bool + Send + Sync>;
+pub(crate) type IsLean = Arc<dyn Fn(&Request<()>) -> bool + Send + Sync>;
 
 /// Largest request head (request line and headers) accepted from a client, in bytes.
-pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 
 /// Requests (SSE subscriptions included) one HTTP/2 connection may have open at once, as Nginx's
 /// `http2_max_concurrent_streams`. A page's EventSources share one connection, so this is far
 /// above what a page opens; it bounds what one connection can make ssegate hold.
-pub const MAX_H2_STREAMS: u32 = 128;
+pub(crate) const MAX_H2_STREAMS: u32 = 128;
 
 /// The connection settings in force; a reload replaces them (new connections use them).
 /// `max_connections` is a [`ConnectionLimit`] of its own: it counts open connections.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Time for a complete request head.
     pub header_read_timeout: Duration,
     /// Idle time between requests.
@@ -81,7 +81,7 @@ pub struct Limits {
 
 impl Limits {
     /// The limits of `config`.
-    pub fn of(config: &Config) -> Limits {
+    pub(crate) fn of(config: &Config) -> Limits {
         Limits {
             header_read_timeout: config.header_read_timeout,
             keepalive_timeout: config.keepalive_timeout,
@@ -93,7 +93,7 @@ impl Limits {
 }
 
 /// A server of `service`: its limits, metrics, TLS and lean path, ready to [`Server::serve`].
-pub struct Server<S> {
+pub(crate) struct Server<S> {
     service: S,
     lean: Option<IsLean>,
     limits: Arc<RwLock<Limits>>,
@@ -105,7 +105,7 @@ pub struct Server<S> {
 impl<S> Server<S> {
     /// A cleartext server of `service` under `limits` and `connections` (a reload changes
     /// both), without the lean path.
-    pub fn new(
+    pub(crate) fn new(
         service: S,
         limits: Arc<RwLock<Limits>>,
         connections: ConnectionLimit,
@@ -123,13 +123,13 @@ impl<S> Server<S> {
 
     /// Serves the first request of a connection on the lean HTTP/1.1 path when `is_lean` says
     /// its head is a subscription (see `lean`).
-    pub fn lean(mut self, is_lean: IsLean) -> Self {
+    pub(crate) fn lean(mut self, is_lean: IsLean) -> Self {
         self.lean = Some(is_lean);
         self
     }
 
     /// Serves TLS with `acceptor`.
-    pub fn tls(mut self, acceptor: Option<Acceptor>) -> Self {
+    pub(crate) fn tls(mut self, acceptor: Option<Acceptor>) -> Self {
         self.tls = acceptor;
         self
     }
@@ -142,7 +142,7 @@ impl<S> Server<S> {
     /// Past `max_connections`, a place is waited for before `accept`: a few connections
     /// ([`MAX_REFUSING`] at once) are answered 503 meanwhile, the others wait in the kernel's
     /// backlog.
-    pub async fn serve<B, RB>(
+    pub(crate) async fn serve<B, RB>(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
@@ -237,7 +237,7 @@ impl<S> Server<S> {
                 stop: stop.clone(),
                 remote,
             };
-            let state = ConnState::new(handshake.is_some());
+            let state = ConnState::new();
             let io = ConnIo::new(
                 stream,
                 state.clone(),

@@ -127,7 +127,7 @@ pub fn load(settings: &TlsSettings) -> Result<Loaded, TlsError> {
 }
 
 /// A rustls server config for `loaded`, offering h2 and http/1.1 by ALPN.
-pub fn server_config(loaded: &Loaded, min_version: TlsVersion) -> Result<Arc<ServerConfig>, TlsError> {
+pub(crate) fn server_config(loaded: &Loaded, min_version: TlsVersion) -> Result<Arc<ServerConfig>, TlsError> {
     let versions: &[&rustls::SupportedProtocolVersion] = match min_version {
         TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::V1_3 => &[&rustls::version::TLS13],
@@ -153,7 +153,7 @@ impl rustls::server::ResolvesServerCert for Single {
 /// The acceptor in force: a reload swaps it; handshakes in progress and open connections keep
 /// the one they started with.
 #[derive(Clone)]
-pub struct Acceptor {
+pub(crate) struct Acceptor {
     current: Arc<RwLock<TlsAcceptor>>,
 }
 
@@ -165,14 +165,14 @@ impl std::fmt::Debug for Acceptor {
 
 impl Acceptor {
     /// An acceptor for `config`.
-    pub fn new(config: Arc<ServerConfig>) -> Acceptor {
+    pub(crate) fn new(config: Arc<ServerConfig>) -> Acceptor {
         Acceptor {
             current: Arc::new(RwLock::new(TlsAcceptor::from(config))),
         }
     }
 
     /// The acceptor for a new connection.
-    pub fn current(&self) -> TlsAcceptor {
+    pub(crate) fn current(&self) -> TlsAcceptor {
         self.current
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -180,7 +180,7 @@ impl Acceptor {
     }
 
     /// Swaps in `config` for new handshakes.
-    pub fn replace(&self, config: Arc<ServerConfig>) {
+    pub(crate) fn replace(&self, config: Arc<ServerConfig>) {
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = TlsAcceptor::from(config);
     }
 }

@@ -1,8 +1,8 @@
 //! The way to an app: a pooled HTTP/1.1 client per route, the rewriting of a client request into
 //! an upstream request, and the errors an upstream exchange can end in.
 
-pub mod backoff;
-pub mod headers;
+pub(crate) mod backoff;
+pub(crate) mod headers;
 
 use std::error::Error as StdError;
 use std::time::Duration;
@@ -23,7 +23,7 @@ use headers::{add_forwarded, drop_confusable, strip_hop_by_hop};
 
 /// A request body bound upstream: the client's streamed body (bounded by `max_request_body`),
 /// or nothing (SSE subscriptions).
-pub type UpstreamBody = Either<ClientBody, Empty<Bytes>>;
+pub(crate) type UpstreamBody = Either<ClientBody, Empty<Bytes>>;
 
 pin_project_lite::pin_project! {
     /// A client's request body on its way upstream, bounded by `max_request_body`. Its errors
@@ -48,7 +48,7 @@ impl ClientBody {
 /// more bytes than `max_request_body`.
 #[derive(Debug, thiserror::Error)]
 #[error("reading the client's request body failed")]
-pub struct ClientBodyError(#[source] pub BoxError);
+pub(crate) struct ClientBodyError(#[source] pub BoxError);
 
 impl http_body::Body for ClientBody {
     type Data = Bytes;
@@ -74,7 +74,7 @@ impl http_body::Body for ClientBody {
 }
 
 /// Boxed error with the standard bounds.
-pub type BoxError = Box<dyn StdError + Send + Sync>;
+pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
 
 use crate::peer::Peer;
 
@@ -256,7 +256,7 @@ pub struct UpstreamHead {
 /// (`uri`, `headers`: an [`UpstreamHead`] built once): no body, and `Last-Event-ID` when the
 /// stream has one to resume from (one that cannot be a header value is left out, as no app
 /// could have sent it).
-pub fn subscription_request(
+pub(crate) fn subscription_request(
     uri: &Uri,
     headers: &HeaderMap,
     last_event_id: Option<&str>,

@@ -36,7 +36,7 @@ pub(super) struct Source<'a> {
 
 impl Source<'_> {
     /// An error at `span` with `message` as given.
-    pub fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+    pub(super) fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
         let start = span.start.min(self.text.len());
         let before = &self.text[..start];
         let line = before.matches('\n').count() + 1;
@@ -50,7 +50,7 @@ impl Source<'_> {
     }
 
     /// Turns a TOML or serde error into one that names the key and section it happened in.
-    pub fn toml_error(&self, error: &toml::de::Error) -> ConfigError {
+    pub(super) fn toml_error(&self, error: &toml::de::Error) -> ConfigError {
         let span = error.span().unwrap_or(0..0);
         let raw = error.message().trim().replace('\n', "; ");
         let raw = raw.as_str();

@@ -10,7 +10,7 @@ use super::{IdMode, OnGap, SseMode, StreamMode};
 /// The whole file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(super) struct RawConfig {
     pub listen: Option<Spanned<String>>,
     pub admin_listen: Option<Spanned<String>>,
     pub buffer_total_bytes: Option<Spanned<SizeValue>>,
@@ -34,7 +34,7 @@ pub struct RawConfig {
 /// `[tls]`: the public listener serves HTTPS (HTTP/1.1 and HTTP/2 by ALPN).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawTls {
+pub(super) struct RawTls {
     pub cert: Spanned<String>,
     pub key: Spanned<String>,
     pub min_version: Option<Spanned<String>>,
@@ -48,30 +48,30 @@ macro_rules! with_settings {
         $(#[$meta])*
         #[derive(Debug, Deserialize)]
         #[serde(deny_unknown_fields)]
-        pub struct $name {
+        pub(crate) struct $name {
             $($extra)*
-            pub retry: Option<Spanned<Toggle>>,
-            pub heartbeat: Option<Spanned<Toggle>>,
-            pub ids: Option<Spanned<IdMode>>,
-            pub mode: Option<Spanned<StreamMode>>,
-            pub stream_key: Option<Spanned<Vec<Spanned<String>>>>,
-            pub buffer_events: Option<Spanned<u64>>,
-            pub buffer_bytes: Option<Spanned<SizeValue>>,
-            pub buffer_age: Option<Spanned<Toggle>>,
-            pub on_gap: Option<Spanned<OnGap>>,
-            pub linger: Option<Spanned<DurationValue>>,
-            pub coalesce: Option<Spanned<Toggle>>,
-            pub max_event_bytes: Option<Spanned<SizeValue>>,
-            pub reconnect_initial: Option<Spanned<DurationValue>>,
-            pub reconnect_max: Option<Spanned<DurationValue>>,
-            pub upstream_connect_timeout: Option<Spanned<DurationValue>>,
-            pub upstream_down_grace: Option<Spanned<Toggle>>,
-            pub max_clients: Option<Spanned<LimitValue>>,
-            pub upstream_response_timeout: Option<Spanned<Toggle>>,
-            pub max_request_body: Option<Spanned<SizeValue>>,
-            pub merge_slashes: Option<Spanned<bool>>,
-            pub allow_encoded_slashes: Option<Spanned<bool>>,
-            pub response_headers: Option<Spanned<std::collections::BTreeMap<String, Spanned<String>>>>,
+            pub(crate) retry: Option<Spanned<Toggle>>,
+            pub(crate) heartbeat: Option<Spanned<Toggle>>,
+            pub(crate) ids: Option<Spanned<IdMode>>,
+            pub(crate) mode: Option<Spanned<StreamMode>>,
+            pub(crate) stream_key: Option<Spanned<Vec<Spanned<String>>>>,
+            pub(crate) buffer_events: Option<Spanned<u64>>,
+            pub(crate) buffer_bytes: Option<Spanned<SizeValue>>,
+            pub(crate) buffer_age: Option<Spanned<Toggle>>,
+            pub(crate) on_gap: Option<Spanned<OnGap>>,
+            pub(crate) linger: Option<Spanned<DurationValue>>,
+            pub(crate) coalesce: Option<Spanned<Toggle>>,
+            pub(crate) max_event_bytes: Option<Spanned<SizeValue>>,
+            pub(crate) reconnect_initial: Option<Spanned<DurationValue>>,
+            pub(crate) reconnect_max: Option<Spanned<DurationValue>>,
+            pub(crate) upstream_connect_timeout: Option<Spanned<DurationValue>>,
+            pub(crate) upstream_down_grace: Option<Spanned<Toggle>>,
+            pub(crate) max_clients: Option<Spanned<LimitValue>>,
+            pub(crate) upstream_response_timeout: Option<Spanned<Toggle>>,
+            pub(crate) max_request_body: Option<Spanned<SizeValue>>,
+            pub(crate) merge_slashes: Option<Spanned<bool>>,
+            pub(crate) allow_encoded_slashes: Option<Spanned<bool>>,
+            pub(crate) response_headers: Option<Spanned<std::collections::BTreeMap<String, Spanned<String>>>>,
         }
     };
 }
@@ -85,8 +85,8 @@ with_settings! {
 with_settings! {
     /// One `[[route]]`.
     pub struct RawRoute {
-        pub path: Spanned<String>,
-        pub upstream: Spanned<String>,
-        pub sse: Option<Spanned<SseMode>>,
+        pub(crate) path: Spanned<String>,
+        pub(crate) upstream: Spanned<String>,
+        pub(crate) sse: Option<Spanned<SseMode>>,
     }
 }

@@ -9,19 +9,19 @@ use serde::Deserialize;
 
 /// A duration written as a string: `"250ms"`, `"15s"`, `"10m"`, `"1h 30m"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DurationValue(pub Duration);
+pub(super) struct DurationValue(pub Duration);
 
 /// A duration, or `"off"` where the feature can be disabled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Toggle(pub Option<Duration>);
+pub(super) struct Toggle(pub Option<Duration>);
 
 /// A size in bytes: an integer, or a string such as `"8MiB"`, `"512KiB"`, `"64kB"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SizeValue(pub u64);
+pub(super) struct SizeValue(pub u64);
 
 /// A count, or `"off"` for no limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LimitValue(pub Option<u64>);
+pub(super) struct LimitValue(pub Option<u64>);
 
 /// An address block such as `10.0.0.0/8` or `fd00::/8`; a bare address is a block of one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

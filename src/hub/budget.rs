@@ -48,7 +48,7 @@ impl fmt::Display for ClientId {
 /// Every client's budget. Entries exist while a client has streams, waiters, or a bucket not
 /// yet refilled, so the map stays as small as the set of active clients.
 #[derive(Debug)]
-pub struct Budgets {
+pub(crate) struct Budgets {
     inner: Mutex<Inner>,
 }
 
@@ -76,14 +76,14 @@ struct Account {
 
 /// One stream's charge on its client's budget, released when the stream ends.
 #[derive(Debug)]
-pub struct Charge {
+pub(crate) struct Charge {
     budgets: Arc<Budgets>,
     client: ClientId,
 }
 
 /// Why a subscription must wait, and until when.
 #[derive(Debug)]
-pub struct Wait {
+pub(crate) struct Wait {
     /// Changes when one of the client's streams ends.
     released: watch::Receiver<()>,
     /// When the bucket has a token again (rate limit); `None`: when a stream ends.
@@ -94,7 +94,7 @@ pub struct Wait {
 
 /// The answer of [`Budgets::take`].
 #[derive(Debug)]
-pub enum Grant {
+pub(crate) enum Grant {
     /// The client may open a stream; the charge goes with it.
     Granted(Charge),
     /// The client must wait; the first time it is held (since it was last within budget) is
@@ -104,7 +104,7 @@ pub enum Grant {
 
 impl Budgets {
     /// The budgets of `config`.
-    pub fn new(config: &Config) -> Arc<Budgets> {
+    pub(crate) fn new(config: &Config) -> Arc<Budgets> {
         Arc::new(Budgets {
             inner: Mutex::new(Inner {
                 max_streams: config.max_streams_per_client,
@@ -120,7 +120,7 @@ impl Budgets {
     }
 
     /// Takes the limits of a reloaded config; held subscriptions look again.
-    pub fn reconfigure(&self, config: &Config) {
+    pub(crate) fn reconfigure(&self, config: &Config) {
         let mut inner = self.lock();
         inner.max_streams = config.max_streams_per_client;
         inner.rate = config.new_streams_per_client;
@@ -136,7 +136,7 @@ impl Budgets {
     }
 
     /// Asks for one new stream for `client`.
-    pub fn take(self: &Arc<Self>, client: ClientId) -> Grant {
+    pub(crate) fn take(self: &Arc<Self>, client: ClientId) -> Grant {
         let now = Instant::now();
         let mut inner = self.lock();
         let (max_streams, rate) = (inner.max_streams, inner.rate);
@@ -227,17 +227,10 @@ impl Drop for Charge {
     }
 }
 
-impl Charge {
-    /// The client charged.
-    pub fn client(&self) -> ClientId {
-        self.client
-    }
-}
-
 impl Wait {
     /// Resolves when the budget may allow a new stream: one of the client's streams ended, the
     /// bucket refilled, or the limits changed. The caller asks again.
-    pub async fn done(mut self) {
+    pub(crate) async fn done(mut self) {
         match self.until {
             Some(until) => {
                 tokio::select! {

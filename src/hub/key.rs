@@ -9,17 +9,17 @@ use http::header::HeaderMap;
 use crate::config::KeyPart;
 
 /// The query parameter some EventSource polyfills use instead of the `Last-Event-ID` header.
-pub const LAST_EVENT_ID_PARAM: &str = "lastEventId";
+pub(crate) const LAST_EVENT_ID_PARAM: &str = "lastEventId";
 
 /// Longest Last-Event-ID kept; a longer one cannot be an id ssegate gave out, so it is a gap,
 /// and only this much of it is echoed in a `gap` event.
-pub const MAX_LAST_EVENT_ID: usize = 1024;
+pub(crate) const MAX_LAST_EVENT_ID: usize = 1024;
 
 /// Whether a client can send `id` back in a `Last-Event-ID` header and be found by it: a valid
 /// header value (no control character but tab), with no leading or trailing space or tab (HTTP
 /// strips them), at most [`MAX_LAST_EVENT_ID`] bytes. ssegate hands out no other id: a browser
 /// whose reconnect carries a header the server must refuse stops its EventSource for good.
-pub fn is_resumable(id: &str) -> bool {
+pub(crate) fn is_resumable(id: &str) -> bool {
     id.len() <= MAX_LAST_EVENT_ID
         && !id.starts_with([' ', '\t'])
         && !id.ends_with([' ', '\t'])
@@ -28,7 +28,7 @@ pub fn is_resumable(id: &str) -> bool {
 
 /// What identifies a stream: the route and the configured parts of a subscription, as bytes.
 /// It holds credentials when the key includes them, so it is never logged; see [`digest`].
-pub type StreamKey = Box<[u8]>;
+pub(crate) type StreamKey = Box<[u8]>;
 
 /// Appends `bytes` with its length before it, so no two different sequences of parts encode
 /// alike (joined with separators, `Bearer a=x` and the two values `Bearer a`, `x` would).
@@ -40,7 +40,7 @@ fn put(key: &mut Vec<u8>, bytes: &[u8]) {
 /// The stream key of a subscription to `route_path`: each configured part, taken from the
 /// request as the upstream receives it (its normalised `path` and `query`, and `headers` after
 /// hop-by-hop removal), the bytes exactly as they came.
-pub fn stream_key(
+pub(crate) fn stream_key(
     route_path: &str,
     parts: &[KeyPart],
     path: &str,
@@ -78,7 +78,7 @@ pub fn stream_key(
 }
 
 /// The key of the `n`th private (per-client) stream of a route: never equal to a shared key.
-pub fn private_key(route_path: &str, n: u64) -> StreamKey {
+pub(crate) fn private_key(route_path: &str, n: u64) -> StreamKey {
     let mut key = Vec::with_capacity(route_path.len() + 17);
     put(&mut key, route_path.as_bytes());
     key.push(b'#');
@@ -89,7 +89,7 @@ pub fn private_key(route_path: &str, n: u64) -> StreamKey {
 /// A short digest of a stream key for logs and `/streams`: HMAC-SHA256 under a key drawn at
 /// random when the process starts, so a digest can be compared within one process's logs but
 /// never used to test guessed credentials offline.
-pub fn digest(key: &[u8]) -> String {
+pub(crate) fn digest(key: &[u8]) -> String {
     static SECRET: OnceLock<ring::hmac::Key> = OnceLock::new();
     let secret = SECRET.get_or_init(|| {
         let rng = ring::rand::SystemRandom::new();
@@ -110,7 +110,7 @@ pub fn digest(key: &[u8]) -> String {
 
 /// The id a subscription resumes from: the `Last-Event-ID` header, or else the `lastEventId`
 /// query parameter. An empty value means none.
-pub fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+pub(crate) fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     if let Some(value) = headers.get("last-event-id") {
         let id = String::from_utf8_lossy(value.as_bytes()).into_owned();
         return (!id.is_empty()).then_some(id);
@@ -124,7 +124,7 @@ pub fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> Option<String>
 }
 
 /// The query without any `lastEventId` parameter, `None` when nothing is left.
-pub fn query_without_last_event_id(query: Option<&str>) -> Option<String> {
+pub(crate) fn query_without_last_event_id(query: Option<&str>) -> Option<String> {
     let kept: Vec<&str> = query?
         .split('&')
         .filter(|pair| !pair.is_empty() && pair.split('=').next() != Some(LAST_EVENT_ID_PARAM))

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 /// The replay an app may send after ssegate reopened its stream with Last-Event-ID: events it
 /// had sent before, from somewhere before that id (some apps start at their beginning).
-pub struct Replay {
+pub(crate) struct Replay {
     /// The Last-Event-ID sent: once it has gone by, what follows is new.
     resume_id: String,
     /// The app ids buffered when the stream was reopened: only those are repeats (an app may
@@ -18,7 +18,7 @@ pub struct Replay {
 
 impl Replay {
     /// A replay after reopening with `resume_id`, judged against the app ids buffered then.
-    pub fn new<'a>(resume_id: &str, buffered: impl Iterator<Item = &'a str>) -> Replay {
+    pub(crate) fn new<'a>(resume_id: &str, buffered: impl Iterator<Item = &'a str>) -> Replay {
         Replay {
             resume_id: resume_id.to_owned(),
             known: buffered.map(Box::from).collect(),
@@ -28,7 +28,7 @@ impl Replay {
 
     /// Whether the event with `id` is a repeat to drop; ends the replay when it meets new
     /// events (`self` is then to be dropped: the second value).
-    pub fn check(&mut self, id: Option<&str>) -> (bool, bool) {
+    pub(crate) fn check(&mut self, id: Option<&str>) -> (bool, bool) {
         match id {
             Some(id) if self.known.contains(id) => {
                 let last = id == self.resume_id;

@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 /// One buffered event: its wire bytes (id included), encoded once for every subscriber.
 #[derive(Debug, Clone)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// Position in the stream.
     pub seq: u64,
     /// The app's id, when the event came with one (injected ids are derived from `seq`).
@@ -26,7 +26,7 @@ pub struct Entry {
 /// The bounds of one ring: what it keeps at most (`buffer_events`, `buffer_bytes`,
 /// `buffer_age`). Not `server::Limits`, the connection settings.
 #[derive(Debug, Clone, Copy)]
-pub struct Bounds {
+pub(crate) struct Bounds {
     /// Most events kept.
     pub events: usize,
     /// Most bytes kept (of encoded events).
@@ -37,7 +37,7 @@ pub struct Bounds {
 
 /// Where a resuming client starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resume {
+pub(crate) enum Resume {
     /// The id is known: deliver from this sequence number on.
     At(u64),
     /// The id is not (or no longer) known: a gap.
@@ -46,7 +46,7 @@ pub enum Resume {
 
 /// The bounded buffer of a stream.
 #[derive(Debug)]
-pub struct Ring {
+pub(crate) struct Ring {
     epoch: Box<str>,
     inject: bool,
     limits: Bounds,
@@ -62,7 +62,7 @@ pub struct Ring {
 
 impl Ring {
     /// An empty ring with a fresh epoch. `inject` says ids are `<epoch>-<seq>`.
-    pub fn new(limits: Bounds, inject: bool) -> Ring {
+    pub(crate) fn new(limits: Bounds, inject: bool) -> Ring {
         Ring {
             epoch: new_epoch(),
             inject,
@@ -75,51 +75,41 @@ impl Ring {
         }
     }
 
-    /// This buffer's epoch: new for every ring, so ids of an earlier life are recognised.
-    pub fn epoch(&self) -> &str {
-        &self.epoch
-    }
-
     /// The injected id of sequence number `seq`.
-    pub fn injected_id(&self, seq: u64) -> String {
+    pub(crate) fn injected_id(&self, seq: u64) -> String {
         let mut id = String::with_capacity(self.epoch.len() + 12);
         let _ = write!(id, "{}-{seq}", self.epoch);
         id
     }
 
     /// The sequence number the next event will get.
-    pub fn next_seq(&self) -> u64 {
+    pub(crate) fn next_seq(&self) -> u64 {
         self.next_seq
     }
 
     /// The sequence number of the oldest buffered event (`next_seq` when empty).
-    pub fn first_seq(&self) -> u64 {
+    pub(crate) fn first_seq(&self) -> u64 {
         self.entries.front().map_or(self.next_seq, |e| e.seq)
     }
 
     /// Bytes of encoded events held.
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
 
     /// Events held.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
-    /// Whether no event is held.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// The event at `seq`, if still buffered.
-    pub fn get(&self, seq: u64) -> Option<&Entry> {
+    pub(crate) fn get(&self, seq: u64) -> Option<&Entry> {
         let index = seq.checked_sub(self.first_seq())?;
         self.entries.get(usize::try_from(index).ok()?)
     }
 
     /// The buffered events from `seq` on, oldest first (none if `seq` was evicted or is to come).
-    pub fn since(&self, seq: u64) -> impl Iterator<Item = &Entry> {
+    pub(crate) fn since(&self, seq: u64) -> impl Iterator<Item = &Entry> {
         let start = seq
             .checked_sub(self.first_seq())
             .and_then(|index| usize::try_from(index).ok())
@@ -129,12 +119,12 @@ impl Ring {
     }
 
     /// The app ids of the buffered events.
-    pub fn app_ids(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn app_ids(&self) -> impl Iterator<Item = &str> {
         self.ids.keys().map(|id| &**id)
     }
 
     /// The id `entry` was sent with, if any.
-    pub fn id_of(&self, entry: &Entry) -> Option<String> {
+    pub(crate) fn id_of(&self, entry: &Entry) -> Option<String> {
         match &entry.app_id {
             Some(id) => Some(id.to_string()),
             None if self.inject => Some(self.injected_id(entry.seq)),
@@ -145,7 +135,7 @@ impl Ring {
     /// The id of the newest event: what a new subscriber is primed with. In inject mode there
     /// always is one (`<epoch>-0` before the first event), so even a client that leaves before
     /// its first event resumes from the right place.
-    pub fn newest_id(&self) -> Option<String> {
+    pub(crate) fn newest_id(&self) -> Option<String> {
         match self.entries.back() {
             Some(Entry { app_id: Some(id), .. }) => Some(id.to_string()),
             Some(entry) if self.inject => Some(self.injected_id(entry.seq)),
@@ -157,7 +147,7 @@ impl Ring {
 
     /// The id a client has seen when the next event it gets is `seq`: the id of event
     /// `seq - 1`, as [`Ring::newest_id`] would have said right after it was appended.
-    pub fn id_before(&self, seq: u64) -> Option<String> {
+    pub(crate) fn id_before(&self, seq: u64) -> Option<String> {
         if seq >= self.next_seq {
             return self.newest_id();
         }
@@ -174,7 +164,7 @@ impl Ring {
 
     /// Appends an encoded event and evicts what the limits no longer allow. Returns the new
     /// event's sequence number and the bytes freed by eviction.
-    pub fn push(&mut self, app_id: Option<Box<str>>, bytes: Bytes, now: Instant) -> (u64, usize) {
+    pub(crate) fn push(&mut self, app_id: Option<Box<str>>, bytes: Bytes, now: Instant) -> (u64, usize) {
         let seq = self.next_seq;
         self.next_seq += 1;
         if let Some(id) = &app_id {
@@ -196,7 +186,7 @@ impl Ring {
 
     /// Changes the limits (a reloaded config), evicting what they no longer allow; returns the
     /// bytes freed.
-    pub fn set_limits(&mut self, limits: Bounds, now: Instant) -> usize {
+    pub(crate) fn set_limits(&mut self, limits: Bounds, now: Instant) -> usize {
         self.limits = limits;
         let mut freed = 0;
         while self.entries.len() > self.limits.events || self.bytes > self.limits.bytes {
@@ -206,7 +196,7 @@ impl Ring {
     }
 
     /// Evicts events older than the age limit; returns the bytes freed.
-    pub fn evict_expired(&mut self, now: Instant) -> usize {
+    pub(crate) fn evict_expired(&mut self, now: Instant) -> usize {
         let Some(age) = self.limits.age else { return 0 };
         let mut freed = 0;
         while self
@@ -220,12 +210,12 @@ impl Ring {
     }
 
     /// When the oldest event was buffered.
-    pub fn oldest_at(&self) -> Option<Instant> {
+    pub(crate) fn oldest_at(&self) -> Option<Instant> {
         self.entries.front().map(|e| e.at)
     }
 
     /// Evicts the oldest event; returns the bytes freed (0 when empty).
-    pub fn pop_oldest(&mut self) -> usize {
+    pub(crate) fn pop_oldest(&mut self) -> usize {
         let Some(entry) = self.entries.pop_front() else {
             return 0;
         };
@@ -242,7 +232,7 @@ impl Ring {
     }
 
     /// Where a client that last saw `last_id` resumes.
-    pub fn resume(&self, last_id: &str) -> Resume {
+    pub(crate) fn resume(&self, last_id: &str) -> Resume {
         let after = |seq: u64| {
             if seq + 1 >= self.first_seq() && seq < self.next_seq {
                 Resume::At(seq + 1)
@@ -324,7 +314,7 @@ mod tests {
     fn resume_by_injected_id() {
         let now = Instant::now();
         let mut r = ring(3, 1000, true);
-        assert_eq!(r.newest_id(), Some(format!("{}-0", r.epoch())));
+        assert_eq!(r.newest_id(), Some(format!("{}-0", r.epoch)));
         // Primed before any event, the client resumes from the first one.
         assert_eq!(r.resume(&r.injected_id(0)), Resume::At(1));
         for _ in 0..5 {
@@ -337,8 +327,8 @@ mod tests {
         assert_eq!(r.resume(&r.injected_id(1)), Resume::Gap, "event 2 is lost");
         assert_eq!(r.resume(&r.injected_id(6)), Resume::Gap, "an id from the future");
         assert_eq!(r.resume("zzzzzzzz-4"), Resume::Gap, "a foreign epoch");
-        assert_eq!(r.resume(&format!("{}-", r.epoch())), Resume::Gap);
-        assert_eq!(r.resume(&format!("{}-+4", r.epoch())), Resume::Gap);
+        assert_eq!(r.resume(&format!("{}-", r.epoch)), Resume::Gap);
+        assert_eq!(r.resume(&format!("{}-+4", r.epoch)), Resume::Gap);
         assert_eq!(r.resume(&"x".repeat(10_000)), Resume::Gap);
         assert_eq!(r.newest_id(), Some(r.injected_id(5)));
     }
@@ -404,6 +394,6 @@ mod tests {
 
     #[test]
     fn epochs_differ() {
-        assert_ne!(ring(1, 1, true).epoch(), ring(1, 1, true).epoch());
+        assert_ne!(ring(1, 1, true).epoch[..], ring(1, 1, true).epoch[..]);
     }
 }

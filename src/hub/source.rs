@@ -4,7 +4,7 @@
 //! a source only knows how to ask and how to read. Today's source is the app over HTTP
 //! ([`http`]); any other (a cluster follower, a scripted one in tests) implements [`Source`].
 
-pub mod http;
+pub(crate) mod http;
 
 use std::fmt;
 use std::future::Future;
@@ -17,11 +17,11 @@ use crate::route::RouteEntry;
 use crate::upstream::BoxError;
 
 /// The body of a definitive answer: boxed, so any source can make one.
-pub type AnswerBody = UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) type AnswerBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// What an upstream answered when asked for a stream.
 #[derive(Debug)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// An event stream follows, with these response headers (the app's, `Set-Cookie`
     /// included).
     Stream(::http::HeaderMap),
@@ -34,7 +34,7 @@ pub enum Answer {
 
 /// What happened next at a source.
 #[derive(Debug)]
-pub enum Step {
+pub(crate) enum Step {
     /// The answer to the last [`Source::open`].
     Answer(Answer),
     /// Bytes of the event stream.
@@ -44,7 +44,7 @@ pub enum Step {
 }
 
 /// A stream's source of events, owned by its task.
-pub trait Source: Send + 'static {
+pub(crate) trait Source: Send + 'static {
     /// Asks for the stream again (dropping whatever was open), after `last_event_id` when
     /// given. The answer comes from [`Source::next`].
     fn open(&mut self, last_event_id: Option<&str>);

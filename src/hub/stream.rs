@@ -22,11 +22,11 @@ use crate::metrics::RouteMetrics;
 use crate::route::RouteEntry;
 
 // The HTTP source's request, where the proxy and held subscriptions have always found it.
-pub use super::source::http::Template;
+pub(crate) use super::source::http::Template;
 
 /// Where a stream's first upstream answer stands, for subscriptions waiting on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// No answer yet.
     Opening,
     /// Subscribers are served: the upstream is streaming, or down and being retried.
@@ -38,7 +38,7 @@ pub enum Phase {
 
 /// A stream shared by the subscriptions with one key (or owned by one, in per-client mode).
 #[derive(Debug)]
-pub struct Stream {
+pub(crate) struct Stream {
     /// The route's path: fixed for the stream's life (a reload that removes the route ends it).
     pub(super) path: String,
     /// The route's metric handles (the same series for every version of the route).
@@ -62,7 +62,7 @@ pub struct Stream {
 
 /// What subscribers read, under the stream's lock (never held across an await).
 #[derive(Debug)]
-pub struct State {
+pub(crate) struct State {
     /// The route's current version: a reload swaps it, keeping buffer and subscribers.
     pub(super) route: Arc<RouteEntry>,
     /// A reload replaced `route`: the task must pick up the new settings.

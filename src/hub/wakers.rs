@@ -5,7 +5,7 @@ use std::task::Waker;
 /// Wakers of waiting subscribers, one slot each: waking is O(subscribers), registering O(1),
 /// and a subscriber that leaves frees its slot at once.
 #[derive(Debug, Default)]
-pub struct Wakers {
+pub(super) struct Wakers {
     slots: Vec<Option<Waker>>,
     free: Vec<usize>,
 }

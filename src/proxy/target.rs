@@ -341,7 +341,7 @@ fn remove_dot_segments(path: &str) -> Result<String, Refused> {
 }
 
 /// The path with every run of slashes made one (Nginx's `merge_slashes on`).
-pub fn merge_slashes(path: &str) -> String {
+pub(crate) fn merge_slashes(path: &str) -> String {
     let mut out = String::with_capacity(path.len());
     let mut previous = '\0';
     for c in path.chars() {

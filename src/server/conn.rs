@@ -16,9 +16,7 @@ use tokio::time::Instant;
 
 /// What the watchdog, the I/O wrapper and the requests of one connection share.
 #[derive(Debug)]
-pub struct ConnState {
-    /// The connection is TLS.
-    secure: bool,
+pub(crate) struct ConnState {
     inflight: AtomicUsize,
     times: Mutex<Times>,
     changed: Notify,
@@ -36,7 +34,7 @@ struct Times {
 
 /// Why the watchdog closed a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expiry {
+pub(crate) enum Expiry {
     /// A request head took longer than `header_read_timeout`.
     Head,
     /// Idle between requests longer than `keepalive_timeout`.
@@ -45,14 +43,7 @@ pub enum Expiry {
 
 /// One request in flight on a connection; dropped when its response body ends.
 #[derive(Debug)]
-pub struct InFlight(Arc<ConnState>);
-
-impl InFlight {
-    /// Whether the request came over TLS.
-    pub fn secure(&self) -> bool {
-        self.0.secure
-    }
-}
+pub(crate) struct InFlight(Arc<ConnState>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -64,10 +55,9 @@ impl Drop for InFlight {
 }
 
 impl ConnState {
-    /// The state of a connection accepted now; `secure` when it is TLS.
-    pub fn new(secure: bool) -> Arc<ConnState> {
+    /// The state of a connection accepted now.
+    pub(crate) fn new() -> Arc<ConnState> {
         Arc::new(ConnState {
-            secure,
             inflight: AtomicUsize::new(0),
             times: Mutex::new(Times {
                 first: true,
@@ -83,7 +73,7 @@ impl ConnState {
     }
 
     /// A request's head arrived: no deadline until its response ends.
-    pub fn begin(self: &Arc<Self>) -> InFlight {
+    pub(crate) fn begin(self: &Arc<Self>) -> InFlight {
         self.inflight.fetch_add(1, Ordering::AcqRel);
         let mut times = self.lock();
         times.first = false;
@@ -94,7 +84,7 @@ impl ConnState {
     }
 
     /// Bytes arrived. While idle, they start a request head and its deadline.
-    pub fn on_read(&self) {
+    pub(crate) fn on_read(&self) {
         if self.inflight.load(Ordering::Acquire) > 0 {
             return;
         }
@@ -120,7 +110,7 @@ impl ConnState {
     }
 
     /// Resolves when the connection has overstayed a deadline.
-    pub async fn expired(&self, header: Duration, keepalive: Duration) -> Expiry {
+    pub(crate) async fn expired(&self, header: Duration, keepalive: Duration) -> Expiry {
         // The timer is boxed and made only when a deadline is in force: a connection with a
         // request in flight (an SSE client, for hours) carries none.
         let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;

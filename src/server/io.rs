@@ -38,7 +38,7 @@ pin_project! {
 
 impl<IO> ConnIo<IO> {
     /// Wraps `io`; `stalls` counts the connections closed for not reading.
-    pub fn new(io: IO, conn: Arc<ConnState>, limit: Duration, stalls: Counter) -> Self {
+    pub(crate) fn new(io: IO, conn: Arc<ConnState>, limit: Duration, stalls: Counter) -> Self {
         ConnIo {
             io,
             conn,

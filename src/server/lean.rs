@@ -22,6 +22,6 @@ mod prefixed;
 mod sniff;
 mod writer;
 
-pub use prefixed::Prefixed;
+pub(super) use prefixed::Prefixed;
 pub use sniff::{sniff, Sniffed};
-pub use writer::Writer;
+pub(super) use writer::Writer;

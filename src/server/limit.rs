@@ -14,11 +14,11 @@ use crate::metrics::Metrics;
 
 /// Connections answered 503 at once when the limit is reached. Each lasts at most
 /// `header_read_timeout`; past this many, the listener waits instead.
-pub const MAX_REFUSING: usize = 64;
+pub(crate) const MAX_REFUSING: usize = 64;
 
 /// The connection limit in force. Cheap to clone; [`ConnectionLimit::set`] changes it.
 #[derive(Clone, Debug)]
-pub struct ConnectionLimit {
+pub(crate) struct ConnectionLimit {
     inner: Arc<Inner>,
     refusals: Arc<Semaphore>,
 }
@@ -63,7 +63,7 @@ fn capacity(max: Option<u64>) -> usize {
 
 impl ConnectionLimit {
     /// A limit of `max` connections (`None`: none), counted in `metrics`.
-    pub fn new(max: Option<u64>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(max: Option<u64>, metrics: Arc<Metrics>) -> Self {
         let capacity = capacity(max);
         ConnectionLimit {
             inner: Arc::new(Inner {
@@ -76,7 +76,7 @@ impl ConnectionLimit {
     }
 
     /// Changes the limit to `max`; open connections stay open.
-    pub fn set(&self, max: Option<u64>) {
+    pub(crate) fn set(&self, max: Option<u64>) {
         let wanted = capacity(max);
         let mut owed = self.inner.owed.lock().unwrap_or_else(PoisonError::into_inner);
         if wanted >= owed.capacity {

@@ -23,7 +23,7 @@ pin_project! {
 
 impl<B> Tracked<B> {
     /// `body`, counted on its connection by `in_flight`.
-    pub fn new(body: B, in_flight: InFlight) -> Self {
+    pub(crate) fn new(body: B, in_flight: InFlight) -> Self {
         Tracked {
             body,
             in_flight: Some(in_flight),

@@ -5,7 +5,7 @@ use std::time::Duration;
 /// Exponential backoff with jitter: each delay is drawn from the upper half of the current
 /// step, which doubles from `initial` up to `max`.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     initial: Duration,
     max: Duration,
     current: Duration,
@@ -13,7 +13,7 @@ pub struct Backoff {
 
 impl Backoff {
     /// Steps from `initial` up to `max`.
-    pub fn new(initial: Duration, max: Duration) -> Backoff {
+    pub(crate) fn new(initial: Duration, max: Duration) -> Backoff {
         Backoff {
             initial,
             max,
@@ -22,19 +22,19 @@ impl Backoff {
     }
 
     /// Back to the first step: the upstream proved it works.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.current = self.initial;
     }
 
     /// New limits (a reload), keeping the current step within them.
-    pub fn limits(&mut self, initial: Duration, max: Duration) {
+    pub(crate) fn limits(&mut self, initial: Duration, max: Duration) {
         self.initial = initial;
         self.max = max;
         self.current = self.current.clamp(initial, max.max(initial));
     }
 
     /// The next delay; the step after it doubles.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let step = self.current;
         // Saturating: a `reconnect_max` near `Duration::MAX` must not overflow when doubled.
         self.current = self.current.saturating_mul(2).min(self.max);

@@ -32,7 +32,7 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 /// Removes hop-by-hop headers: those named by `Connection`, then the fixed set, then `TE` —
 /// except that `TE: trailers` is passed on, as it asks the next hop to keep trailers.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = list_items(headers.get_all(header::CONNECTION))
         .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
@@ -60,7 +60,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// that they could be used as a denial-of-service mechanism." Empty elements are skipped, so
 /// `foo , ,bar,charlie` is three. A comma inside a quoted string (§5.6.4, a parameter's value)
 /// does not end an element.
-pub fn list_items<'a>(values: impl IntoIterator<Item = &'a HeaderValue>) -> impl Iterator<Item = &'a str> {
+pub(crate) fn list_items<'a>(
+    values: impl IntoIterator<Item = &'a HeaderValue>,
+) -> impl Iterator<Item = &'a str> {
     values
         .into_iter()
         .filter_map(|value| value.to_str().ok())
@@ -107,7 +109,7 @@ fn element_end(text: &str) -> usize {
 }
 
 /// Whether a response's `Content-Type` is `text/event-stream` (parameters aside).
-pub fn is_event_stream(headers: &HeaderMap) -> bool {
+pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -117,7 +119,7 @@ pub fn is_event_stream(headers: &HeaderMap) -> bool {
 
 /// Most bytes of an app's headers given to each subscriber of its stream: a subscriber's
 /// response head is written once per client, so an app's headers are multiplied by them.
-pub const MAX_STREAM_HEADER_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_STREAM_HEADER_BYTES: usize = 16 * 1024;
 
 /// The headers of an app's event-stream response that every subscriber's response carries:
 /// the end-to-end ones (hop-by-hop removed), without those ssegate sets itself or that describe
@@ -127,7 +129,7 @@ pub const MAX_STREAM_HEADER_BYTES: usize = 16 * 1024;
 /// response that may be hours old, and those meant for one client: `Set-Cookie` and
 /// `Clear-Site-Data`. At most [`MAX_STREAM_HEADER_BYTES`] of them, in the app's order; returns
 /// how many more there were.
-pub fn stream_headers(app: &HeaderMap) -> (HeaderMap, usize) {
+pub(crate) fn stream_headers(app: &HeaderMap) -> (HeaderMap, usize) {
     let mut headers = app.clone();
     strip_hop_by_hop(&mut headers);
     headers.remove(header::TE);
@@ -166,7 +168,7 @@ pub fn stream_headers(app: &HeaderMap) -> (HeaderMap, usize) {
 }
 
 /// About the bytes `headers` take on the wire.
-pub fn header_bytes(headers: &HeaderMap) -> usize {
+pub(crate) fn header_bytes(headers: &HeaderMap) -> usize {
     headers
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
@@ -195,7 +197,7 @@ const CONFUSABLE: [&str; 12] = [
 /// variable (`HTTP_X_FORWARDED_FOR`), so such a header could override what ssegate sets, or
 /// frame the request for the app differently than for ssegate; Nginx drops every header with an
 /// underscore by default for this reason. Other underscore headers pass.
-pub fn drop_confusable(headers: &mut HeaderMap) {
+pub(crate) fn drop_confusable(headers: &mut HeaderMap) {
     let fakes: Vec<HeaderName> = headers
         .keys()
         .filter(|name| name.as_str().contains('_'))
@@ -212,7 +214,7 @@ pub fn drop_confusable(headers: &mut HeaderMap) {
 
 /// Adds the client's address to `X-Forwarded-For` (after any addresses already there) and sets
 /// `X-Forwarded-Proto` and `X-Forwarded-Host` (from `host`, the Host the client asked for).
-pub fn add_forwarded(
+pub(crate) fn add_forwarded(
     headers: &mut HeaderMap,
     client: IpAddr,
     proto: &'static str,
@@ -250,7 +252,7 @@ pub fn add_forwarded(
 /// The address of the client behind a request: its peer, or, when the peer is a trusted proxy
 /// (a load balancer in front of ssegate), the nearest address in `X-Forwarded-For` that is not
 /// one. Addresses left of it were written by the client and prove nothing.
-pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+pub(crate) fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
     let is_trusted = |ip: IpAddr| trusted.iter().any(|block| block.contains(ip));
     if !is_trusted(peer) {
         return peer;

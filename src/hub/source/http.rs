@@ -37,7 +37,7 @@ impl Template {
 type Head = Pin<Box<dyn Future<Output = Result<Response<Incoming>, UpstreamError>> + Send>>;
 
 /// The app's SSE endpoint, asked with the request of the subscription that opened the stream.
-pub struct HttpSource {
+pub(crate) struct HttpSource {
     route: Arc<RouteEntry>,
     template: Template,
     exchange: Exchange,
@@ -52,7 +52,7 @@ enum Exchange {
 
 impl HttpSource {
     /// A source asking `route`'s upstream with `template`.
-    pub fn new(route: Arc<RouteEntry>, template: Template) -> HttpSource {
+    pub(crate) fn new(route: Arc<RouteEntry>, template: Template) -> HttpSource {
         HttpSource {
             route,
             template,

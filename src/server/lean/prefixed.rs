@@ -20,7 +20,7 @@ pin_project! {
 
 impl<IO> Prefixed<IO> {
     /// `io`, with `prefix` read first.
-    pub fn new(prefix: Bytes, io: IO) -> Self {
+    pub(crate) fn new(prefix: Bytes, io: IO) -> Self {
         Prefixed { prefix, io }
     }
 }

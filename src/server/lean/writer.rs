@@ -58,7 +58,7 @@ where
     B::Error: Into<BoxError>,
 {
     /// A writer of `response` on `io`.
-    pub fn new(io: IO, response: Response<B>) -> Writer<IO, B> {
+    pub(crate) fn new(io: IO, response: Response<B>) -> Writer<IO, B> {
         let (parts, body) = response.into_parts();
         let bodyless = parts.status == StatusCode::NO_CONTENT || parts.status == StatusCode::NOT_MODIFIED;
         let mut batch = Vec::with_capacity(4);
