@@ -24,7 +24,7 @@ use limit::{Admission, Slot};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -40,6 +40,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceExt};
 
 use crate::config::Config;
@@ -177,7 +178,9 @@ impl<S> Server<S> {
             .max_concurrent_streams(MAX_H2_STREAMS);
         let builder = Arc::new(builder);
         let graceful = GracefulShutdown::new();
-        let lean = Tracker::default();
+        // The lean path's connections, so a drain can wait for them as hyper's graceful
+        // shutdown waits for its own: each holds a token of the tracker while it lives.
+        let lean = TaskTracker::new();
         let stop = CancellationToken::new();
         tokio::pin!(shutdown);
         loop {
@@ -244,22 +247,27 @@ impl<S> Server<S> {
                 limits.write_timeout,
                 metrics.write_stalls.clone(),
             );
-            let task = async move {
-                let serving = async {
-                    match handshake {
-                        None => connection.serve(io, state.clone(), guard).await,
-                        Some(acceptor) => {
-                            // The handshake's bytes count as the first request head's: a client
-                            // that stalls in it is cut off by header_read_timeout.
-                            match Box::pin(acceptor.accept(io)).await {
-                                Ok(tls) => connection.serve(tls, state.clone(), guard).await,
-                                Err(error) => {
-                                    tracing::debug!(%remote, fault = %Fault::Client, %error, "TLS handshake failed")
-                                }
+            // Each kind of connection boxes its own serving future, so a plain connection's
+            // task does not carry room for a TLS stream (the task is short-lived on the lean
+            // path, and the allocator reuses small blocks far better than 5 KiB ones: measured,
+            // an idle SSE client cost 5.6 KiB instead of 1.6 KiB with one big task).
+            let serving: Pin<Box<dyn Future<Output = ()> + Send>> = match handshake {
+                None => Box::pin(connection.serve(io, state.clone(), guard)),
+                Some(acceptor) => {
+                    let state = state.clone();
+                    Box::pin(async move {
+                        // The handshake's bytes count as the first request head's: a client
+                        // that stalls in it is cut off by header_read_timeout.
+                        match acceptor.accept(io).await {
+                            Ok(tls) => connection.serve(tls, state, guard).await,
+                            Err(error) => {
+                                tracing::debug!(%remote, fault = %Fault::Client, %error, "TLS handshake failed")
                             }
                         }
-                    }
-                };
+                    })
+                }
+            };
+            let task = async move {
                 tokio::select! {
                     () = serving => {}
                     why = state.expired(limits.header_read_timeout, limits.keepalive_timeout) => {
@@ -282,7 +290,8 @@ impl<S> Server<S> {
         tracing::info!(open_connections = metrics.connections.get(), grace = ?grace, "stopped accepting; draining connections");
         let drained = async {
             graceful.shutdown().await;
-            lean.idle().await;
+            lean.close();
+            lean.wait().await;
         };
         if tokio::time::timeout(grace, drained).await.is_err() {
             tracing::warn!("grace period over; closing the connections still open");
@@ -297,7 +306,7 @@ struct Connection<S> {
     peer: Peer,
     builder: Arc<auto::Builder<TokioExecutor>>,
     watcher: hyper_util::server::graceful::Watcher,
-    lean: Tracker,
+    lean: TaskTracker,
     stop: CancellationToken,
     remote: SocketAddr,
 }
@@ -318,7 +327,7 @@ impl<S> Connection<S> {
         let Some(is_lean) = self.is_lean.clone() else {
             return self.hyper(Bytes::new(), io, state, guard).await;
         };
-        let counted = self.lean.enter();
+        let counted = self.lean.token();
         let sniffing = async {
             tokio::select! {
                 sniffed = lean::sniff(&mut io, &*is_lean) => Some(sniffed),
@@ -396,40 +405,6 @@ impl<S> Connection<S> {
                 log_connection_error(remote, error.as_ref());
             }
         })
-    }
-}
-
-/// Counts the connections on the lean path, so a drain can wait for them as hyper's graceful
-/// shutdown waits for its own.
-#[derive(Clone, Default)]
-struct Tracker(Arc<(AtomicUsize, tokio::sync::Notify)>);
-
-struct Entered(Tracker);
-
-impl Tracker {
-    fn enter(&self) -> Entered {
-        self.0 .0.fetch_add(1, Ordering::AcqRel);
-        Entered(self.clone())
-    }
-
-    async fn idle(&self) {
-        loop {
-            let notified = self.0 .1.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.0 .0.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-impl Drop for Entered {
-    fn drop(&mut self) {
-        if self.0 .0 .0.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0 .0 .1.notify_waiters();
-        }
     }
 }
 
