@@ -166,7 +166,7 @@ impl Proxy {
     }
 
     /// Serves one request. The client's address and whether it came over TLS are the
-    /// request's [`Peer`] extension (the server inserts it).
+    /// request's `Peer` extension (the server inserts it).
     pub async fn handle<B: RequestBody>(&self, mut request: Request<B>) -> Response<ProxyBody> {
         let started = Instant::now();
         let peer = request.extensions().get::<Peer>().copied().unwrap_or_default();

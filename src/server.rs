@@ -141,7 +141,7 @@ impl<S> Server<S> {
     /// drain open.
     ///
     /// Past `max_connections`, a place is waited for before `accept`: a few connections
-    /// ([`MAX_REFUSING`] at once) are answered 503 meanwhile, the others wait in the kernel's
+    /// ([`limit::MAX_REFUSING`] at once) are answered 503 meanwhile, the others wait in the kernel's
     /// backlog.
     pub(crate) async fn serve<B, RB>(
         self,
@@ -212,17 +212,20 @@ impl<S> Server<S> {
                     metrics.connections_refused.inc();
                     tokio::spawn(async move {
                         let _refusal = refusal;
-                        let timeout = limits.header_read_timeout;
-                        match handshake {
-                            None => refuse(stream, remote, timeout).await,
-                            Some(acceptor) => {
-                                if let Ok(Ok(tls)) =
-                                    tokio::time::timeout(timeout, acceptor.accept(stream)).await
-                                {
-                                    refuse(tls, remote, timeout).await;
+                        // One short deadline for the handshake and the answer together: a
+                        // refusal slot is held briefly, whatever the client does.
+                        let deadline = limits.header_read_timeout.min(REFUSAL_DEADLINE);
+                        let refusing = async move {
+                            match handshake {
+                                None => refuse(stream, remote).await,
+                                Some(acceptor) => {
+                                    if let Ok(tls) = acceptor.accept(stream).await {
+                                        refuse(tls, remote).await;
+                                    }
                                 }
                             }
-                        }
+                        };
+                        let _ = tokio::time::timeout(deadline, refusing).await;
                     });
                     continue;
                 }
@@ -408,20 +411,35 @@ impl<S> Connection<S> {
     }
 }
 
-/// Answers one request on a connection over `max_connections` with 503 and closes it. Never a
-/// hang: the connection gets `header_read_timeout` to send its request.
-async fn refuse<IO>(stream: IO, remote: SocketAddr, timeout: Duration)
+/// The longest a connection over `max_connections` is given for its TLS handshake and request
+/// (or `header_read_timeout`, if shorter).
+const REFUSAL_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Answers one request on a connection over `max_connections` with 503 and closes it: HTTP/1.1
+/// without keep-alive, HTTP/2 with a GOAWAY once the first answer is made, so no client keeps a
+/// refusal slot past its answer.
+async fn refuse<IO>(stream: IO, remote: SocketAddr)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     tracing::warn!(%remote, fault = %Fault::Internal, "max_connections reached; answering 503");
-    let service = service_fn(|_request| async {
-        Ok::<_, std::convert::Infallible>(unavailable::<Full<Bytes>>("ssegate: too many connections\n"))
+    let answered = Arc::new(tokio::sync::Notify::new());
+    let told = answered.clone();
+    let service = service_fn(move |_request| {
+        told.notify_one();
+        async {
+            Ok::<_, std::convert::Infallible>(unavailable::<Full<Bytes>>("ssegate: too many connections\n"))
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().keep_alive(false);
-    let serve = builder.serve_connection(TokioIo::new(stream), service);
-    let _ = tokio::time::timeout(timeout, serve).await;
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        () = answered.notified() => connection.as_mut().graceful_shutdown(),
+    }
+    let _ = connection.await;
 }
 
 /// A connection that ended with an error: the client's doing (bad request, reset) and worth a

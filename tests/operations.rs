@@ -274,6 +274,34 @@ async fn over_max_connections_new_connections_get_503_not_a_hang() {
     );
 }
 
+// An HTTP/2 client kept its connection after the 503 (keep-alive off is HTTP/1 only), holding
+// one of the few refusal slots until header_read_timeout: once full, the other clients over the
+// limit waited unanswered. Now a GOAWAY follows the answer.
+#[tokio::test]
+async fn over_max_connections_an_h2_client_gets_503_and_its_connection_closes() {
+    let app = SseApp::start().await;
+    let proxy = Sidecar::start(&format!(
+        "max_connections = 1\n[[route]]\npath = \"/events\"\nupstream = \"http://{}\"\n",
+        app.addr()
+    ))
+    .await;
+    let _one = SseClient::connect(&proxy.url("/events"), &[]).await;
+    let stream = tokio::net::TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut client = h2_client(stream).await;
+    let request = || Request::get(proxy.url("/events")).body(()).expect("request");
+    assert_eq!(
+        h2_status(&mut client, request(), true).await,
+        Ok(StatusCode::SERVICE_UNAVAILABLE)
+    );
+    eventually("the refused h2 connection to close", || async {
+        match h2_status(&mut client.clone(), request(), true).await {
+            Err(closed) => Ok(closed),
+            Ok(status) => Err(status),
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn over_a_routes_max_clients_requests_get_503() {
     let app = SseApp::start().await;

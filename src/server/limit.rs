@@ -147,7 +147,7 @@ impl Inner {
         if owed.debt > 0 {
             owed.debt -= 1;
         } else {
-            drop(owed);
+            // Under the lock: a cut counted in between would take this permit as debt too.
             self.permits.add_permits(1);
         }
     }

@@ -1,0 +1,168 @@
+//! The effective configuration written back as TOML (what `ssegate check` prints).
+
+use std::fmt;
+use std::fmt::Write as _;
+
+use super::*;
+
+/// `text` as a TOML basic string (Rust's `{:?}` writes `\u{..}`, which TOML does not read):
+/// `"` and `\` escaped, control characters as `\uXXXX`, everything else as it is.
+fn quote(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() && c != '\t' => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn name_of<T: fmt::Debug>(value: T) -> String {
+    // Enum names as the file writes them: `PerClient` → `per-client`.
+    let debug = format!("{value:?}");
+    let mut out = String::new();
+    for (i, c) in debug.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('-');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The effective configuration as TOML: what `ssegate check` prints.
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "listen = \"{}\"", self.listen)?;
+        if let Some(admin) = self.admin_listen {
+            writeln!(f, "admin_listen = \"{admin}\"")?;
+        }
+        writeln!(
+            f,
+            "buffer_total_bytes = \"{}\"",
+            format_size(self.buffer_total_bytes)
+        )?;
+        writeln!(f, "shutdown_grace = \"{}\"", format_duration(self.shutdown_grace))?;
+        writeln!(
+            f,
+            "client_write_timeout = \"{}\"",
+            format_duration(self.client_write_timeout)
+        )?;
+        writeln!(f, "max_connections = {}", format_limit(self.max_connections))?;
+        let streams = (self.max_streams != usize::MAX).then_some(self.max_streams as u64);
+        writeln!(f, "max_streams = {}", format_limit(streams))?;
+        writeln!(
+            f,
+            "header_read_timeout = \"{}\"",
+            format_duration(self.header_read_timeout)
+        )?;
+        writeln!(
+            f,
+            "keepalive_timeout = \"{}\"",
+            format_duration(self.keepalive_timeout)
+        )?;
+        writeln!(f, "lean_http1 = {}", self.lean_http1)?;
+        let blocks: Vec<String> = self.trusted_proxies.iter().map(|b| format!("\"{b}\"")).collect();
+        writeln!(f, "trusted_proxies = [{}]", blocks.join(", "))?;
+        writeln!(
+            f,
+            "max_streams_per_client = {}",
+            format_limit(self.max_streams_per_client.map(|n| n as u64))
+        )?;
+        writeln!(
+            f,
+            "new_streams_per_client = {}",
+            format_limit(self.new_streams_per_client.map(|r| r.per_second))
+        )?;
+        if let Some(rate) = self.new_streams_per_client {
+            writeln!(f, "new_streams_burst = {}", rate.burst)?;
+        }
+        if let Some(tls) = &self.tls {
+            writeln!(f, "\n[tls]")?;
+            writeln!(f, "cert = {}", quote(&tls.cert.display().to_string()))?;
+            writeln!(f, "key = {}", quote(&tls.key.display().to_string()))?;
+            let version = match tls.min_version {
+                TlsVersion::V1_2 => "1.2",
+                TlsVersion::V1_3 => "1.3",
+            };
+            writeln!(f, "min_version = \"{version}\"")?;
+        }
+        for route in &self.routes {
+            let s = &route.settings;
+            writeln!(f, "\n[[route]]")?;
+            writeln!(f, "path = {}", quote(&route.path))?;
+            writeln!(f, "upstream = {}", quote(&route.upstream.to_string()))?;
+            writeln!(f, "sse = \"{}\"", name_of(route.sse))?;
+            writeln!(f, "retry = \"{}\"", format_toggle(s.retry))?;
+            writeln!(f, "heartbeat = \"{}\"", format_toggle(s.heartbeat))?;
+            writeln!(f, "ids = \"{}\"", name_of(s.ids))?;
+            writeln!(f, "mode = \"{}\"", name_of(s.mode))?;
+            let key: Vec<String> = s.stream_key.iter().map(|p| quote(&p.to_string())).collect();
+            writeln!(f, "stream_key = [{}]", key.join(", "))?;
+            writeln!(f, "buffer_events = {}", s.buffer_events)?;
+            writeln!(f, "buffer_bytes = \"{}\"", format_size(s.buffer_bytes as u64))?;
+            writeln!(f, "buffer_age = \"{}\"", format_toggle(s.buffer_age))?;
+            writeln!(f, "on_gap = \"{}\"", name_of(s.on_gap))?;
+            writeln!(f, "linger = \"{}\"", format_duration(s.linger))?;
+            writeln!(f, "coalesce = \"{}\"", format_toggle(s.coalesce))?;
+            writeln!(
+                f,
+                "max_event_bytes = \"{}\"",
+                format_size(s.max_event_bytes as u64)
+            )?;
+            writeln!(
+                f,
+                "reconnect_initial = \"{}\"",
+                format_duration(s.reconnect_initial)
+            )?;
+            writeln!(f, "reconnect_max = \"{}\"", format_duration(s.reconnect_max))?;
+            writeln!(
+                f,
+                "upstream_connect_timeout = \"{}\"",
+                format_duration(s.upstream_connect_timeout)
+            )?;
+            writeln!(
+                f,
+                "upstream_down_grace = \"{}\"",
+                format_toggle(s.upstream_down_grace)
+            )?;
+            writeln!(
+                f,
+                "max_clients = {}",
+                format_limit(s.max_clients.map(|n| n as u64))
+            )?;
+            writeln!(
+                f,
+                "upstream_response_timeout = \"{}\"",
+                format_toggle(s.upstream_response_timeout)
+            )?;
+            writeln!(f, "max_request_body = \"{}\"", format_size(s.max_request_body))?;
+            writeln!(f, "merge_slashes = {}", s.merge_slashes)?;
+            writeln!(f, "allow_encoded_slashes = {}", s.allow_encoded_slashes)?;
+            let headers: Vec<String> = s
+                .response_headers
+                .iter()
+                .map(|(name, value)| {
+                    format!(
+                        "{} = {}",
+                        quote(name.as_str()),
+                        quote(&String::from_utf8_lossy(value.as_bytes()))
+                    )
+                })
+                .collect();
+            writeln!(f, "response_headers = {{ {} }}", headers.join(", "))?;
+        }
+        Ok(())
+    }
+}
