@@ -4,9 +4,10 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::HeaderMap;
+use http::StatusCode;
 use tokio::sync::{oneshot, watch, Notify};
 
 use super::budget::Charge;
@@ -16,7 +17,7 @@ use super::source::{Answer, Source};
 use super::task::Task;
 use super::wakers::Wakers;
 use super::Shared;
-use crate::config::{IdMode, Settings};
+use crate::config::{format_duration, IdMode, Settings};
 use crate::error::Fault;
 use crate::metrics::RouteMetrics;
 use crate::route::RouteEntry;
@@ -349,5 +350,89 @@ impl Drop for Stream {
         self.shared
             .release(state.ring.bytes() + self.head + state.app_header_bytes);
         self.metrics.streams.dec();
+    }
+}
+
+/// Why a stream ended.
+#[derive(Debug)]
+pub(super) enum End {
+    Shutdown,
+    /// A reload removed the route or changed what identifies its streams.
+    Reconfigured,
+    Lingered,
+    DownTooLong(Duration),
+    /// A definitive answer went to the subscription that opened the stream.
+    Rejected(StatusCode),
+    /// A definitive answer came on a reconnect (or after the opener stopped waiting).
+    Definitive(StatusCode),
+    /// Per-client, the app's stream ended (or broke) and gave no id to resume by.
+    AppEnded,
+    /// The task panicked.
+    Panicked,
+}
+
+impl Stream {
+    /// Ends the stream: out of the hub, subscribers told to flush and end, the opening client's
+    /// budget charge released.
+    pub(super) fn finish(&self, end: End) {
+        let reason = match end {
+            End::Shutdown => "ssegate is stopping",
+            End::Reconfigured => "the route was removed or changed by a reload",
+            End::Lingered => "no subscriber within linger",
+            End::DownTooLong(_) => "upstream down longer than upstream_down_grace",
+            End::Rejected(_) | End::Definitive(_) => "upstream answered with a non-stream response",
+            End::AppEnded => "the app's stream ended (per-client, no id to resume by)",
+            End::Panicked => "the stream's task failed",
+        };
+        self.leave_registry();
+        let mut wakers = Vec::new();
+        let (subscribers, charge) = {
+            let mut state = self.lock();
+            state.closing = true;
+            state.end_reason = reason;
+            state.wakers.drain_into(&mut wakers);
+            (state.subscribers, state.charge.take())
+        };
+        // The client that opened the stream may open another.
+        drop(charge);
+        for waker in wakers {
+            waker.wake();
+        }
+        let rejected = matches!(end, End::Rejected(_) | End::Definitive(_));
+        self.phase.send_modify(|phase| {
+            if rejected {
+                *phase = Phase::Rejected;
+            } else if *phase == Phase::Opening {
+                *phase = Phase::Open;
+            }
+        });
+        let route = &self.path;
+        match end {
+            End::Reconfigured => {
+                tracing::info!(%route, stream = %self.digest, subscribers, "stream ended: {reason}")
+            }
+            End::Shutdown => {
+                tracing::debug!(%route, stream = %self.digest, subscribers, "stream closed for shutdown")
+            }
+            End::Lingered => {
+                tracing::debug!(%route, stream = %self.digest, "stream closed: no subscriber within linger")
+            }
+            End::DownTooLong(grace) => {
+                tracing::warn!(%route, stream = %self.digest, subscribers, "upstream down for {}; ending the stream so clients reconnect later", format_duration(grace))
+            }
+            End::Rejected(status) => {
+                tracing::info!(%route, stream = %self.digest, %status, "upstream answered the subscription with a non-stream response; passed to that client")
+            }
+            End::AppEnded => {
+                tracing::debug!(%route, stream = %self.digest, "the app ended its per-client stream without ids; the client's response ends too")
+            }
+            End::Definitive(status) => {
+                tracing::warn!(%route, stream = %self.digest, subscribers, %status, "upstream answered a reconnect with a non-stream response; ending the stream so clients ask again")
+            }
+            End::Panicked => {
+                // Counted and logged with its message by the watcher `Stream::spawn` starts.
+                tracing::debug!(%route, stream = %self.digest, subscribers, "stream ended: its task failed")
+            }
+        }
     }
 }
