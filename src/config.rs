@@ -141,6 +141,45 @@ pub struct Config {
     pub new_streams_per_client: Option<StreamRate>,
     /// Routes, in file order.
     pub routes: Vec<Route>,
+    /// Several instances sharing streams through Redis (`[cluster]`); `None`: one process.
+    pub cluster: Option<ClusterConfig>,
+    /// How long a stop keeps serving after `/readyz` turned 503, so a load balancer stops
+    /// sending new clients first.
+    pub shutdown_delay: Duration,
+    /// Over how long a stop ends its SSE responses (in jittered batches), so their clients do
+    /// not all reconnect to the other instances at once.
+    pub drain_spread: Duration,
+}
+
+/// `[cluster]`: the Redis server instances share streams through, and this instance's part.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// `redis://`, `rediss://` or `unix://` URL (the password, if any, already removed when
+    /// `password_file` gave one).
+    pub redis: String,
+    /// The password, from the URL or `password_file`.
+    pub password: Option<String>,
+    /// This instance's name, unique in the cluster (lease holders are shown by it).
+    pub node: String,
+    /// How long a stream's lease lasts without renewal.
+    pub lease: Duration,
+    /// Prefix of every Redis key.
+    pub prefix: String,
+    /// The shared secret that keys the digests naming streams in Redis.
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("redis", &self.redis)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .field("node", &self.node)
+            .field("lease", &self.lease)
+            .field("prefix", &self.prefix)
+            .field("secret", &"<hidden>")
+            .finish()
+    }
 }
 
 /// How fast one client may open new streams: a token bucket.
@@ -431,6 +470,9 @@ impl Config {
             max_streams_per_client,
             new_streams_per_client,
             routes: routes.into_iter().map(|(route, _)| route).collect(),
+            cluster: None,
+            shutdown_delay: Duration::ZERO,
+            drain_spread: Duration::ZERO,
         })
     }
 }

@@ -46,6 +46,7 @@
 
 mod admin;
 mod app;
+mod cluster;
 pub mod config;
 mod control;
 pub mod demo;

@@ -1,0 +1,2 @@
+//! Several instances sharing streams through Redis: one upstream request per stream across the
+//! cluster, the same id for the same event on every instance, resume on any instance.
