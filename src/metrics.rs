@@ -57,6 +57,8 @@ pub struct Metrics {
     pub stream_task_panics: Counter,
     /// Reloads by outcome.
     pub reloads: Family<ReloadLabels, Counter>,
+    /// The cluster's metrics (zero without `[cluster]`).
+    pub cluster: ClusterMetrics,
     subscriptions: Family<RouteLabel, Gauge>,
     streams: Family<RouteLabel, Gauge>,
     upstream_streams: Family<RouteLabel, Gauge>,
@@ -80,6 +82,31 @@ pub struct Metrics {
     pub bad_requests: Counter,
     requests: Family<RequestLabels, Counter>,
     request_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
+}
+
+/// The cluster's metrics: how this instance stands with Redis and its streams' leases.
+#[derive(Debug, Clone)]
+pub struct ClusterMetrics {
+    /// 1 while Redis answers, 0 while this instance runs its streams locally.
+    pub redis_up: Gauge,
+    /// Streams whose upstream this instance reads for the cluster (it holds their lease).
+    pub streams_led: Gauge,
+    /// Streams this instance follows from Redis.
+    pub streams_followed: Gauge,
+    /// Streams read locally for want of Redis.
+    pub streams_local: Gauge,
+    /// Leases taken.
+    pub leases_acquired: Counter,
+    /// Leases lost (taken over, expired, or not confirmed in time).
+    pub leases_lost: Counter,
+    /// Appends Redis refused because this instance no longer held the lease.
+    pub fenced_appends: Counter,
+    /// Resumes served from Redis (the id was older than, or unknown to, the local buffer).
+    pub backfills: Counter,
+    /// Redis calls that failed (error or timeout).
+    pub redis_errors: Counter,
+    /// Redis call durations.
+    pub redis_latency: Histogram,
 }
 
 /// One route's handles, resolved once.
@@ -150,6 +177,19 @@ impl Metrics {
             cap_evictions: Counter::default(),
             stream_task_panics: Counter::default(),
             reloads: Family::default(),
+            cluster: ClusterMetrics {
+                redis_up: Gauge::default(),
+                streams_led: Gauge::default(),
+                streams_followed: Gauge::default(),
+                streams_local: Gauge::default(),
+                leases_acquired: Counter::default(),
+                leases_lost: Counter::default(),
+                fenced_appends: Counter::default(),
+                backfills: Counter::default(),
+                redis_errors: Counter::default(),
+                // 0.1 ms to about 3 s.
+                redis_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            },
             subscriptions: Family::default(),
             streams: Family::default(),
             upstream_streams: Family::default(),
@@ -206,6 +246,17 @@ impl Metrics {
             metrics.stream_task_panics.clone(),
         );
         r.register("reloads", "Config reloads by result", metrics.reloads.clone());
+        let c = &metrics.cluster;
+        r.register("cluster_redis_up", "1 while Redis answers; 0 while streams are read locally", c.redis_up.clone());
+        r.register("cluster_streams_led", "Streams whose upstream this instance reads for the cluster", c.streams_led.clone());
+        r.register("cluster_streams_followed", "Streams this instance follows from Redis", c.streams_followed.clone());
+        r.register("cluster_streams_local", "Streams read locally for want of Redis", c.streams_local.clone());
+        r.register("cluster_leases_acquired", "Stream leases taken", c.leases_acquired.clone());
+        r.register("cluster_leases_lost", "Stream leases lost: taken over, expired or not confirmed in time", c.leases_lost.clone());
+        r.register("cluster_fenced_appends", "Appends Redis refused because this instance no longer held the stream's lease", c.fenced_appends.clone());
+        r.register("cluster_backfills", "Resumes served from Redis (older than, or unknown to, the local buffer)", c.backfills.clone());
+        r.register("cluster_redis_errors", "Redis calls that failed or timed out", c.redis_errors.clone());
+        r.register("cluster_redis_latency_seconds", "Redis call durations", c.redis_latency.clone());
         r.register(
             "sse_subscriptions",
             "SSE subscriptions open, by route",

@@ -48,6 +48,9 @@ pub(crate) enum Resume {
 #[derive(Debug)]
 pub(crate) struct Ring {
     epoch: Box<str>,
+    /// What to add to a sequence number here to get the one its id carries (`<epoch>-<n>`):
+    /// 0 until a cluster's log gives the numbers (see [`Ring::restart`]). Wrapping arithmetic.
+    shift: u64,
     inject: bool,
     limits: Bounds,
     entries: VecDeque<Entry>,
@@ -65,6 +68,7 @@ impl Ring {
     pub(crate) fn new(limits: Bounds, inject: bool) -> Ring {
         Ring {
             epoch: new_epoch(),
+            shift: 0,
             inject,
             limits,
             entries: VecDeque::new(),
@@ -78,8 +82,38 @@ impl Ring {
     /// The injected id of sequence number `seq`.
     pub(crate) fn injected_id(&self, seq: u64) -> String {
         let mut id = String::with_capacity(self.epoch.len() + 12);
-        let _ = write!(id, "{}-{seq}", self.epoch);
+        let _ = write!(id, "{}-{}", self.epoch, seq.wrapping_add(self.shift));
         id
+    }
+
+    /// The epoch the ids of this ring's events carry.
+    pub(crate) fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// The number the id of the next event will carry (its place in a cluster's log).
+    pub(crate) fn log_next(&self) -> u64 {
+        self.next_seq.wrapping_add(self.shift)
+    }
+
+    /// The sequence number here of the event numbered `n` in the log.
+    pub(crate) fn seq_of(&self, n: u64) -> u64 {
+        n.wrapping_sub(self.shift)
+    }
+
+    /// Starts over in `epoch`, where the next event is numbered `log_next` (a cluster's log,
+    /// or a new local epoch): every buffered event is dropped (its id belongs to the old
+    /// epoch) while sequence numbers here go on, so subscribers' cursors stay valid and they
+    /// simply get what comes next. Returns the bytes freed.
+    pub(crate) fn restart(&mut self, epoch: &str, log_next: u64) -> usize {
+        let freed = self.bytes;
+        self.entries.clear();
+        self.ids.clear();
+        self.bytes = 0;
+        self.evicted_tail = None;
+        self.epoch = epoch.into();
+        self.shift = log_next.wrapping_sub(self.next_seq);
+        freed
     }
 
     /// The sequence number the next event will get.
@@ -233,12 +267,9 @@ impl Ring {
 
     /// Where a client that last saw `last_id` resumes.
     pub(crate) fn resume(&self, last_id: &str) -> Resume {
-        let after = |seq: u64| {
-            if seq + 1 >= self.first_seq() && seq < self.next_seq {
-                Resume::At(seq + 1)
-            } else {
-                Resume::Gap
-            }
+        let after = |seq: u64| match seq.checked_add(1) {
+            Some(next) if next >= self.first_seq() && seq < self.next_seq => Resume::At(next),
+            _ => Resume::Gap,
         };
         if let Some(&seq) = self.ids.get(last_id) {
             return after(seq);
@@ -249,8 +280,8 @@ impl Ring {
                 .and_then(|rest| rest.strip_prefix('-'))
                 .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|digits| digits.parse::<u64>().ok());
-            if let Some(seq) = seq {
-                return after(seq);
+            if let Some(n) = seq {
+                return after(self.seq_of(n));
             }
         }
         match &self.evicted_tail {
@@ -261,7 +292,7 @@ impl Ring {
 }
 
 /// Eight random base-36 characters: unique enough that an id from another buffer never matches.
-fn new_epoch() -> Box<str> {
+pub(crate) fn new_epoch() -> Box<str> {
     const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     (0..8)
         .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
@@ -395,5 +426,33 @@ mod tests {
     #[test]
     fn epochs_differ() {
         assert_ne!(ring(1, 1, true).epoch[..], ring(1, 1, true).epoch[..]);
+    }
+
+    #[test]
+    fn restart_takes_a_logs_numbers_and_keeps_cursors() {
+        let now = Instant::now();
+        let mut r = ring(10, 1000, true);
+        push(&mut r, Some("a"), now);
+        push(&mut r, None, now);
+        let (old, cursor) = (r.newest_id(), r.next_seq());
+        assert_eq!(r.restart("clusterE", 41), 18, "both events' bytes freed");
+        assert_eq!((r.len(), r.next_seq(), r.log_next()), (0, cursor, 41));
+        assert_eq!(r.newest_id().as_deref(), Some("clusterE-40"), "primed at the log's position");
+        assert_eq!(r.resume(old.as_deref().unwrap_or_default()), Resume::Gap, "old epoch");
+        assert_eq!(r.resume("a"), Resume::Gap, "old app ids are gone");
+        assert_eq!(r.resume("clusterE-40"), Resume::At(cursor));
+        assert_eq!(push(&mut r, None, now), cursor);
+        assert_eq!(r.id_of(r.get(cursor).unwrap()).as_deref(), Some("clusterE-41"));
+        assert_eq!(r.resume("clusterE-41"), Resume::At(cursor + 1));
+        // A log numbered below the local sequence works the same (wrapping shift).
+        let mut r = ring(10, 1000, true);
+        for _ in 0..5 {
+            push(&mut r, None, now);
+        }
+        r.restart("low", 2);
+        assert_eq!(r.newest_id().as_deref(), Some("low-1"));
+        assert_eq!(r.resume("low-1"), Resume::At(6));
+        assert_eq!(r.resume("low-18446744073709551615"), Resume::Gap, "no overflow");
+        assert_eq!(r.resume(&format!("low-{}", u64::MAX - 3)), Resume::Gap);
     }
 }

@@ -77,6 +77,12 @@ impl Parser {
         &self.last_event_id
     }
 
+    /// Takes `id` as the last event id, as if the stream so far had ended with it: what a reader
+    /// that takes over a stream someone else was reading resumes from.
+    pub fn set_last_event_id(&mut self, id: &str) {
+        id.clone_into(&mut self.last_event_id);
+    }
+
     /// How many events (or overlong lines) were dropped for exceeding the limit so far.
     pub fn dropped_events(&self) -> u64 {
         self.dropped_events
