@@ -54,6 +54,8 @@ impl fmt::Display for Config {
             format_size(self.buffer_total_bytes)
         )?;
         writeln!(f, "shutdown_grace = \"{}\"", format_duration(self.shutdown_grace))?;
+        writeln!(f, "shutdown_delay = \"{}\"", format_duration(self.shutdown_delay))?;
+        writeln!(f, "drain_spread = \"{}\"", format_duration(self.drain_spread))?;
         writeln!(
             f,
             "client_write_timeout = \"{}\"",
@@ -97,6 +99,21 @@ impl fmt::Display for Config {
                 TlsVersion::V1_3 => "1.3",
             };
             writeln!(f, "min_version = \"{version}\"")?;
+        }
+        if let Some(cluster) = &self.cluster {
+            writeln!(f, "\n[cluster]")?;
+            writeln!(f, "redis = {}", quote(&cluster.redis_masked()))?;
+            writeln!(f, "node = {}", quote(&cluster.node))?;
+            writeln!(f, "lease = \"{}\"", format_duration(cluster.lease))?;
+            writeln!(f, "prefix = {}", quote(&cluster.prefix))?;
+            // Neither the password nor the secret is printed, nor the paths they came from.
+            let password = match (&cluster.password, cluster.redis_masked() != cluster.redis) {
+                (None, _) => "none",
+                (Some(_), true) => "from the URL (shown as ***)",
+                (Some(_), false) => "from password_file",
+            };
+            writeln!(f, "# password: {password}")?;
+            writeln!(f, "# secret: {} bytes from secret_file", cluster.secret.len())?;
         }
         for route in &self.routes {
             let s = &route.settings;
