@@ -336,7 +336,8 @@ impl Config {
         let admin_listen = match &raw.admin_listen {
             Some(addr) => {
                 let parsed = parse_addr(&source, addr, "admin_listen")?;
-                if parsed == listen {
+                // Port 0 twice is two ports the system picks.
+                if parsed == listen && parsed.port() != 0 {
                     return Err(source.error(addr.span(), "`admin_listen` must differ from `listen`"));
                 }
                 Some(parsed)

@@ -144,6 +144,7 @@ fn errors_name_the_key_and_line() {
         ("response header name", "[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\nresponse_headers = { \"bad name\" = \"5\" }\n", 4, &["`response_headers`", "not a valid header name"]),
         ("response header value", "[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\nresponse_headers = { \"x-a\" = \"a\\nb\" }\n", 4, &["`response_headers`", "not a valid header value"]),
         ("response header twice", "[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\nresponse_headers = { \"X-A\" = \"1\", \"x-a\" = \"2\" }\n", 4, &["`response_headers`", "set twice"]),
+        ("admin on the public address", "listen = \"127.0.0.1:9\"\nadmin_listen = \"127.0.0.1:9\"\n[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\n", 2, &["`admin_listen`", "differ"]),
         ("merge_slashes not a bool", "[defaults]\nmerge_slashes = \"yes\"\n", 2, &["`merge_slashes`"]),
     ];
     for (name, text, line, needles) in cases {
@@ -285,12 +286,12 @@ fn every_duration_has_an_upper_bound() {
 /// Writes `contents` to a fresh file in the temp dir and returns its path, for keys that name
 /// files.
 fn temp_file(name: &str, contents: &[u8]) -> std::path::PathBuf {
-    // A directory per call: tests run in parallel and share file names.
+    // A name per call: tests run in parallel and share file names.
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("ssegate-config-{}-{n}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("ssegate-config-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join(name);
+    let path = dir.join(format!("{n}-{name}"));
     std::fs::write(&path, contents).expect("write");
     path
 }
@@ -302,6 +303,15 @@ fn with_cluster(extra: &str) -> String {
         "{MINIMAL}[cluster]\nsecret_file = \"{}\"\n{extra}",
         secret.display()
     )
+}
+
+#[test]
+fn both_listeners_may_take_a_port_the_system_picks() {
+    let config = load(&format!(
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{MINIMAL}"
+    ))
+    .expect("valid");
+    assert_eq!(config.admin_listen, Some(config.listen));
 }
 
 #[test]
@@ -397,10 +407,11 @@ fn cluster_section_with_every_key() {
 #[test]
 fn cluster_files_are_found_beside_the_config_file() {
     let secret = temp_file("beside-secret", b"0123456789abcdef");
-    let config = secret.with_file_name("beside.toml");
+    let name = secret.file_name().expect("name").to_string_lossy();
+    let config = secret.with_file_name(format!("{name}.toml"));
     std::fs::write(
         &config,
-        format!("{MINIMAL}[cluster]\nredis = \"redis://127.0.0.1\"\nsecret_file = \"beside-secret\"\n"),
+        format!("{MINIMAL}[cluster]\nredis = \"redis://127.0.0.1\"\nsecret_file = \"{name}\"\n"),
     )
     .expect("write");
     let loaded = Config::load(&config).expect("valid");
