@@ -29,7 +29,7 @@ impl Haproxy {
             let config = dir.join("haproxy.cfg");
             std::fs::write(&config, config_text(addr, backends)).expect("write haproxy.cfg");
             let log = dir.join("haproxy.log");
-            let child = Command::new("haproxy")
+            let child = Command::new(program())
                 .arg("-f")
                 .arg(&config)
                 .arg("-db")
@@ -102,6 +102,17 @@ impl Drop for Haproxy {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// `haproxy` from the PATH, else Debian's `/usr/sbin/haproxy` (sbin is not on every PATH).
+fn program() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).map(|dir| dir.join("haproxy")).collect::<Vec<_>>())
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| PathBuf::from("/usr/sbin/haproxy"))
 }
 
 /// The configuration: HTTP mode, round-robin without cookies or stickiness, an hour for an
