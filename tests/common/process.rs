@@ -36,7 +36,9 @@ pub struct Instance {
 
 impl Instance {
     /// Runs ssegate with the config `toml`, its `listen` and `admin_listen` set to
-    /// `127.0.0.1:0` (whatever the text says), and waits until it listens.
+    /// `127.0.0.1:0` (whatever the text says), and waits until it listens. The config file is
+    /// written to a directory of the instance's own: files it names (`secret_file`) should be
+    /// absolute paths.
     pub async fn start(toml: &str) -> Instance {
         Instance::start_with_env(toml, &[]).await
     }
