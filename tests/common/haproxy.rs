@@ -107,7 +107,11 @@ impl Drop for Haproxy {
 /// `haproxy` from the PATH, else Debian's `/usr/sbin/haproxy` (sbin is not on every PATH).
 fn program() -> PathBuf {
     let on_path = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).map(|dir| dir.join("haproxy")).collect::<Vec<_>>())
+        .map(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("haproxy"))
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default();
     on_path
         .into_iter()
