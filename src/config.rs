@@ -150,6 +150,8 @@ pub struct Config {
     /// Over how long a stop ends its SSE responses (in jittered batches), so their clients do
     /// not all reconnect to the other instances at once.
     pub drain_spread: Duration,
+    /// Where `[cluster]`'s secret and password came from (for printing).
+    pub(crate) cluster_files: Option<cluster::ClusterFiles>,
 }
 
 /// `[cluster]`: the Redis server instances share streams through, and this instance's part.
@@ -453,9 +455,12 @@ impl Config {
                 })
             }
         };
-        let cluster = match &raw.cluster {
-            Some(section) => Some(cluster::resolve_cluster(&source, section, dir)?),
-            None => None,
+        let (cluster, cluster_files) = match &raw.cluster {
+            Some(section) => {
+                let (cluster, files) = cluster::resolve_cluster(&source, section, dir)?;
+                (Some(cluster), Some(files))
+            }
+            None => (None, None),
         };
         let mut routes: Vec<(Route, std::ops::Range<usize>)> = Vec::new();
         for raw_route in &raw.routes {
@@ -499,6 +504,7 @@ impl Config {
             cluster,
             shutdown_delay,
             drain_spread,
+            cluster_files,
         })
     }
 }

@@ -318,6 +318,14 @@ fn check_validates_the_cluster_section_without_connecting() {
         "{stdout}{stderr}"
     );
     assert!(!stdout.contains("a shared secret"), "{stdout}");
+    assert!(stdout.contains("secret_file = \""), "{stdout}");
+    // What check prints is a config that passes check.
+    let (code, again, stderr) = check("cluster-printed.toml", &stdout);
+    assert_eq!(code, 0, "{stderr}\n{stdout}");
+    assert_eq!(
+        again.lines().skip(1).collect::<Vec<_>>(),
+        stdout.lines().skip(1).collect::<Vec<_>>()
+    );
 
     check_refuses(
         "cluster-no-secret.toml",

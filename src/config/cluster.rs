@@ -2,7 +2,7 @@
 //! shared secret read from their files, the node name made up when the file gives none. Every
 //! error names the key and the line; none repeats a password.
 
-use std::io;
+use std::io::{self, Read};
 use std::sync::OnceLock;
 
 use redis::IntoConnectionInfo;
@@ -13,11 +13,25 @@ use super::*;
 /// The schemes `redis` accepts, as the errors name them.
 const SCHEMES: &str = "redis://host:port, rediss://host:port (TLS) or unix:///path/to/redis.sock";
 
+/// Where `[cluster]`'s secrets came from, as resolved (relative to the config file's
+/// directory): what `check` prints in their place, so that its output loads again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClusterFiles {
+    /// `secret_file`.
+    pub(crate) secret: PathBuf,
+    /// `password_file`, if the password came from one.
+    pub(crate) password: Option<PathBuf>,
+}
+
+/// The largest `secret_file` or `password_file`: each holds one short value, and a path such as
+/// `/dev/zero` must not be read forever.
+const MAX_FILE_BYTES: u64 = 64 << 10;
+
 pub(super) fn resolve_cluster(
     source: &Source<'_>,
     cluster: &Spanned<RawCluster>,
     dir: &Path,
-) -> Result<ClusterConfig, ConfigError> {
+) -> Result<(ClusterConfig, ClusterFiles), ConfigError> {
     let section = cluster.span();
     let raw = cluster.get_ref();
     let fail = |span: std::ops::Range<usize>, key: &str, why: String| {
@@ -123,14 +137,19 @@ pub(super) fn resolve_cluster(
             ),
         ));
     }
-    Ok(ClusterConfig {
+    let files = ClusterFiles {
+        secret: dir.join(secret_file.get_ref()),
+        password: raw.password_file.as_ref().map(|file| dir.join(file.get_ref())),
+    };
+    let cluster = ClusterConfig {
         redis: redis.get_ref().clone(),
         password,
         node,
         lease,
         prefix,
         secret,
-    })
+    };
+    Ok((cluster, files))
 }
 
 /// Checks a Redis URL the way the client will read it; returns its password, if it has one.
@@ -199,7 +218,24 @@ fn read_file(dir: &Path, file: &Spanned<String>) -> Result<Vec<u8>, String> {
         return Err("a file path is needed".to_owned());
     }
     let path = dir.join(file.get_ref());
-    std::fs::read(&path).map_err(|e: io::Error| format!("cannot read {}: {e}", path.display()))
+    let cannot = |e: io::Error| format!("cannot read {}: {e}", path.display());
+    let opened = std::fs::File::open(&path).map_err(cannot)?;
+    if !opened.metadata().map_err(cannot)?.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    let mut bytes = Vec::new();
+    opened
+        .take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!(
+            "{} is larger than {}; it should hold one short value",
+            path.display(),
+            format_size(MAX_FILE_BYTES)
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Checks a node name or key prefix: 1 to `max` bytes of ASCII letters, digits, `.`, `_`, `-`

@@ -101,19 +101,20 @@ impl fmt::Display for Config {
             writeln!(f, "min_version = \"{version}\"")?;
         }
         if let Some(cluster) = &self.cluster {
+            // The password and the secret are never printed: the URL's password is `***`, and
+            // the files they came from are named.
             writeln!(f, "\n[cluster]")?;
             writeln!(f, "redis = {}", quote(&cluster.redis_masked()))?;
+            let files = self.cluster_files.as_ref();
+            if let Some(password) = files.and_then(|files| files.password.as_ref()) {
+                writeln!(f, "password_file = {}", quote(&password.display().to_string()))?;
+            }
             writeln!(f, "node = {}", quote(&cluster.node))?;
             writeln!(f, "lease = \"{}\"", format_duration(cluster.lease))?;
             writeln!(f, "prefix = {}", quote(&cluster.prefix))?;
-            // Neither the password nor the secret is printed, nor the paths they came from.
-            let password = match (&cluster.password, cluster.redis_masked() != cluster.redis) {
-                (None, _) => "none",
-                (Some(_), true) => "from the URL (shown as ***)",
-                (Some(_), false) => "from password_file",
-            };
-            writeln!(f, "# password: {password}")?;
-            writeln!(f, "# secret: {} bytes from secret_file", cluster.secret.len())?;
+            if let Some(files) = files {
+                writeln!(f, "secret_file = {}", quote(&files.secret.display().to_string()))?;
+            }
         }
         for route in &self.routes {
             let s = &route.settings;

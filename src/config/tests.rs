@@ -371,7 +371,15 @@ fn cluster_section_with_every_key() {
     assert_eq!(cluster.lease, Duration::from_secs(30));
     assert_eq!(cluster.prefix, "app:sse-1");
     let printed = config.to_string();
-    assert!(printed.contains("\n[cluster]\nredis = \"rediss://user@redis.internal:6380/2\"\nnode = \"web-1.eu_west\"\nlease = \"30s\"\nprefix = \"app:sse-1\"\n# password: from password_file\n"), "{printed}");
+    let section = format!(
+        "\n[cluster]\nredis = \"rediss://user@redis.internal:6380/2\"\npassword_file = \"{}\"\nnode = \"web-1.eu_west\"\nlease = \"30s\"\nprefix = \"app:sse-1\"\nsecret_file = \"",
+        password.display()
+    );
+    assert!(printed.contains(&section), "{printed}");
+    // What check prints loads again, to the same settings.
+    let again = load(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+    assert_eq!(again.to_string(), printed);
+    assert_eq!(again.cluster, config.cluster);
     assert!(
         !printed.contains("s3cret") && !printed.contains("0123456789abcdef"),
         "{printed}"
@@ -393,6 +401,12 @@ fn cluster_section_with_every_key() {
         "{printed}"
     );
     assert!(!printed.contains("hunter2"), "{printed}");
+    let again = load(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+    assert_eq!(
+        again.to_string(),
+        printed,
+        "the mask is the password now, and prints the same"
+    );
 
     // A unix socket, its database and password in the query.
     let config = load(&with_cluster(
@@ -421,6 +435,7 @@ fn cluster_files_are_found_beside_the_config_file() {
 #[test]
 fn cluster_errors_name_the_key_and_line() {
     let short = temp_file("short-secret", b"too short  \n");
+    let large = temp_file("large-secret", &[b'x'; 65 * 1024]);
     let empty = temp_file("empty-password", b"\n");
     let password = temp_file("a-password", b"pw\n");
     let missing = std::env::temp_dir().join("ssegate-no-such-dir/secret");
@@ -451,6 +466,21 @@ fn cluster_errors_name_the_key_and_line() {
             ),
             6,
             vec!["`secret_file`".into(), "9 bytes".into(), "at least 16".into()],
+        ),
+        (
+            "secret not a file",
+            format!("{MINIMAL}[cluster]\n{redis}secret_file = \"/dev/zero\"\n"),
+            6,
+            vec!["`secret_file`".into(), "/dev/zero is not a regular file".into()],
+        ),
+        (
+            "secret too large",
+            format!(
+                "{MINIMAL}[cluster]\n{redis}secret_file = \"{}\"\n",
+                large.display()
+            ),
+            6,
+            vec!["`secret_file`".into(), "larger than 64KiB".into()],
         ),
         (
             "secret unreadable",
