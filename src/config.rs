@@ -5,6 +5,7 @@
 //! precedence route > `[defaults]` > the `DEFAULT_*` constants. Every error names the file, the
 //! line, the section and the key.
 
+mod cluster;
 mod defaults;
 mod error;
 mod print;
@@ -149,6 +150,8 @@ pub struct Config {
     /// Over how long a stop ends its SSE responses (in jittered batches), so their clients do
     /// not all reconnect to the other instances at once.
     pub drain_spread: Duration,
+    /// Where `[cluster]`'s secret and password came from (for printing).
+    pub(crate) cluster_files: Option<cluster::ClusterFiles>,
 }
 
 /// `[cluster]`: the Redis server instances share streams through, and this instance's part.
@@ -304,17 +307,25 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        let mut config = Config::from_toml(&text, &path.display().to_string())?;
         // Files named in the config are found beside it, like an include.
-        if let (Some(tls), Some(dir)) = (config.tls.as_mut(), path.parent()) {
+        let dir = path.parent().unwrap_or(Path::new(""));
+        let mut config = Config::parse(&text, &path.display().to_string(), dir)?;
+        if let Some(tls) = config.tls.as_mut() {
             tls.cert = dir.join(&tls.cert);
             tls.key = dir.join(&tls.key);
         }
         Ok(config)
     }
 
-    /// Parses and validates `text`; `origin` names it in errors (usually the file path).
+    /// Parses and validates `text`; `origin` names it in errors (usually the file path). Files
+    /// it names (`[cluster]`'s `secret_file`, `password_file`) are read relative to the current
+    /// directory.
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, origin, Path::new(""))
+    }
+
+    /// [`Config::from_toml`], with the files it names read relative to `dir`.
+    fn parse(text: &str, origin: &str, dir: &Path) -> Result<Config, ConfigError> {
         let source = Source { origin, text };
         let raw: RawConfig = toml::from_str(text).map_err(|e| source.toml_error(&e))?;
         let defaults = raw.defaults.unwrap_or_default();
@@ -327,7 +338,8 @@ impl Config {
         let admin_listen = match &raw.admin_listen {
             Some(addr) => {
                 let parsed = parse_addr(&source, addr, "admin_listen")?;
-                if parsed == listen {
+                // Port 0 twice is two ports the system picks.
+                if parsed == listen && parsed.port() != 0 {
                     return Err(source.error(addr.span(), "`admin_listen` must differ from `listen`"));
                 }
                 Some(parsed)
@@ -373,6 +385,18 @@ impl Config {
             "shutdown_grace",
             DEFAULT_SHUTDOWN_GRACE,
             MAX_DURATION,
+        )?;
+        let shutdown_delay = bounded(
+            &raw.shutdown_delay,
+            "shutdown_delay",
+            DEFAULT_SHUTDOWN_DELAY,
+            MAX_STOP_DELAY,
+        )?;
+        let drain_spread = bounded(
+            &raw.drain_spread,
+            "drain_spread",
+            DEFAULT_DRAIN_SPREAD,
+            MAX_STOP_DELAY,
         )?;
         let mut trusted_proxies = Vec::new();
         for block in raw.trusted_proxies.iter().flat_map(|list| list.get_ref()) {
@@ -431,6 +455,13 @@ impl Config {
                 })
             }
         };
+        let (cluster, cluster_files) = match &raw.cluster {
+            Some(section) => {
+                let (cluster, files) = cluster::resolve_cluster(&source, section, dir)?;
+                (Some(cluster), Some(files))
+            }
+            None => (None, None),
+        };
         let mut routes: Vec<(Route, std::ops::Range<usize>)> = Vec::new();
         for raw_route in &raw.routes {
             let route = resolve_route(&source, raw_route.get_ref(), &defaults)?;
@@ -470,9 +501,10 @@ impl Config {
             max_streams_per_client,
             new_streams_per_client,
             routes: routes.into_iter().map(|(route, _)| route).collect(),
-            cluster: None,
-            shutdown_delay: Duration::ZERO,
-            drain_spread: Duration::ZERO,
+            cluster,
+            shutdown_delay,
+            drain_spread,
+            cluster_files,
         })
     }
 }

@@ -1,7 +1,12 @@
 //! `ssegate check` and the command line, run as a user would: the real binary on real files.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::Instance;
 
 fn ssegate(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ssegate"))
@@ -146,111 +151,17 @@ fn version_and_help() {
     assert!(help.contains("--config") && help.contains("check"), "{help}");
 }
 
-#[test]
-fn sigterm_stops_the_server_cleanly() {
+#[tokio::test]
+async fn sigterm_stops_the_server_cleanly() {
     let path = config_file(
         "run.toml",
         "listen = \"127.0.0.1:0\"\n[[route]]\npath = \"/\"\nupstream = \"http://127.0.0.1:9\"\n",
     );
-    let mut running = Running::start(&path);
-    running.wait_for("ssegate listening");
+    let mut running = Instance::start_file(&path).await;
     running.signal("TERM");
-    let status = running.wait_exit(std::time::Duration::from_secs(10));
+    let status = running.wait_exit(Duration::from_secs(10)).await;
     assert!(status.success(), "exit status {status}");
-    running.wait_for("stopped");
-}
-
-/// A running `ssegate` process with its stderr lines collected, and its exit awaited by a
-/// thread of its own.
-struct Running {
-    pid: u32,
-    lines: std::sync::mpsc::Receiver<String>,
-    exit: std::sync::mpsc::Receiver<std::process::ExitStatus>,
-    exited: bool,
-}
-
-impl Running {
-    fn start(config: &std::path::Path) -> Running {
-        use std::io::{BufRead, BufReader};
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ssegate"))
-            .args(["--config", config.to_str().expect("utf-8 path")])
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn ssegate");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let pid = child.id();
-        let (tx, exit) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait().expect("wait for ssegate"));
-        });
-        Running {
-            pid,
-            lines,
-            exit,
-            exited: false,
-        }
-    }
-
-    /// Waits (bounded) for a log line containing `needle`.
-    fn wait_for(&self, needle: &str) -> String {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("no log line with {needle:?} within 10 s"),
-            }
-        }
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.pid.to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-
-    fn wait_exit(&mut self, within: std::time::Duration) -> std::process::ExitStatus {
-        let status = self
-            .exit
-            .recv_timeout(within)
-            .unwrap_or_else(|_| panic!("ssegate did not exit within {within:?}"));
-        self.exited = true;
-        status
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        // Still running as far as the waiter knows: kill it, and let the waiter reap it.
-        if !self.exited && self.exit.try_recv().is_err() {
-            let _ = Command::new("kill")
-                .args(["-KILL", &self.pid.to_string()])
-                .status();
-            let _ = self.exit.recv_timeout(std::time::Duration::from_secs(10));
-        }
-    }
-}
-
-/// The port in a "ssegate listening listen=127.0.0.1:PORT" log line.
-fn listen_addr(line: &str) -> String {
-    line.split("listen=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .expect("listen address")
-        .to_owned()
+    running.wait_for_log("stopped").await;
 }
 
 /// A GET over a plain TCP connection; returns the status line.
@@ -270,12 +181,12 @@ fn status_of(addr: &str, path: &str) -> String {
     answer.lines().next().unwrap_or("").to_owned()
 }
 
-#[test]
-fn sighup_reloads_the_config_file_and_a_bad_file_is_refused() {
+#[tokio::test]
+async fn sighup_reloads_the_config_file_and_a_bad_file_is_refused() {
     let first = "listen = \"127.0.0.1:0\"\n[[route]]\npath = \"/a\"\nupstream = \"http://127.0.0.1:9\"\n";
     let path = config_file("hup.toml", first);
-    let running = Running::start(&path);
-    let addr = listen_addr(&running.wait_for("ssegate listening"));
+    let running = Instance::start_file(&path).await;
+    let addr = running.addr().to_string();
     assert!(status_of(&addr, "/b").contains(" 404 "), "no /b route yet");
     std::fs::write(
         &path,
@@ -283,7 +194,7 @@ fn sighup_reloads_the_config_file_and_a_bad_file_is_refused() {
     )
     .expect("write");
     running.signal("HUP");
-    running.wait_for("config reloaded");
+    running.wait_for_log("config reloaded").await;
     assert!(
         status_of(&addr, "/b").contains(" 502 "),
         "/b now routes (to a dead upstream)"
@@ -294,13 +205,13 @@ fn sighup_reloads_the_config_file_and_a_bad_file_is_refused() {
     )
     .expect("write");
     running.signal("HUP");
-    let refused = running.wait_for("reload refused");
+    let refused = running.wait_for_log("reload refused").await;
     assert!(refused.contains("upstream"), "{refused}");
     assert!(status_of(&addr, "/b").contains(" 502 "), "the old config stays");
 }
 
-#[test]
-fn a_second_stop_signal_exits_at_once() {
+#[tokio::test]
+async fn a_second_stop_signal_exits_at_once() {
     // An upstream that accepts and never answers holds a request (and so the drain) open.
     let upstream = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let upstream_addr = upstream.local_addr().expect("addr");
@@ -308,14 +219,14 @@ fn a_second_stop_signal_exits_at_once() {
         "second.toml",
         &format!("listen = \"127.0.0.1:0\"\nshutdown_grace = \"1m\"\n[[route]]\npath = \"/\"\nupstream = \"http://{upstream_addr}\"\n"),
     );
-    let mut running = Running::start(&path);
-    let addr = listen_addr(&running.wait_for("ssegate listening"));
+    let mut running = Instance::start_file(&path).await;
+    let addr = running.addr().to_string();
     let hung = std::thread::spawn(move || status_of(&addr, "/hang"));
     let _accepted = upstream.accept().expect("the request reaches the upstream");
     running.signal("TERM");
-    running.wait_for("draining");
+    running.wait_for_log("draining").await;
     running.signal("TERM");
-    let status = running.wait_exit(std::time::Duration::from_secs(5));
+    let status = running.wait_exit(Duration::from_secs(5)).await;
     assert!(
         !status.success(),
         "an immediate exit is not a clean one: {status}"
@@ -379,4 +290,60 @@ fn check_refuses_an_expired_or_mismatched_certificate() {
     ] {
         check_refuses(name, &config, needles);
     }
+}
+
+#[test]
+fn check_validates_the_cluster_section_without_connecting() {
+    let route = "[[route]]\npath = \"/\"\nupstream = \"http://127.0.0.1:3000\"\n";
+    let dir = config_file("cluster-good.toml", "")
+        .parent()
+        .expect("dir")
+        .to_path_buf();
+    std::fs::write(dir.join("cluster-secret"), "a shared secret of 32 bytes ....\n").expect("write");
+    // Nothing listens on port 1: check reads the section, it does not connect.
+    let (code, stdout, stderr) = check(
+        "cluster-good.toml",
+        &format!("shutdown_delay = \"5s\"\ndrain_spread = \"20s\"\n{route}\n[cluster]\nredis = \"redis://ssegate:hunter2@127.0.0.1:1/0\"\nnode = \"web-1\"\nsecret_file = \"cluster-secret\"\n"),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    for line in [
+        "shutdown_delay = \"5s\"",
+        "drain_spread = \"20s\"",
+        "\n[cluster]\nredis = \"redis://ssegate:***@127.0.0.1:1/0\"\nnode = \"web-1\"\nlease = \"10s\"\nprefix = \"ssegate\"\n",
+    ] {
+        assert!(stdout.contains(line), "{line:?} not in:\n{stdout}");
+    }
+    assert!(
+        !stdout.contains("hunter2") && !stderr.contains("hunter2"),
+        "{stdout}{stderr}"
+    );
+    assert!(!stdout.contains("a shared secret"), "{stdout}");
+    assert!(stdout.contains("secret_file = \""), "{stdout}");
+    // What check prints is a config that passes check.
+    let (code, again, stderr) = check("cluster-printed.toml", &stdout);
+    assert_eq!(code, 0, "{stderr}\n{stdout}");
+    assert_eq!(
+        again.lines().skip(1).collect::<Vec<_>>(),
+        stdout.lines().skip(1).collect::<Vec<_>>()
+    );
+
+    check_refuses(
+        "cluster-no-secret.toml",
+        &format!("{route}[cluster]\nredis = \"redis://127.0.0.1:6379\"\n"),
+        &[
+            ":4:",
+            "`secret_file` in [cluster]",
+            "keys the digests naming streams in Redis",
+        ],
+    );
+    check_refuses(
+        "cluster-secret-missing.toml",
+        &format!("{route}[cluster]\nredis = \"redis://127.0.0.1:6379\"\nsecret_file = \"no-such-secret\"\n"),
+        &[":6:", "`secret_file`", "no-such-secret", "No such file"],
+    );
+    check_refuses(
+        "cluster-bad-url.toml",
+        &format!("{route}[cluster]\nredis = \"http://:hunter2@127.0.0.1:6379\"\nsecret_file = \"cluster-secret\"\n"),
+        &[":5:", "`redis` in [cluster]", "redis://"],
+    );
 }

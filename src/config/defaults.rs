@@ -33,6 +33,24 @@ pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_UPSTREAM_DOWN_GRACE: Duration = Duration::from_secs(60);
 /// How long a stop waits for requests in flight.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long a stop keeps serving after `/readyz` turned 503 (none: a process alone needs no
+/// load balancer to notice first).
+pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::ZERO;
+/// Over how long a stop ends its SSE responses (none: all at once).
+pub const DEFAULT_DRAIN_SPREAD: Duration = Duration::ZERO;
+/// The longest `shutdown_delay` and `drain_spread`: ten minutes; a deploy waits for both.
+pub const MAX_STOP_DELAY: Duration = Duration::from_secs(600);
+/// How long a stream's lease in Redis lasts without renewal: how long a dead leader's streams
+/// may go unread before another instance takes them.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+/// The shortest `lease`: renewals travel to Redis and back well inside it.
+pub const MIN_LEASE: Duration = Duration::from_secs(1);
+/// The longest `lease`: five minutes; past it a dead leader leaves its streams unread too long.
+pub const MAX_LEASE: Duration = Duration::from_secs(300);
+/// The prefix of every Redis key.
+pub const DEFAULT_PREFIX: &str = "ssegate";
+/// The shortest shared secret (`secret_file`), in bytes.
+pub const MIN_SECRET_BYTES: usize = 16;
 /// How long a client's socket may stay unwritable before the connection is closed.
 pub const DEFAULT_CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Client connections served at once, over all routes.

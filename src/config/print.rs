@@ -54,6 +54,8 @@ impl fmt::Display for Config {
             format_size(self.buffer_total_bytes)
         )?;
         writeln!(f, "shutdown_grace = \"{}\"", format_duration(self.shutdown_grace))?;
+        writeln!(f, "shutdown_delay = \"{}\"", format_duration(self.shutdown_delay))?;
+        writeln!(f, "drain_spread = \"{}\"", format_duration(self.drain_spread))?;
         writeln!(
             f,
             "client_write_timeout = \"{}\"",
@@ -97,6 +99,22 @@ impl fmt::Display for Config {
                 TlsVersion::V1_3 => "1.3",
             };
             writeln!(f, "min_version = \"{version}\"")?;
+        }
+        if let Some(cluster) = &self.cluster {
+            // The password and the secret are never printed: the URL's password is `***`, and
+            // the files they came from are named.
+            writeln!(f, "\n[cluster]")?;
+            writeln!(f, "redis = {}", quote(&cluster.redis_masked()))?;
+            let files = self.cluster_files.as_ref();
+            if let Some(password) = files.and_then(|files| files.password.as_ref()) {
+                writeln!(f, "password_file = {}", quote(&password.display().to_string()))?;
+            }
+            writeln!(f, "node = {}", quote(&cluster.node))?;
+            writeln!(f, "lease = \"{}\"", format_duration(cluster.lease))?;
+            writeln!(f, "prefix = {}", quote(&cluster.prefix))?;
+            if let Some(files) = files {
+                writeln!(f, "secret_file = {}", quote(&files.secret.display().to_string()))?;
+            }
         }
         for route in &self.routes {
             let s = &route.settings;

@@ -25,7 +25,10 @@ pub(super) struct RawConfig {
     pub max_streams_per_client: Option<Spanned<LimitValue>>,
     pub new_streams_per_client: Option<Spanned<LimitValue>>,
     pub new_streams_burst: Option<Spanned<u64>>,
+    pub shutdown_delay: Option<Spanned<DurationValue>>,
+    pub drain_spread: Option<Spanned<DurationValue>>,
     pub tls: Option<RawTls>,
+    pub cluster: Option<Spanned<RawCluster>>,
     pub defaults: Option<RawDefaults>,
     #[serde(default, rename = "route")]
     pub routes: Vec<Spanned<RawRoute>>,
@@ -38,6 +41,19 @@ pub(super) struct RawTls {
     pub cert: Spanned<String>,
     pub key: Spanned<String>,
     pub min_version: Option<Spanned<String>>,
+}
+
+/// `[cluster]`: instances sharing streams through Redis. `redis` and `secret_file` are
+/// required, but optional here so that their absence gets an error that says what they are for.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    pub redis: Option<Spanned<String>>,
+    pub password_file: Option<Spanned<String>>,
+    pub node: Option<Spanned<String>>,
+    pub lease: Option<Spanned<DurationValue>>,
+    pub prefix: Option<Spanned<String>>,
+    pub secret_file: Option<Spanned<String>>,
 }
 
 /// Declares a struct holding every per-route setting (plus `$extra` fields), so `[defaults]` and

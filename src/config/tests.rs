@@ -144,6 +144,7 @@ fn errors_name_the_key_and_line() {
         ("response header name", "[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\nresponse_headers = { \"bad name\" = \"5\" }\n", 4, &["`response_headers`", "not a valid header name"]),
         ("response header value", "[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\nresponse_headers = { \"x-a\" = \"a\\nb\" }\n", 4, &["`response_headers`", "not a valid header value"]),
         ("response header twice", "[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\nresponse_headers = { \"X-A\" = \"1\", \"x-a\" = \"2\" }\n", 4, &["`response_headers`", "set twice"]),
+        ("admin on the public address", "listen = \"127.0.0.1:9\"\nadmin_listen = \"127.0.0.1:9\"\n[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\n", 2, &["`admin_listen`", "differ"]),
         ("merge_slashes not a bool", "[defaults]\nmerge_slashes = \"yes\"\n", 2, &["`merge_slashes`"]),
     ];
     for (name, text, line, needles) in cases {
@@ -232,6 +233,8 @@ fn every_duration_has_an_upper_bound() {
     // (key, its bound, whether it is a top-level key, other keys it needs at its bound)
     let cases: &[(&str, Duration, bool, &str)] = &[
         ("shutdown_grace", MAX_DURATION, true, ""),
+        ("shutdown_delay", MAX_STOP_DELAY, true, ""),
+        ("drain_spread", MAX_STOP_DELAY, true, ""),
         ("client_write_timeout", MAX_TIMEOUT, true, ""),
         ("header_read_timeout", MAX_TIMEOUT, true, ""),
         ("keepalive_timeout", MAX_TIMEOUT, true, ""),
@@ -278,4 +281,345 @@ fn every_duration_has_an_upper_bound() {
     // "500 years" parses as a duration, and is refused as a setting.
     let (_, message) = error(&format!("{ROUTE}linger = \"500 years\"\n"));
     assert!(message.contains("longer than 1year"), "{message}");
+}
+
+/// Writes `contents` to a fresh file in the temp dir and returns its path, for keys that name
+/// files.
+fn temp_file(name: &str, contents: &[u8]) -> std::path::PathBuf {
+    // A name per call: tests run in parallel and share file names.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("ssegate-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(format!("{n}-{name}"));
+    std::fs::write(&path, contents).expect("write");
+    path
+}
+
+/// A `[cluster]` section with a valid secret file, then `extra` keys.
+fn with_cluster(extra: &str) -> String {
+    let secret = temp_file("secret", b"0123456789abcdef0123456789abcdef\n");
+    format!(
+        "{MINIMAL}[cluster]\nsecret_file = \"{}\"\n{extra}",
+        secret.display()
+    )
+}
+
+#[test]
+fn both_listeners_may_take_a_port_the_system_picks() {
+    let config = load(&format!(
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{MINIMAL}"
+    ))
+    .expect("valid");
+    assert_eq!(config.admin_listen, Some(config.listen));
+}
+
+#[test]
+fn stop_delays_default_to_none() {
+    let config = load(MINIMAL).expect("valid");
+    assert_eq!(config.shutdown_delay, Duration::ZERO);
+    assert_eq!(config.drain_spread, Duration::ZERO);
+    assert!(config.cluster.is_none());
+    let config = load(&format!(
+        "shutdown_delay = \"5s\"\ndrain_spread = \"30s\"\n{MINIMAL}"
+    ))
+    .expect("valid");
+    assert_eq!(config.shutdown_delay, Duration::from_secs(5));
+    assert_eq!(config.drain_spread, Duration::from_secs(30));
+    let printed = config.to_string();
+    assert!(
+        printed.contains("shutdown_delay = \"5s\"\n") && printed.contains("drain_spread = \"30s\"\n"),
+        "{printed}"
+    );
+}
+
+#[test]
+fn cluster_section_with_defaults() {
+    let config = load(&with_cluster("redis = \"redis://127.0.0.1:6379\"\n")).expect("valid");
+    let cluster = config.cluster.expect("[cluster]");
+    assert_eq!(cluster.redis, "redis://127.0.0.1:6379");
+    assert_eq!(cluster.password, None);
+    assert_eq!(cluster.lease, DEFAULT_LEASE);
+    assert_eq!(cluster.prefix, DEFAULT_PREFIX);
+    assert_eq!(cluster.secret, b"0123456789abcdef0123456789abcdef");
+    let (host, suffix) = cluster.node.rsplit_once('-').expect("host-suffix");
+    assert!(!host.is_empty());
+    assert_eq!(suffix.len(), 6);
+    assert!(
+        suffix
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()),
+        "{suffix}"
+    );
+    // A reload gets the same made-up name.
+    let again = load(&with_cluster("redis = \"redis://127.0.0.1:6379\"\n")).expect("valid");
+    assert_eq!(again.cluster.expect("[cluster]").node, cluster.node);
+}
+
+#[test]
+fn cluster_section_with_every_key() {
+    let password = temp_file("password", b"s3cret pass\r\n");
+    let config = load(&with_cluster(&format!(
+        "redis = \"rediss://user@redis.internal:6380/2\"\npassword_file = \"{}\"\nnode = \"web-1.eu_west\"\nlease = \"30s\"\nprefix = \"app:sse-1\"\n",
+        password.display()
+    )))
+    .expect("valid");
+    let cluster = config.cluster.as_ref().expect("[cluster]");
+    assert_eq!(cluster.redis, "rediss://user@redis.internal:6380/2");
+    assert_eq!(cluster.password.as_deref(), Some("s3cret pass"));
+    assert_eq!(cluster.node, "web-1.eu_west");
+    assert_eq!(cluster.lease, Duration::from_secs(30));
+    assert_eq!(cluster.prefix, "app:sse-1");
+    let printed = config.to_string();
+    let section = format!(
+        "\n[cluster]\nredis = \"rediss://user@redis.internal:6380/2\"\npassword_file = \"{}\"\nnode = \"web-1.eu_west\"\nlease = \"30s\"\nprefix = \"app:sse-1\"\nsecret_file = \"",
+        password.display()
+    );
+    assert!(printed.contains(&section), "{printed}");
+    // What check prints loads again, to the same settings.
+    let again = load(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+    assert_eq!(again.to_string(), printed);
+    assert_eq!(again.cluster, config.cluster);
+    assert!(
+        !printed.contains("s3cret") && !printed.contains("0123456789abcdef"),
+        "{printed}"
+    );
+    let debug = format!("{config:?}");
+    assert!(
+        !debug.contains("s3cret") && !debug.contains("0123456789abcdef"),
+        "{debug}"
+    );
+
+    // The password in the URL: kept there, masked in print.
+    let config = load(&with_cluster("redis = \"redis://:hunter2@127.0.0.1:6379\"\n")).expect("valid");
+    let cluster = config.cluster.as_ref().expect("[cluster]");
+    assert_eq!(cluster.password.as_deref(), Some("hunter2"));
+    assert_eq!(cluster.redis_masked(), "redis://:***@127.0.0.1:6379");
+    let printed = config.to_string();
+    assert!(
+        printed.contains("redis = \"redis://:***@127.0.0.1:6379\""),
+        "{printed}"
+    );
+    assert!(!printed.contains("hunter2"), "{printed}");
+    let again = load(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+    assert_eq!(
+        again.to_string(),
+        printed,
+        "the mask is the password now, and prints the same"
+    );
+
+    // A unix socket, its database and password in the query.
+    let config = load(&with_cluster(
+        "redis = \"unix:///run/redis/redis.sock?db=3&pass=hunter2\"\n",
+    ))
+    .expect("valid");
+    let cluster = config.cluster.as_ref().expect("[cluster]");
+    assert_eq!(cluster.password.as_deref(), Some("hunter2"));
+    assert!(!config.to_string().contains("hunter2"));
+}
+
+#[test]
+fn cluster_files_are_found_beside_the_config_file() {
+    let secret = temp_file("beside-secret", b"0123456789abcdef");
+    let name = secret.file_name().expect("name").to_string_lossy();
+    let config = secret.with_file_name(format!("{name}.toml"));
+    std::fs::write(
+        &config,
+        format!("{MINIMAL}[cluster]\nredis = \"redis://127.0.0.1\"\nsecret_file = \"{name}\"\n"),
+    )
+    .expect("write");
+    let loaded = Config::load(&config).expect("valid");
+    assert_eq!(loaded.cluster.expect("[cluster]").secret, b"0123456789abcdef");
+}
+
+#[test]
+fn cluster_errors_name_the_key_and_line() {
+    let short = temp_file("short-secret", b"too short  \n");
+    let large = temp_file("large-secret", &[b'x'; 65 * 1024]);
+    let empty = temp_file("empty-password", b"\n");
+    let password = temp_file("a-password", b"pw\n");
+    let missing = std::env::temp_dir().join("ssegate-no-such-dir/secret");
+    let redis = "redis = \"redis://127.0.0.1:6379\"\n";
+    // The cluster section starts on line 4, its first key (secret_file) is line 5.
+    let cases: Vec<(&str, String, usize, Vec<String>)> = vec![
+        (
+            "no redis",
+            with_cluster(""),
+            4,
+            vec!["`redis` in [cluster]".into(), "missing".into(), "redis://".into()],
+        ),
+        (
+            "no secret file",
+            format!("{MINIMAL}[cluster]\n{redis}"),
+            4,
+            vec![
+                "`secret_file` in [cluster]".into(),
+                "keys the digests naming streams in Redis".into(),
+                "the same file on every instance".into(),
+            ],
+        ),
+        (
+            "secret too short",
+            format!(
+                "{MINIMAL}[cluster]\n{redis}secret_file = \"{}\"\n",
+                short.display()
+            ),
+            6,
+            vec!["`secret_file`".into(), "9 bytes".into(), "at least 16".into()],
+        ),
+        (
+            "secret not a file",
+            format!("{MINIMAL}[cluster]\n{redis}secret_file = \"/dev/zero\"\n"),
+            6,
+            vec!["`secret_file`".into(), "/dev/zero is not a regular file".into()],
+        ),
+        (
+            "secret too large",
+            format!(
+                "{MINIMAL}[cluster]\n{redis}secret_file = \"{}\"\n",
+                large.display()
+            ),
+            6,
+            vec!["`secret_file`".into(), "larger than 64KiB".into()],
+        ),
+        (
+            "secret unreadable",
+            format!(
+                "{MINIMAL}[cluster]\n{redis}secret_file = \"{}\"\n",
+                missing.display()
+            ),
+            6,
+            vec![
+                "`secret_file`".into(),
+                missing.display().to_string(),
+                "No such file".into(),
+            ],
+        ),
+        (
+            "bad scheme",
+            with_cluster("redis = \"http://127.0.0.1:6379\"\n"),
+            6,
+            vec![
+                "`redis` in [cluster]".into(),
+                "\"http\"".into(),
+                "rediss://".into(),
+            ],
+        ),
+        (
+            "not a url",
+            with_cluster("redis = \"127.0.0.1:6379\"\n"),
+            6,
+            vec!["`redis`".into(), "not a URL".into()],
+        ),
+        (
+            "bad db",
+            with_cluster("redis = \"redis://:hunter2@127.0.0.1:6379/x\"\n"),
+            6,
+            vec!["`redis`".into(), "database".into()],
+        ),
+        (
+            "no host",
+            with_cluster("redis = \"redis://\"\n"),
+            6,
+            vec!["`redis`".into()],
+        ),
+        (
+            "unix without a path",
+            with_cluster("redis = \"unix://host\"\n"),
+            6,
+            vec!["`redis`".into()],
+        ),
+        (
+            "two passwords",
+            with_cluster(&format!(
+                "redis = \"redis://:hunter2@127.0.0.1\"\npassword_file = \"{}\"\n",
+                password.display()
+            )),
+            7,
+            vec!["`password_file`".into(), "line 6".into(), "drop one".into()],
+        ),
+        (
+            "empty password",
+            with_cluster(&format!("{redis}password_file = \"{}\"\n", empty.display())),
+            7,
+            vec!["`password_file`".into(), "empty".into()],
+        ),
+        (
+            "bad node",
+            with_cluster(&format!("{redis}node = \"web 1\"\n")),
+            7,
+            vec!["`node` in [cluster]".into(), "' '".into()],
+        ),
+        (
+            "long node",
+            with_cluster(&format!("{redis}node = \"{}\"\n", "n".repeat(65))),
+            7,
+            vec!["`node`".into(), "1 to 64 bytes".into()],
+        ),
+        (
+            "empty node",
+            with_cluster(&format!("{redis}node = \"\"\n")),
+            7,
+            vec!["`node`".into()],
+        ),
+        (
+            "prefix with a brace",
+            with_cluster(&format!("{redis}prefix = \"a{{b}}\"\n")),
+            7,
+            vec!["`prefix`".into(), "hash tag".into()],
+        ),
+        (
+            "lease too short",
+            with_cluster(&format!("{redis}lease = \"500ms\"\n")),
+            7,
+            vec!["`lease`".into(), "500ms".into(), "1s to 5m".into()],
+        ),
+        (
+            "lease too long",
+            with_cluster(&format!("{redis}lease = \"6m\"\n")),
+            7,
+            vec!["`lease`".into(), "5m".into()],
+        ),
+        (
+            "lease not a duration",
+            with_cluster(&format!("{redis}lease = 10\n")),
+            7,
+            vec!["`lease`".into(), "duration".into()],
+        ),
+        (
+            "unknown key",
+            with_cluster(&format!("{redis}leese = \"10s\"\n")),
+            7,
+            vec![
+                "unknown key `leese` in [cluster]".into(),
+                "did you mean `lease`".into(),
+            ],
+        ),
+        (
+            "shutdown_delay too long",
+            format!("shutdown_delay = \"11m\"\n{MINIMAL}"),
+            1,
+            vec!["`shutdown_delay`".into(), "10m".into()],
+        ),
+        (
+            "drain_spread too long",
+            format!("drain_spread = \"1h\"\n{MINIMAL}"),
+            1,
+            vec!["`drain_spread`".into(), "10m".into()],
+        ),
+    ];
+    for (name, text, line, needles) in cases {
+        let (got_line, message) = error(&text);
+        assert_eq!(got_line, line, "case {name}: wrong line in {message:?}\n{text}");
+        for needle in needles {
+            assert!(
+                message.contains(&needle),
+                "case {name}: {message:?} lacks {needle:?}"
+            );
+        }
+        assert!(
+            !message.contains("hunter2"),
+            "case {name}: {message:?} shows the password"
+        );
+    }
 }

@@ -1,8 +1,13 @@
 //! The shared test harness: an in-process ssegate built from a TOML string, upstreams the test
-//! scripts, and clients that speak real HTTP (and read SSE streams event by event).
+//! scripts, and clients that speak real HTTP (and read SSE streams event by event); for tests
+//! with real parts, the ssegate binary as a process (`process`), a `redis-server` (`redis`) and
+//! HAProxy (`haproxy`) of the test's own.
 #![allow(dead_code)]
 
 pub mod client;
+pub mod haproxy;
+pub mod process;
+pub mod redis;
 pub mod sse;
 pub mod tls;
 pub mod upstream;
@@ -16,7 +21,13 @@ use tokio::task::JoinHandle;
 use ssegate::{App, Config};
 
 #[allow(unused_imports)]
+pub use self::redis::*;
+#[allow(unused_imports)]
 pub use client::*;
+#[allow(unused_imports)]
+pub use haproxy::*;
+#[allow(unused_imports)]
+pub use process::*;
 #[allow(unused_imports)]
 pub use sse::*;
 #[allow(unused_imports)]
