@@ -4,10 +4,12 @@
 //! - `keys`: the Redis key names of a stream, a keyed digest of its stream key.
 //! - `store`: the shared log of each stream: lease, fenced appends, reads (scripts in
 //!   `store/*.lua`), and the follower's blocking reader.
-//! - `client`: the Redis client built from `[cluster]`.
+//! - `client`: the Redis client built from `[cluster]`, and `ssegate check --connect`.
 
 mod client;
 mod keys;
 mod store;
 #[cfg(test)]
 mod testing;
+
+pub use client::{check as check_connection, ConnectError, Connected};
