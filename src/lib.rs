@@ -15,6 +15,8 @@
 //!   HTTP), a ring buffer of encoded events, subscriber bodies that are cursors into it.
 //! - `upstream`: the pooled client to apps, the one builder of upstream requests, the header
 //!   rules of a proxy, the reconnect backoff.
+//! - `cluster`: instances sharing streams through Redis: the key names, the shared log of each
+//!   stream (lease, fenced appends, reads), the Redis client.
 //! - `error`: the answers ssegate makes itself: who was at fault, and `rescue`, which makes the
 //!   response and the log line.
 //! - `route`: routes ready to serve and the longest-prefix router.
@@ -32,8 +34,9 @@
 //! that answers or logs a fault. ARCHITECTURE.md says how to check it.
 //!
 //! The public surface is what the binary, the tests and the examples use: [`App`],
-//! [`Control`], [`Config`] and its [`config`] module, the [`sse`] wire format, the [`demo`] app
-//! and [`load_certificate`] (for `ssegate check`). Everything else is the crate's own.
+//! [`Control`], [`Config`] and its [`config`] module, the [`sse`] wire format, the [`demo`] app,
+//! [`load_certificate`] and [`check_redis`] (for `ssegate check`). Everything else is the
+//! crate's own.
 #![deny(unsafe_code)]
 #![warn(
     rust_2018_idioms,
@@ -62,6 +65,9 @@ mod tls;
 mod upstream;
 
 pub use app::{App, AppError};
+pub use cluster::{
+    check_connection as check_redis, ConnectError as RedisConnectError, Connected as RedisConnected,
+};
 pub use config::Config;
 pub use control::{Control, ReloadError};
 pub use tls::{load as load_certificate, Loaded as LoadedCertificate, TlsError};

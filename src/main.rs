@@ -32,7 +32,12 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Validate the config file and print the effective settings of each route.
-    Check,
+    Check {
+        /// Also connect to the `[cluster]` Redis: authenticate, report its version, and prove
+        /// that it runs scripts and stream commands.
+        #[arg(long)]
+        connect: bool,
+    },
     /// Start a deliberately naive SSE app and ssegate in front of it; no config needed.
     Demo {
         /// Where ssegate listens.
@@ -54,13 +59,13 @@ fn main() -> ExitCode {
         LogFormat::Json => logs.json().flatten_event(true).init(),
     }
     match cli.command {
-        Some(Command::Check) => check(&cli.config),
+        Some(Command::Check { connect }) => check(&cli.config, connect),
         Some(Command::Demo { listen }) => serve(None, Some(listen)),
         None => serve(Some(&cli.config), None),
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn check(path: &std::path::Path, connect: bool) -> ExitCode {
     let config = match Config::load(path) {
         Ok(config) => config,
         Err(error) => {
@@ -91,7 +96,52 @@ fn check(path: &std::path::Path) -> ExitCode {
         );
     }
     let _ = write!(out, "\n{config}");
+    drop(out);
+    if connect {
+        return check_connect(&config);
+    }
     ExitCode::SUCCESS
+}
+
+/// How long each step of `check --connect` may take.
+const CHECK_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `check --connect`: connects to the `[cluster]` Redis and reports what it found. Exits 2 for
+/// a URL that is no URL (the config's fault), 1 for a server that fails the check.
+fn check_connect(config: &Config) -> ExitCode {
+    use std::io::Write;
+    let Some(cluster) = &config.cluster else {
+        let _ = writeln!(
+            std::io::stdout(),
+            "# --connect: no [cluster] section, nothing to connect to"
+        );
+        return ExitCode::SUCCESS;
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(ssegate::check_redis(cluster, CHECK_CONNECT_TIMEOUT)) {
+        Ok(connected) => {
+            for warning in &connected.warnings {
+                eprintln!("warning: {warning}");
+            }
+            let _ = writeln!(
+                std::io::stdout(),
+                "redis: connected to {}, Redis {}",
+                connected.url,
+                connected.version
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(if error.is_config() { 2 } else { 1 })
+        }
+    }
 }
 
 /// Runs ssegate with the config at `path`, or (demo) with the naive app behind it.

@@ -347,3 +347,125 @@ fn check_validates_the_cluster_section_without_connecting() {
         &[":5:", "`redis` in [cluster]", "redis://"],
     );
 }
+
+/// `ssegate check --connect` on `text`: exit code, stdout, stderr.
+fn check_connect(name: &str, text: &str) -> (i32, String, String) {
+    let path = config_file(name, text);
+    let out = ssegate(&[
+        "check",
+        "--connect",
+        "--config",
+        path.to_str().expect("utf-8 path"),
+    ]);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A `redis-server` on a free port, without persistence, killed on drop. `None` (the test is
+/// skipped, saying so) when it is not installed.
+struct Redis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start(extra: &[&str]) -> Option<Redis> {
+        if Command::new("redis-server").arg("--version").output().is_err() {
+            eprintln!("skipped: redis-server is not installed");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(std::env::temp_dir())
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        let redis = Redis { child, port };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Some(redis)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A config with `[cluster]` pointing at `url`, with `password` in a password file.
+fn cluster_config(name: &str, url: &str, password: Option<&str>) -> String {
+    let secret = config_file(&format!("{name}.secret"), "a shared secret\n");
+    let mut cluster = format!(
+        "[cluster]\nredis = \"{url}\"\nsecret_file = \"{}\"\n",
+        secret.display()
+    );
+    if let Some(password) = password {
+        let file = config_file(&format!("{name}.password"), &format!("{password}\n"));
+        cluster.push_str(&format!("password_file = \"{}\"\n", file.display()));
+    }
+    format!("{cluster}\n[[route]]\npath = \"/\"\nupstream = \"http://127.0.0.1:3000\"\n")
+}
+
+#[test]
+fn check_connect_without_a_cluster_has_nothing_to_connect_to() {
+    let (code, stdout, stderr) = check_connect(
+        "no-cluster.toml",
+        "[[route]]\npath = \"/\"\nupstream = \"http://127.0.0.1:3000\"\n",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("nothing to connect to"), "{stdout}");
+}
+
+#[test]
+fn check_connect_reports_the_redis_version_or_names_what_to_fix() {
+    let Some(redis) = Redis::start(&["--requirepass", "right"]) else {
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+
+    let (code, stdout, stderr) = check_connect(
+        "redis-good.toml",
+        &cluster_config("redis-good", &url, Some("right")),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(&format!("redis: connected to {url}, Redis 7.")),
+        "{stdout}"
+    );
+
+    let (code, _, stderr) = check_connect(
+        "redis-wrong.toml",
+        &cluster_config("redis-wrong", &url, Some("not-the-password-xyz")),
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("cluster.password_file"), "{stderr}");
+    assert!(
+        !stderr.contains("not-the-password-xyz"),
+        "no password in messages: {stderr}"
+    );
+
+    drop(redis);
+    let (code, _, stderr) = check_connect(
+        "redis-down.toml",
+        &cluster_config("redis-down", &url, Some("right")),
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&url) && stderr.contains("cannot connect"),
+        "{stderr}"
+    );
+}

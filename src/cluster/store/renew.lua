@@ -1,0 +1,7 @@
+-- renew: KEYS lease; ARGV token, lease_ms. Extends the lease if this token still holds it.
+local lease = KEYS[1]
+if redis.call('TYPE', lease)['ok'] == 'string' and redis.call('GET', lease) == ARGV[1] then
+  redis.call('PEXPIRE', lease, ARGV[2])
+  return 1
+end
+return 0
