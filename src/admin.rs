@@ -53,13 +53,25 @@ fn answer(control: &Control, request: &Request<Incoming>) -> Response<Full<Bytes
         }
         (&Method::GET, "/healthz") => respond(StatusCode::OK, "text/plain", "ok\n".to_owned()),
         (&Method::GET, "/readyz") => {
+            // Without Redis the instance still serves (its streams read their own upstream):
+            // ready, with the detail for whoever looks.
+            let detail = match control.hub().cluster() {
+                Some(cluster) if cluster.is_up() => {
+                    format!("cluster: node {}, Redis up\n", cluster.config().node)
+                }
+                Some(cluster) => format!(
+                    "cluster: node {}, Redis unavailable: streams are read locally\n",
+                    cluster.config().node
+                ),
+                None => String::new(),
+            };
             if control.is_ready() {
-                respond(StatusCode::OK, "text/plain", "ready\n".to_owned())
+                respond(StatusCode::OK, "text/plain", format!("ready\n{detail}"))
             } else {
                 respond(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "text/plain",
-                    "draining\n".to_owned(),
+                    format!("draining\n{detail}"),
                 )
             }
         }

@@ -11,7 +11,8 @@ use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
-use crate::config::Config;
+use crate::cluster::Cluster;
+use crate::config::{format_duration, Config};
 use crate::control::{Control, Parts};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -78,6 +79,9 @@ impl App {
         };
         let metrics = Arc::new(Metrics::new());
         let hub = Hub::new(&config, metrics.clone());
+        if let Some(cluster) = &config.cluster {
+            hub.join_cluster(Cluster::start(cluster, metrics.cluster.clone()));
+        }
         let proxy = Proxy::new(&config, hub.clone(), metrics.clone());
         let control = Control::new(Parts {
             config_path: path.map(Path::to_path_buf),
@@ -133,10 +137,18 @@ impl App {
             }))
         });
         let draining = control.clone();
+        let (delay, spread) = (config.shutdown_delay, config.drain_spread);
         let drain = async move {
             shutdown.await;
             draining.start_draining();
-            tracing::info!("draining: /readyz answers 503");
+            if delay.is_zero() {
+                tracing::info!("draining: /readyz answers 503");
+            } else {
+                // The load balancer sees the 503 and stops sending new clients here, while
+                // everything still works; then the listener closes.
+                tracing::info!(shutdown_delay = %format_duration(delay), "draining: /readyz answers 503; still serving for shutdown_delay");
+                tokio::time::sleep(delay).await;
+            }
         };
         let hub = control.hub().clone();
         let proxy = control.proxy().clone();
@@ -160,7 +172,7 @@ impl App {
         )
         .lean(is_lean)
         .tls(control.tls().cloned())
-        .serve::<IncomingBody, _>(self.listener, drain, move || hub.shutdown())
+        .serve::<IncomingBody, _>(self.listener, drain, move || hub.shutdown(spread))
         .await;
         let _ = admin_stop.send(());
         if let Some(admin) = admin {

@@ -13,6 +13,7 @@
 //! Per-event work (parse, id, encode, buffer) happens once per stream, in its task; a client
 //! costs a cursor, a waker slot and a few counters.
 
+pub(crate) mod backfill;
 pub(crate) mod budget;
 pub(crate) mod held;
 pub(crate) mod key;
@@ -72,6 +73,8 @@ pub(crate) struct Shared {
     stopping: tokio::sync::watch::Sender<bool>,
     budgets: Arc<Budgets>,
     metrics: Arc<Metrics>,
+    /// The cluster shared streams belong to, under `[cluster]`.
+    pub(crate) cluster: std::sync::OnceLock<crate::cluster::Cluster>,
 }
 
 /// A subscription that picked (or opened) its stream, before its response is decided.
@@ -132,6 +135,16 @@ pub struct StreamInfo {
     pub upstream: &'static str,
     /// Times the upstream stream was reopened.
     pub reconnects: u64,
+    /// In a cluster: `leader` (this instance reads the upstream), `follower` (it reads the
+    /// stream from Redis), `local` (Redis is unavailable) or `claiming`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_role: Option<&'static str>,
+    /// In a cluster: the instance that reads the upstream.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_holder: Option<String>,
+    /// In a cluster: whether Redis answers this instance (`up` or `down`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<&'static str>,
 }
 
 impl Hub {
@@ -154,8 +167,19 @@ impl Hub {
                 stopping: tokio::sync::watch::Sender::new(false),
                 budgets: Budgets::new(config),
                 metrics,
+                cluster: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Makes shared streams opened from now on part of `cluster`.
+    pub(crate) fn join_cluster(&self, cluster: crate::cluster::Cluster) {
+        let _ = self.shared.cluster.set(cluster);
+    }
+
+    /// The cluster, under `[cluster]`.
+    pub(crate) fn cluster(&self) -> Option<&crate::cluster::Cluster> {
+        self.shared.cluster.get()
     }
 
     /// Streams alive now.
@@ -299,19 +323,42 @@ impl Hub {
     pub fn snapshot(&self) -> Vec<StreamInfo> {
         let streams: Vec<Arc<Stream>> = self.shared.lock_streams().values().cloned().collect();
         let mut infos: Vec<StreamInfo> = streams.iter().map(|stream| stream.info()).collect();
+        if let Some(cluster) = self.cluster() {
+            let redis = if cluster.is_up() { "up" } else { "down" };
+            for info in infos.iter_mut().filter(|info| !info.private) {
+                info.redis = Some(redis);
+            }
+        }
         infos.sort_by(|a, b| (&a.route, &a.key).cmp(&(&b.route, &b.key)));
         infos
     }
 
     /// Ends every stream: subscribers get what is buffered for them, then their responses end
-    /// cleanly (browsers reconnect, to another instance, with their Last-Event-ID).
-    pub fn shutdown(&self) {
+    /// cleanly (browsers reconnect, to another instance, with their Last-Event-ID). Over
+    /// `spread`, in a random order, so those clients do not all reconnect at once; a cluster
+    /// leader hands its streams over at once and follows them from Redis meanwhile.
+    pub fn shutdown(&self, spread: Duration) {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
         self.shared.stopping.send_replace(true);
-        let streams: Vec<Arc<Stream>> = self.shared.lock_streams().values().cloned().collect();
-        for stream in streams {
+        let mut streams: Vec<Arc<Stream>> = self.shared.lock_streams().values().cloned().collect();
+        if spread.is_zero() || streams.len() < 2 {
+            for stream in streams {
+                stream.end_now();
+            }
+            return;
+        }
+        fastrand::shuffle(&mut streams);
+        for stream in &streams {
             stream.poke();
         }
+        let start = tokio::time::Instant::now();
+        let count = streams.len() as u32;
+        tokio::spawn(async move {
+            for (n, stream) in (0u32..).zip(streams) {
+                tokio::time::sleep_until(start + spread.mul_f64(f64::from(n) / f64::from(count))).await;
+                stream.end_now();
+            }
+        });
     }
 }
 
@@ -361,9 +408,14 @@ impl Pending {
     }
 
     /// The response body for this subscriber, placed after `last_event_id`; it holds
-    /// `admission` (the route's `max_clients` place) until it ends.
-    pub fn attach(self, last_event_id: Option<&str>, admission: Option<Admission>) -> SubscriberBody {
-        SubscriberBody::attach(self.subscriber, last_event_id, admission)
+    /// `admission` (the route's `max_clients` place) until it ends. In a cluster, events older
+    /// than this instance's buffer come from Redis first.
+    pub async fn attach(self, last_event_id: Option<&str>, admission: Option<Admission>) -> SubscriberBody {
+        let backlog = match last_event_id {
+            Some(id) => backfill::fetch(&self.subscriber.stream, id).await,
+            None => None,
+        };
+        SubscriberBody::attach(self.subscriber, last_event_id, admission, backlog)
     }
 }
 

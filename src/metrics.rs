@@ -247,16 +247,56 @@ impl Metrics {
         );
         r.register("reloads", "Config reloads by result", metrics.reloads.clone());
         let c = &metrics.cluster;
-        r.register("cluster_redis_up", "1 while Redis answers; 0 while streams are read locally", c.redis_up.clone());
-        r.register("cluster_streams_led", "Streams whose upstream this instance reads for the cluster", c.streams_led.clone());
-        r.register("cluster_streams_followed", "Streams this instance follows from Redis", c.streams_followed.clone());
-        r.register("cluster_streams_local", "Streams read locally for want of Redis", c.streams_local.clone());
-        r.register("cluster_leases_acquired", "Stream leases taken", c.leases_acquired.clone());
-        r.register("cluster_leases_lost", "Stream leases lost: taken over, expired or not confirmed in time", c.leases_lost.clone());
-        r.register("cluster_fenced_appends", "Appends Redis refused because this instance no longer held the stream's lease", c.fenced_appends.clone());
-        r.register("cluster_backfills", "Resumes served from Redis (older than, or unknown to, the local buffer)", c.backfills.clone());
-        r.register("cluster_redis_errors", "Redis calls that failed or timed out", c.redis_errors.clone());
-        r.register("cluster_redis_latency_seconds", "Redis call durations", c.redis_latency.clone());
+        r.register(
+            "cluster_redis_up",
+            "1 while Redis answers; 0 while streams are read locally",
+            c.redis_up.clone(),
+        );
+        r.register(
+            "cluster_streams_led",
+            "Streams whose upstream this instance reads for the cluster",
+            c.streams_led.clone(),
+        );
+        r.register(
+            "cluster_streams_followed",
+            "Streams this instance follows from Redis",
+            c.streams_followed.clone(),
+        );
+        r.register(
+            "cluster_streams_local",
+            "Streams read locally for want of Redis",
+            c.streams_local.clone(),
+        );
+        r.register(
+            "cluster_leases_acquired",
+            "Stream leases taken",
+            c.leases_acquired.clone(),
+        );
+        r.register(
+            "cluster_leases_lost",
+            "Stream leases lost: taken over, expired or not confirmed in time",
+            c.leases_lost.clone(),
+        );
+        r.register(
+            "cluster_fenced_appends",
+            "Appends Redis refused because this instance no longer held the stream's lease",
+            c.fenced_appends.clone(),
+        );
+        r.register(
+            "cluster_backfills",
+            "Resumes served from Redis (older than, or unknown to, the local buffer)",
+            c.backfills.clone(),
+        );
+        r.register(
+            "cluster_redis_errors",
+            "Redis calls that failed or timed out",
+            c.redis_errors.clone(),
+        );
+        r.register(
+            "cluster_redis_latency_seconds",
+            "Redis call durations",
+            c.redis_latency.clone(),
+        );
         r.register(
             "sse_subscriptions",
             "SSE subscriptions open, by route",

@@ -302,7 +302,7 @@ impl Proxy {
                 let resume_from = resume_from.clone();
                 let admit = async move {
                     let pending = held.admitted().await?;
-                    Some(pending.attach(resume_from.as_deref(), Some(admission)))
+                    Some(pending.attach(resume_from.as_deref(), Some(admission)).await)
                 };
                 let body = ProxyBody::held(HeldBody::new(admit, settings.retry, settings.heartbeat));
                 let cors = route.cors_for(origin.as_ref());
@@ -322,7 +322,7 @@ impl Proxy {
                 let app = pending
                     .app_headers()
                     .unwrap_or_else(|| route.cors_for(origin.as_ref()));
-                let body = ProxyBody::sse(pending.attach(resume_from.as_deref(), Some(admission)));
+                let body = ProxyBody::sse(pending.attach(resume_from.as_deref(), Some(admission)).await);
                 Ok(sse_response(body, app, route))
             }
             Outcome::Answer(response) => {

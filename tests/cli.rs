@@ -408,7 +408,7 @@ impl Drop for Redis {
 
 /// A config with `[cluster]` pointing at `url`, with `password` in a password file.
 fn cluster_config(name: &str, url: &str, password: Option<&str>) -> String {
-    let secret = config_file(&format!("{name}.secret"), "a shared secret\n");
+    let secret = config_file(&format!("{name}.secret"), "a shared secret of the test cluster\n");
     let mut cluster = format!(
         "[cluster]\nredis = \"{url}\"\nsecret_file = \"{}\"\n",
         secret.display()

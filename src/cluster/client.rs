@@ -1,7 +1,5 @@
 //! The Redis client of `[cluster]`: built once from the config, and the connection check of
 //! `ssegate check --connect`.
-// Used by the stream task's cluster roles (next commits).
-#![allow(dead_code)]
 
 use std::time::Duration;
 

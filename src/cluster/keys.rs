@@ -1,7 +1,5 @@
 //! The Redis key names of a stream: a keyed digest of its stream key, so Redis never holds a
 //! raw path, query or credential, and nobody without the secret can guess which key is which.
-// Used by the stream task's cluster roles (next commits).
-#![allow(dead_code)]
 
 use ring::hmac;
 

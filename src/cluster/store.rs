@@ -30,8 +30,6 @@
 //!   client's TCP keepalive and `TCP_USER_TIMEOUT` make the kernel fail it (`client.rs`).
 //!
 //! Hence every call here is bounded by `op_timeout` as a whole, whatever the crate does.
-// Used by the stream task's cluster roles (next commits).
-#![allow(dead_code, unused_imports)]
 
 mod reader;
 mod reply;
@@ -50,7 +48,7 @@ use super::client;
 use super::keys::LogKeys;
 use crate::config::ClusterConfig;
 
-pub(crate) use reader::{ReadBatch, Reader};
+pub(crate) use reader::Reader;
 
 #[cfg(doc)]
 use redis::aio::MultiplexedConnection;
@@ -62,6 +60,8 @@ struct Scripts {
     renew: Script,
     release: Script,
     append: Script,
+    headers: Script,
+    #[cfg(test)]
     position: Script,
 }
 
@@ -76,6 +76,8 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
         include_str!("store/state.lua"),
         include_str!("store/append.lua")
     )),
+    headers: Script::new(include_str!("store/headers.lua")),
+    #[cfg(test)]
     position: Script::new(concat!(
         include_str!("store/state.lua"),
         include_str!("store/position.lua")
@@ -117,6 +119,8 @@ pub(crate) struct Position {
     pub(crate) upstream_id: Option<String>,
     /// The claim found the stream missing or inconsistent and started this epoch.
     pub(crate) fresh: bool,
+    /// The app's latest response headers, as the leader stored them (`name: value` lines).
+    pub(crate) headers: Option<Bytes>,
 }
 
 /// What a claim of the lease found.
@@ -316,11 +320,6 @@ impl Store {
         })
     }
 
-    /// The op timeout every call is bounded by.
-    pub(crate) fn op_timeout(&self) -> Duration {
-        self.inner.op_timeout
-    }
-
     /// Runs `op` on the manager within the op timeout.
     async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
     where
@@ -390,9 +389,13 @@ impl Store {
             })
             .await?;
         let fields = reply::items(reply, "claim")?;
-        let [tag, who, epoch, next, up, fresh] = <[Value; 6]>::try_from(fields)
+        let [tag, who, epoch, next, up, fresh, headers] = <[Value; 7]>::try_from(fields)
             .map_err(|fields| StoreError::Data(format!("claim: {fields:?}")))?;
-        let position = reply::position(&epoch, &next, &up, reply::int(&fresh) == Some(1))?;
+        let mut position = reply::position(&epoch, &next, &up, reply::int(&fresh) == Some(1))?;
+        position.headers = match headers {
+            Value::BulkString(bytes) => Some(Bytes::from(bytes)),
+            _ => None,
+        };
         let who = reply::text(&who)
             .ok_or_else(|| StoreError::Data(format!("claim: lease holder {who:?}")))?
             .to_owned();
@@ -404,6 +407,30 @@ impl Store {
             }),
             _ => Err(StoreError::Data(format!("claim: {tag:?}"))),
         }
+    }
+
+    /// Keeps the app's response headers beside the stream for its followers, if `token` still
+    /// holds the lease; `false`: it does not (nothing written).
+    pub(crate) async fn set_headers(
+        &self,
+        keys: &LogKeys,
+        token: &str,
+        headers: &[u8],
+    ) -> Result<bool, StoreError> {
+        let reply = self
+            .run(|mut conn| async move {
+                let value = SCRIPTS
+                    .headers
+                    .key(&keys.meta)
+                    .key(&keys.lease)
+                    .arg(token)
+                    .arg(headers)
+                    .invoke_async::<i64>(&mut conn)
+                    .await?;
+                Ok(value)
+            })
+            .await?;
+        Ok(reply == 1)
     }
 
     /// Extends the lease by `lease` if `token` still holds it; `false`: it does not.
@@ -506,6 +533,7 @@ impl Store {
     }
 
     /// Where the log stands; `None` if it is absent or inconsistent (a claim starts it anew).
+    #[cfg(test)]
     pub(crate) async fn position(&self, keys: &LogKeys) -> Result<Option<Position>, StoreError> {
         let reply = self
             .run(|mut conn| async move {

@@ -96,6 +96,20 @@ impl Ring {
         self.next_seq.wrapping_add(self.shift)
     }
 
+    /// The number the id of the oldest buffered event carries (`log_next` when empty).
+    pub(crate) fn log_first(&self) -> u64 {
+        self.first_seq().wrapping_add(self.shift)
+    }
+
+    /// The number an injected id of this ring's epoch carries (`<epoch>-<n>`); `None` for
+    /// any other id.
+    pub(crate) fn log_number(&self, id: &str) -> Option<u64> {
+        id.strip_prefix(&*self.epoch)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|digits| digits.parse::<u64>().ok())
+    }
+
     /// The sequence number here of the event numbered `n` in the log.
     pub(crate) fn seq_of(&self, n: u64) -> u64 {
         n.wrapping_sub(self.shift)
@@ -275,12 +289,7 @@ impl Ring {
             return after(seq);
         }
         if self.inject {
-            let seq = last_id
-                .strip_prefix(&*self.epoch)
-                .and_then(|rest| rest.strip_prefix('-'))
-                .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|digits| digits.parse::<u64>().ok());
-            if let Some(n) = seq {
+            if let Some(n) = self.log_number(last_id) {
                 return after(self.seq_of(n));
             }
         }
@@ -437,8 +446,16 @@ mod tests {
         let (old, cursor) = (r.newest_id(), r.next_seq());
         assert_eq!(r.restart("clusterE", 41), 18, "both events' bytes freed");
         assert_eq!((r.len(), r.next_seq(), r.log_next()), (0, cursor, 41));
-        assert_eq!(r.newest_id().as_deref(), Some("clusterE-40"), "primed at the log's position");
-        assert_eq!(r.resume(old.as_deref().unwrap_or_default()), Resume::Gap, "old epoch");
+        assert_eq!(
+            r.newest_id().as_deref(),
+            Some("clusterE-40"),
+            "primed at the log's position"
+        );
+        assert_eq!(
+            r.resume(old.as_deref().unwrap_or_default()),
+            Resume::Gap,
+            "old epoch"
+        );
         assert_eq!(r.resume("a"), Resume::Gap, "old app ids are gone");
         assert_eq!(r.resume("clusterE-40"), Resume::At(cursor));
         assert_eq!(push(&mut r, None, now), cursor);

@@ -49,6 +49,10 @@ pub(crate) trait Source: Send + 'static {
     /// given. The answer comes from [`Source::next`].
     fn open(&mut self, last_event_id: Option<&str>);
 
+    /// Drops whatever is open (another instance reads the stream now); `next` pends until the
+    /// next open.
+    fn close(&mut self);
+
     /// The next step: the answer to the open, then (after a stream) chunks and the end. After
     /// an answer that is no stream, or the end, nothing is open and this pends until the next
     /// open. Cancel-safe: what is in progress is kept in `self`.

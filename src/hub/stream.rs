@@ -59,6 +59,10 @@ pub(crate) struct Stream {
     /// Whether the upstream is streaming now, and how often it was reopened (for `/streams`).
     pub(super) connected: AtomicBool,
     pub(super) reconnects: AtomicU64,
+    /// ssegate is stopping and this stream's turn in the drain came: it ends.
+    pub(super) ending: AtomicBool,
+    /// The last read of the cluster's log for resuming clients, one read at a time.
+    pub(super) backfill: tokio::sync::Mutex<Option<super::backfill::Fetched>>,
 }
 
 /// What subscribers read, under the stream's lock (never held across an await).
@@ -88,12 +92,14 @@ pub(crate) struct State {
     pub(super) app_header_bytes: usize,
     /// The stream's charge on the budget of the client that opened it, until it ends.
     pub(super) charge: Option<Charge>,
+    /// Its role in the cluster and the lease holder, for `/streams` (`None` outside one).
+    pub(super) cluster: Option<(&'static str, Option<String>)>,
 }
 
 /// A place among a stream's subscribers: counted from the moment a subscription picks the
 /// stream (so linger never tears down a stream someone is about to read), released on drop.
 #[derive(Debug)]
-pub struct Subscriber {
+pub(crate) struct Subscriber {
     pub(super) stream: Arc<Stream>,
     pub(super) slot: usize,
     /// The sequence number the stream's next event had when this subscription joined: a new
@@ -172,11 +178,14 @@ impl Stream {
                 app_headers: None,
                 app_header_bytes: 0,
                 charge: Some(charge),
+                cluster: None,
             }),
             control: Notify::new(),
             phase: watch::channel(Phase::Opening).0,
             connected: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
+            ending: AtomicBool::new(false),
+            backfill: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -252,7 +261,16 @@ impl Stream {
             last_id: ring.newest_id(),
             upstream,
             reconnects: self.reconnects.load(Ordering::Relaxed),
+            cluster_role: state.cluster.as_ref().map(|(role, _)| *role),
+            lease_holder: state.cluster.as_ref().and_then(|(_, holder)| holder.clone()),
+            redis: None,
         }
+    }
+
+    /// Ends the stream now: ssegate is stopping and its turn in the drain came.
+    pub(super) fn end_now(&self) {
+        self.ending.store(true, Ordering::SeqCst);
+        self.poke();
     }
 
     /// Tells the task to look at the subscriber count and the shutdown flag.

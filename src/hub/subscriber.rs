@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame};
 
+use super::backfill::Backlog;
 use super::key::MAX_LAST_EVENT_ID;
 use super::ring::Resume;
 use super::stream::Subscriber;
@@ -47,6 +48,8 @@ pub struct SubscriberBody {
     cursor: u64,
     heartbeat_seen: u64,
     prelude: Option<Bytes>,
+    /// Events it missed, from the cluster's log, written after the prelude.
+    backlog: Option<Box<Backlog>>,
     start: Start,
     /// The Last-Event-ID it came with, for the access log (bounded to 64 bytes).
     resumed_from: Option<Box<str>>,
@@ -63,10 +66,11 @@ impl SubscriberBody {
     /// Places a subscriber in its stream: after `last_event_id` when the buffer has it, else
     /// per `on_gap`; and prepares the prelude. Cursor and prelude are decided under one lock,
     /// so no event can slip between the replay and the live part.
-    pub fn attach(
+    pub(crate) fn attach(
         subscriber: Subscriber,
         last_event_id: Option<&str>,
         admission: Option<Admission>,
+        backlog: Option<Backlog>,
     ) -> SubscriberBody {
         let stream = subscriber.stream.clone();
         let mut prelude = BytesMut::with_capacity(64);
@@ -81,7 +85,13 @@ impl SubscriberBody {
             encode_retry(ms, &mut prelude);
         }
         let ring = &state.ring;
+        // The log's events bridge to the buffer: the client gets them, then the buffer's.
+        let backlog = backlog.filter(|b| b.next >= ring.log_first() && b.next <= ring.log_next());
         let (cursor, start) = match last_event_id {
+            _ if backlog.is_some() => (
+                backlog.as_ref().map_or(ring.next_seq(), |b| ring.seq_of(b.next)),
+                Start::Resumed,
+            ),
             // A private stream exists for this client only: everything in it is theirs, and
             // their Last-Event-ID went to the app.
             _ if stream.private => (ring.first_seq(), Start::Fresh),
@@ -141,6 +151,7 @@ impl SubscriberBody {
             cursor,
             heartbeat_seen,
             prelude: Some(prelude.freeze()),
+            backlog: backlog.map(Box::new),
             start,
             resumed_from,
             events_sent: 0,
@@ -214,6 +225,37 @@ impl Body for SubscriberBody {
         let this = self.get_mut();
         if let Some(prelude) = this.prelude.take() {
             return this.send(prelude);
+        }
+        if let Some(backlog) = this.backlog.as_mut() {
+            let rest = backlog.rest();
+            let (mut count, mut size) = (0, 0);
+            for entry in rest {
+                if count > 0 && size + entry.len() > COPY_BATCH_BYTES {
+                    break;
+                }
+                count += 1;
+                size += entry.len();
+            }
+            let bytes = match rest {
+                [] => Bytes::new(),
+                [one, ..] if count == 1 => one.clone(),
+                _ => {
+                    let mut batch = BytesMut::with_capacity(size);
+                    for entry in rest.iter().take(count) {
+                        batch.extend_from_slice(entry);
+                    }
+                    batch.freeze()
+                }
+            };
+            backlog.index += count;
+            if backlog.rest().is_empty() {
+                this.backlog = None;
+            }
+            if !bytes.is_empty() {
+                this.events_sent += count as u64;
+                this.unflushed_events += count as u64;
+                return this.send(bytes);
+            }
         }
         let stream = this.subscriber.stream.clone();
         let mut state = stream.lock();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::Waker;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::HeaderMap;
 use tokio::sync::oneshot;
 use tokio::time::{sleep, Instant, Interval, Sleep};
@@ -18,18 +18,22 @@ use tokio::time::{sleep, Instant, Interval, Sleep};
 use super::key::is_resumable;
 use super::pacer::{coalesce_window, fire, Pacer};
 use super::replay::Replay;
+use super::ring::Ring;
 use super::source::{Answer, Source, Step};
 use super::stream::{End, Phase, Stream};
 use crate::config::{format_duration, IdMode, OnGap};
 use crate::error::{chain, Fault};
 use crate::route::RouteEntry;
-use crate::sse::{encode_event, encode_retry, Item, Parser};
+use crate::sse::{encode_event, encode_retry, Event, Item, Parser};
 use crate::upstream::backoff::Backoff;
 use crate::upstream::headers::{header_bytes, stream_headers, MAX_STREAM_HEADER_BYTES};
 use crate::upstream::BoxError;
 
+mod cluster;
 #[cfg(test)]
 mod tests;
+
+pub(super) use cluster::{Clustered, Outgoing};
 
 /// An upstream stream that lasted this long and gave an event is reopened at once when it ends
 /// cleanly, and resets the backoff.
@@ -38,6 +42,44 @@ const SETTLED: Duration = Duration::from_secs(1);
 const UPKEEP: Duration = Duration::from_millis(250);
 /// Encoded events are carved out of blocks this large, so most events cost no allocation.
 const ENCODE_BLOCK: usize = 16 * 1024;
+
+/// Encodes `event` (after the app's `retry`, if any) with the id it gets here and appends it to
+/// `ring`. Returns the bytes added and the bytes evicted.
+pub(super) fn push_event(
+    ring: &mut Ring,
+    encoded: &mut BytesMut,
+    event: &Event,
+    retry: Option<u64>,
+    inject: bool,
+    now: std::time::Instant,
+) -> (usize, usize) {
+    let bytes = encode_at(ring, ring.next_seq(), encoded, event, retry, inject);
+    let app_id = event.id.as_deref().filter(|id| !id.is_empty());
+    let added = bytes.len();
+    (added, ring.push(app_id.map(Box::from), bytes, now).1)
+}
+
+/// Encodes `event` as the event at `seq` of `ring` (its id: the app's, or in inject mode
+/// ssegate's for that position).
+pub(super) fn encode_at(
+    ring: &Ring,
+    seq: u64,
+    encoded: &mut BytesMut,
+    event: &Event,
+    retry: Option<u64>,
+    inject: bool,
+) -> Bytes {
+    if encoded.capacity() < event.data.len() + 256 {
+        encoded.reserve(ENCODE_BLOCK.max(event.data.len() + 256));
+    }
+    if let Some(ms) = retry {
+        encode_retry(ms, encoded);
+    }
+    let app_id = event.id.as_deref().filter(|id| !id.is_empty());
+    let injected = (inject && app_id.is_none()).then(|| ring.injected_id(seq));
+    encode_event(event, injected.as_deref(), encoded);
+    encoded.split().freeze()
+}
 
 /// One stream's task: everything the loop needs between two events.
 pub(super) struct Task<S> {
@@ -64,6 +106,8 @@ pub(super) struct Task<S> {
     pacer: Pacer,
     upkeep: Interval,
     scratch: Scratch,
+    /// The stream's tie to the cluster (shared streams under `[cluster]`).
+    cluster: Option<Box<Clustered>>,
     // Last: dropped after the source and the live guard, as the stream's final act.
     cleanup: Cleanup,
 }
@@ -132,6 +176,10 @@ impl<S: Source> Task<S> {
     pub(super) fn new(stream: Arc<Stream>, source: S, opener: Option<oneshot::Sender<Answer>>) -> Task<S> {
         let route = stream.route();
         let settings = &route.config.settings;
+        let cluster = (!stream.private)
+            .then(|| stream.shared.cluster.get().cloned())
+            .flatten()
+            .map(|cluster| Box::new(Clustered::new(cluster, &stream.key)));
         let mut upkeep = tokio::time::interval(UPKEEP);
         upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Task {
@@ -152,6 +200,7 @@ impl<S: Source> Task<S> {
             linger: None,
             pacer: Pacer::default(),
             upkeep,
+            cluster,
             scratch: Scratch {
                 items: Vec::new(),
                 wakers: Vec::new(),
@@ -167,7 +216,12 @@ impl<S: Source> Task<S> {
     /// Runs the stream until it ends; then (or if this panics) the stream is finished.
     pub(super) async fn run(mut self) {
         tracing::debug!(route = %self.stream.path, stream = %self.stream.digest, "stream opened");
-        self.source.open(None);
+        if self.cluster.is_some() {
+            // Whether this instance reads the upstream is for the cluster to say.
+            self.join_cluster();
+        } else {
+            self.source.open(None);
+        }
         let end = loop {
             let flow = tokio::select! {
                 biased;
@@ -185,18 +239,25 @@ impl<S: Source> Task<S> {
                     Step::Chunk(chunk) => self.on_chunk(&chunk),
                     Step::End(error) => self.on_end(error),
                 },
+                happened = cluster::next(&mut self.cluster) => self.on_cluster(happened),
             };
             if let Break(end) = flow {
                 break end;
             }
         };
+        self.leave_cluster();
         self.cleanup.end = Some(end);
     }
 
     /// The last subscriber left, a reload happened, or ssegate is stopping.
     fn on_control(&mut self) -> ControlFlow<End> {
         if self.stream.shared.is_shutting_down() {
-            return Break(End::Shutdown);
+            if self.stream.ending.load(Ordering::SeqCst) {
+                return Break(End::Shutdown);
+            }
+            // Its turn in the drain is to come: a cluster leader hands the stream over now.
+            self.hand_over();
+            return Continue(());
         }
         let (retire, changed, subscribers) = {
             let mut state = self.stream.lock();
@@ -305,6 +366,7 @@ impl<S: Source> Task<S> {
                 // Every subscriber from now on gets the app's latest headers; the opener also
                 // its cookies (taken from the answer it is sent).
                 self.keep_app_headers(&headers);
+                self.share_headers();
                 if let Some(tx) = self.opener.take() {
                     let _ = tx.send(Answer::Stream(headers));
                 }
@@ -432,7 +494,8 @@ impl<S: Source> Task<S> {
         self.stream.shared.account(bytes, before);
     }
 
-    /// Encodes each item of `scratch.items` once and appends the events to the ring. When
+    /// Encodes each item of `scratch.items` once and appends the events to the ring (a cluster
+    /// leader queues them for the log instead: they reach the ring once Redis has them). When
     /// anything was appended, returns the number of subscribers (to be woken).
     fn append(&mut self) -> Option<usize> {
         let scratch = &mut self.scratch;
@@ -442,6 +505,7 @@ impl<S: Source> Task<S> {
         let stream = &self.stream;
         let settings = &self.route.config.settings;
         let inject = settings.ids == IdMode::Inject;
+        let mut outbox = self.cluster.as_mut().and_then(|c| c.outbox());
         let now = std::time::Instant::now();
         let (mut added, mut freed, mut events, mut dropped, mut repeats) = (0, 0, 0u64, 0u64, 0u64);
         let mut unsendable = 0u64;
@@ -472,20 +536,16 @@ impl<S: Source> Task<S> {
                             event.id = None;
                             unsendable += 1;
                         }
-                        let app_id = event.id.as_deref().filter(|id| !id.is_empty());
-                        if scratch.encoded.capacity() < event.data.len() + 256 {
-                            scratch.encoded.reserve(ENCODE_BLOCK.max(event.data.len() + 256));
-                        }
-                        if let Some(ms) = scratch.pending_retry.take() {
-                            encode_retry(ms, &mut scratch.encoded);
-                        }
-                        let injected = (inject && app_id.is_none())
-                            .then(|| state.ring.injected_id(state.ring.next_seq()));
-                        encode_event(&event, injected.as_deref(), &mut scratch.encoded);
-                        let bytes = scratch.encoded.split().freeze();
-                        added += bytes.len();
                         events += 1;
-                        freed += state.ring.push(app_id.map(Box::from), bytes, now).1;
+                        let retry = scratch.pending_retry.take();
+                        if let Some(outbox) = outbox.as_mut() {
+                            outbox.push(Outgoing { event, retry });
+                            continue;
+                        }
+                        let (bytes, evicted) =
+                            push_event(&mut state.ring, &mut scratch.encoded, &event, retry, inject, now);
+                        added += bytes;
+                        freed += evicted;
                     }
                     Item::Retry(ms) => {
                         // The route's retry, when set, overrides the app's.
@@ -514,6 +574,9 @@ impl<S: Source> Task<S> {
             tracing::debug!(route = %stream.path, stream = %stream.digest, repeats, "dropped events the upstream sent again");
         }
         stream.shared.account(added, freed);
+        if outbox.is_some() {
+            self.flush_outbox();
+        }
         (added > 0).then_some(subscribers)
     }
 

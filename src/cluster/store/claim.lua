@@ -1,7 +1,8 @@
 -- claim: KEYS meta, log, lease; ARGV node, lease_ms, new_epoch, ttl_ms.
 -- Takes the lease if nobody holds it; starts a new epoch first if the stream's keys vanished
--- or do not fit together. Returns {'won', token, epoch, next, up, fresh} or
--- {'held', holder, epoch, next, up, fresh}; `up` is nil when no upstream id was recorded.
+-- or do not fit together. Returns {'won', token, epoch, next, up, fresh, h} or
+-- {'held', holder, epoch, next, up, fresh, h}; `up` is nil when no upstream id was recorded,
+-- `h` (the app's response headers, as the leader stored them) nil when none were.
 local meta, log, lease = KEYS[1], KEYS[2], KEYS[3]
 local node, lease_ms, new_epoch, ttl_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
@@ -27,12 +28,12 @@ if not current then
     redis.call('HSET', meta, 'gen', gen)
   end
   redis.call('PEXPIRE', meta, ttl_ms)
-  current = { epoch = new_epoch, next = 1, up = false }
+  current = { epoch = new_epoch, next = 1, up = false, h = false }
   fresh = 1
 end
 
 if redis.call('TYPE', lease)['ok'] == 'string' then
-  return { 'held', redis.call('GET', lease), current.epoch, current.next, current.up, fresh }
+  return { 'held', redis.call('GET', lease), current.epoch, current.next, current.up, fresh, current.h }
 end
 
 local gen = redis.call('HINCRBY', meta, 'gen', 1)
@@ -40,4 +41,4 @@ local token = node .. '/' .. string.format('%d', gen)
 redis.call('SET', lease, token, 'PX', lease_ms)
 redis.call('PEXPIRE', meta, ttl_ms)
 redis.call('PEXPIRE', log, ttl_ms)
-return { 'won', token, current.epoch, current.next, current.up, fresh }
+return { 'won', token, current.epoch, current.next, current.up, fresh, current.h }

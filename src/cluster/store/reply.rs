@@ -74,6 +74,7 @@ pub(super) fn position(epoch: &Value, next: &Value, up: &Value, fresh: bool) -> 
         next,
         upstream_id,
         fresh,
+        headers: None,
     })
 }
 

@@ -16,8 +16,8 @@ local function state(meta, log)
   if log_type ~= 'stream' and log_type ~= 'none' then
     return nil
   end
-  local fields = redis.call('HMGET', meta, 'epoch', 'next', 'up', 'gen')
-  local epoch, next_text, up, gen = fields[1], fields[2], fields[3], fields[4]
+  local fields = redis.call('HMGET', meta, 'epoch', 'next', 'up', 'gen', 'h')
+  local epoch, next_text, up, gen, h = fields[1], fields[2], fields[3], fields[4], fields[5]
   if not epoch or epoch == '' or not digits(next_text) then
     return nil
   end
@@ -42,5 +42,5 @@ local function state(meta, log)
       return nil
     end
   end
-  return { epoch = epoch, next = next, up = up }
+  return { epoch = epoch, next = next, up = up, h = h }
 end

@@ -73,7 +73,8 @@ async fn a_second_node_finds_the_lease_held_until_it_is_released() {
             epoch: "E1".into(),
             next: 1,
             upstream_id: None,
-            fresh: true
+            fresh: true,
+            headers: None,
         }
     );
     match store.claim(&keys, "b", LEASE, "E2", TTL).await.expect("claim") {
@@ -207,7 +208,8 @@ async fn appends_are_numbered_entries_and_a_retry_does_not_duplicate() {
             epoch: "E".into(),
             next: 4,
             upstream_id: Some("up-2".to_owned()),
-            fresh: false
+            fresh: false,
+            headers: None,
         })
     );
     let ttl: i64 = redis::cmd("PTTL")
@@ -340,7 +342,8 @@ async fn vanished_or_foreign_data_starts_a_fresh_epoch() {
                 epoch: "E3".into(),
                 next: 1,
                 upstream_id: None,
-                fresh: false
+                fresh: false,
+                headers: None,
             })
         },
         "the leader learns the new epoch"
@@ -627,4 +630,33 @@ async fn a_wrong_password_is_an_auth_error() {
         .await
         .expect("connect");
     won(&store, &keys("/feed"), "a", "E").await;
+}
+
+#[tokio::test]
+async fn the_leaders_headers_reach_whoever_claims_and_a_fenced_leader_writes_none() {
+    let Some(redis) = RedisServer::start(&[]) else {
+        return;
+    };
+    let store = store(&redis).await;
+    let keys = keys("/feed");
+    let (token, _) = won(&store, &keys, "a", "E1").await;
+    let headers = b"access-control-allow-origin: https://app.example\r\n";
+    assert!(store.set_headers(&keys, &token, headers).await.expect("headers"));
+    match store.claim(&keys, "b", LEASE, "E2", TTL).await.expect("claim") {
+        Claim::Held { position, .. } => {
+            assert_eq!(position.headers.as_deref(), Some(&headers[..]));
+        }
+        won => panic!("the lease is a's: {won:?}"),
+    }
+    assert!(
+        !store
+            .set_headers(&keys, "a/99", b"x-other: 1\r\n")
+            .await
+            .expect("headers"),
+        "another token writes nothing"
+    );
+    match store.claim(&keys, "b", LEASE, "E2", TTL).await.expect("claim") {
+        Claim::Held { position, .. } => assert_eq!(position.headers.as_deref(), Some(&headers[..])),
+        won => panic!("the lease is a's: {won:?}"),
+    }
 }

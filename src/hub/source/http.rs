@@ -93,6 +93,10 @@ impl Source for HttpSource {
         }));
     }
 
+    fn close(&mut self) {
+        self.exchange = Exchange::Idle;
+    }
+
     async fn next(&mut self) -> Step {
         match &mut self.exchange {
             Exchange::Idle => std::future::pending().await,

@@ -87,6 +87,11 @@ impl Source for Scripted {
         self.until = None;
     }
 
+    fn close(&mut self) {
+        self.playing.clear();
+        self.until = None;
+    }
+
     async fn next(&mut self) -> Step {
         loop {
             let Some(play) = self.playing.front().cloned() else {
@@ -195,7 +200,7 @@ async fn served(joined: Joined) -> SubscriberBody {
         panic!("not joined")
     };
     match pending.outcome(Duration::from_secs(5)).await {
-        Outcome::Subscribe(pending) => pending.attach(None, None),
+        Outcome::Subscribe(pending) => pending.attach(None, None).await,
         other => panic!("not served: {other:?}"),
     }
 }
@@ -510,7 +515,7 @@ async fn shutdown_ends_every_subscriber_after_what_it_was_sent() {
     let s = setup("", vec![vec![Stream, Chunk("data: a\n\n")]]);
     let mut body = s.subscribe().await;
     until(&mut body, "data: a").await;
-    s.hub.shutdown();
+    s.hub.shutdown(Duration::ZERO);
     assert_eq!(frame(&mut body).await, None);
     assert_eq!(s.hub.live_streams(), 0);
     assert_eq!(s.route.metrics.upstream_streams.get(), 0);

@@ -1,0 +1,766 @@
+//! The stream task's part in a cluster: what a claim, an append, a renewal or a followed entry
+//! means for this stream's clients.
+//!
+//! - **Leader** (holds the lease): reads the upstream; each batch of events goes to the log
+//!   (one fenced script call), and only once Redis has it into the ring, with the id it carries
+//!   on every instance (`<epoch>-<n>`, n its number in the log).
+//! - **Follower**: the upstream is not read here; the follower loop hands over the log's new
+//!   entries, which go into the ring as they are (same bytes, same ids). Every few seconds it
+//!   asks for the lease, and takes over when the leader is gone.
+//! - **Local**: Redis is unavailable: the upstream is read here, in a local epoch, so clients
+//!   never wait on Redis. Back in the cluster, clients get one `gap` (per `on_gap`).
+//!
+//! An epoch change (local to cluster and back, or a log that vanished) starts the ring over
+//! ([`Ring::restart`]): cursors stay valid, and the clients still connected get one `gap` event
+//! when `on_gap = "event"`.
+
+use std::ops::ControlFlow::{self, Continue};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use tokio::time::Instant;
+
+use super::{encode_at, push_event, Task};
+use crate::cluster::follow::Followed;
+use crate::cluster::link::{Happened, Link, Role};
+use crate::cluster::store::{Appended, Claim, Logged, Position, StoreError};
+use crate::cluster::Cluster;
+use crate::config::{IdMode, OnGap};
+use crate::error::{chain, Fault};
+use crate::hub::replay::Replay;
+use crate::hub::ring::new_epoch;
+use crate::hub::source::Source;
+use crate::hub::stream::End;
+use crate::sse::{encode_event, Event};
+
+/// Most events sent to Redis in one append.
+const BATCH: usize = 256;
+/// How long a leader waits before sending again an append whose outcome it did not learn.
+const APPEND_RETRY: Duration = Duration::from_millis(100);
+
+/// An event read by the leader, waiting for the log.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub(crate) event: Event,
+    /// The app's `retry:` that came just before it.
+    pub(crate) retry: Option<u64>,
+}
+
+/// A shared stream's state in the cluster.
+#[derive(Debug)]
+pub(crate) struct Clustered {
+    link: Link,
+    /// Events read from the upstream, not yet sent to the log.
+    outbox: Vec<Outgoing>,
+    /// The batch the append in flight carries.
+    in_flight: Vec<Outgoing>,
+    /// A catch-up read is in flight; then the lease (this token, at this position) is taken.
+    taking_over: Option<(String, Position)>,
+    /// The app's headers to store beside the stream (a leader's, after its upstream answered).
+    headers_due: Option<Bytes>,
+    /// The headers last taken from the log's metadata (a follower's).
+    headers_seen: Option<Bytes>,
+    /// The lease is due for renewal (sent when no call is in flight).
+    renew_due: bool,
+    /// The log's number of the last event this stream got, so entries are taken once.
+    role_gauge: Option<RoleGauge>,
+}
+
+/// Counts the stream under its role (`cluster_streams_led` and so on) while it has it.
+#[derive(Debug)]
+struct RoleGauge(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for RoleGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Clustered {
+    pub(crate) fn new(cluster: Cluster, key: &[u8]) -> Clustered {
+        Clustered {
+            link: Link::new(cluster, key),
+            outbox: Vec::new(),
+            in_flight: Vec::new(),
+            taking_over: None,
+            headers_due: None,
+            headers_seen: None,
+            renew_due: false,
+            role_gauge: None,
+        }
+    }
+
+    /// Where the leader's events go before the ring; `None` unless this stream leads.
+    pub(super) fn outbox(&mut self) -> Option<&mut Vec<Outgoing>> {
+        matches!(self.link.role, Role::Leader(_)).then_some(&mut self.outbox)
+    }
+
+    fn set_role(&mut self, role: Role) -> (&'static str, Option<String>) {
+        let metrics = self.link.cluster.metrics();
+        let gauge = match &role {
+            Role::Leader(_) => Some(metrics.streams_led.clone()),
+            Role::Follower(_) => Some(metrics.streams_followed.clone()),
+            Role::Local => Some(metrics.streams_local.clone()),
+            Role::Claiming => None,
+        };
+        self.role_gauge = gauge.map(|gauge| {
+            gauge.inc();
+            RoleGauge(gauge)
+        });
+        let holder = match &role {
+            Role::Leader(_) => Some(self.link.cluster.config().node.clone()),
+            Role::Follower(holder) => Some(holder.split('/').next().unwrap_or_default().to_owned()),
+            Role::Local | Role::Claiming => None,
+        };
+        let name = role.name();
+        self.link.role = role;
+        (name, holder)
+    }
+}
+
+/// What happened to the stream's tie to the cluster (pends forever without one).
+pub(super) async fn next(cluster: &mut Option<Box<Clustered>>) -> Happened {
+    match cluster {
+        Some(cluster) => cluster.link.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Headers as `name: value` lines, for Redis.
+fn encode_headers(headers: &HeaderMap) -> Bytes {
+    let mut out = BytesMut::new();
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.freeze()
+}
+
+/// The headers of [`encode_headers`]' lines; a line that is no valid header (not ssegate's
+/// writing) is left out.
+fn decode_headers(bytes: &[u8]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for line in bytes.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        let value = value.strip_prefix(b" ").unwrap_or(value);
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            headers.append(name, value);
+        }
+    }
+    headers
+}
+
+/// How long Redis keeps a stream nobody appends to: as long as its events may be resumed
+/// from, and at least as long as it lingers, plus a lease.
+fn ttl(settings: &crate::config::Settings, lease: Duration) -> Duration {
+    settings
+        .buffer_age
+        .unwrap_or(Duration::from_secs(24 * 3600))
+        .max(settings.linger)
+        + lease
+}
+
+/// A pause of up to a quarter of `base` more, so instances do not ask in step.
+fn jitter(base: Duration) -> Duration {
+    base + base.mul_f64(fastrand::f64() / 4.0)
+}
+
+impl<S: Source> Task<S> {
+    /// Gives the stream its role, shown in `/streams`.
+    fn set_role(&mut self, role: Role) {
+        let shown = self.clustered().set_role(role);
+        self.stream.lock().cluster = Some(shown);
+    }
+
+    fn clustered(&mut self) -> &mut Clustered {
+        match self.cluster.as_mut() {
+            Some(cluster) => cluster,
+            None => unreachable!("cluster handlers run only for clustered streams"),
+        }
+    }
+
+    /// The stream opened: asks for its lease (or runs locally while Redis is unavailable).
+    pub(super) fn join_cluster(&mut self) {
+        self.claim();
+    }
+
+    fn claim(&mut self) {
+        let lease = self.clustered().link.lease();
+        let ttl = ttl(&self.route.config.settings, lease);
+        let link = &mut self.clustered().link;
+        if link.busy() {
+            return;
+        }
+        if !link.claim(&new_epoch(), ttl) {
+            self.go_local("Redis is unavailable");
+        }
+    }
+
+    /// The stream ends: its lease is given up at once, so another instance with subscribers
+    /// takes it over without waiting for it to expire.
+    pub(super) fn leave_cluster(&mut self) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        cluster.link.unfollow();
+        if let Role::Leader(token) = cluster.link.role.clone() {
+            cluster.link.release(&token);
+            tracing::debug!(route = %self.stream.path, stream = %self.stream.digest, "cluster: lease released");
+        }
+        self.set_role(Role::Claiming);
+    }
+
+    /// ssegate is stopping: a leader gives the lease up at once (another instance takes the
+    /// upstream over) and follows the stream from Redis until its clients are ended.
+    pub(super) fn hand_over(&mut self) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        let Role::Leader(token) = cluster.link.role.clone() else {
+            return;
+        };
+        cluster.link.release(&token);
+        self.stop_reading();
+        let after = self.stream.lock().ring.log_next().saturating_sub(1);
+        self.clustered().link.follow(after);
+        self.set_role(Role::Follower(String::new()));
+        tracing::info!(route = %self.stream.path, stream = %self.stream.digest, "cluster: draining; the stream's lease is handed over");
+    }
+
+    pub(super) fn on_cluster(&mut self, happened: Happened) -> ControlFlow<End> {
+        match happened {
+            Happened::Claimed(Ok(Claim::Won { token, position })) => self.on_won(token, position),
+            Happened::Claimed(Ok(Claim::Held { holder, position })) => self.on_held(holder, position),
+            Happened::Claimed(Err(error)) => {
+                if self.clustered().link.cluster.store().is_some() {
+                    // One failure may be a blip: ask again shortly.
+                    self.clustered().link.at(Instant::now() + APPEND_RETRY);
+                } else {
+                    self.go_local(&format!("Redis failed: {}", chain(&error)));
+                }
+            }
+            Happened::Appended(result) => self.on_appended(result),
+            Happened::Renewed(result) => self.on_renewed(result),
+            Happened::HeadersSet(Ok(true)) => {}
+            // A lost lease shows at the next append or renewal; a failure, at the next call.
+            Happened::HeadersSet(Ok(false) | Err(_)) => {}
+            Happened::Read(result) => self.on_read(result),
+            Happened::Followed(Followed::Entries(entries)) => self.on_entries(entries),
+            Happened::Followed(Followed::Broken(why)) => {
+                tracing::warn!(route = %self.stream.path, stream = %self.stream.digest, why, fault = %Fault::Upstream, "cluster: the stream's log holds data ssegate did not write; starting it over");
+                self.clustered().link.unfollow();
+                self.claim();
+            }
+            Happened::Unfollowed => {
+                if matches!(self.clustered().link.role, Role::Follower(_)) {
+                    let after = self.stream.lock().ring.log_next().saturating_sub(1);
+                    self.clustered().link.follow(after);
+                }
+            }
+            // A draining instance takes no lease.
+            Happened::Due if self.stream.shared.is_shutting_down() => {}
+            Happened::Due => match self.clustered().link.role.clone() {
+                Role::Leader(_) => self.clustered().renew_due = true,
+                Role::Follower(_) | Role::Local | Role::Claiming => self.claim(),
+            },
+        }
+        self.next_call();
+        Continue(())
+    }
+
+    /// Sends what waits when nothing is in flight: a renewal first, then the outbox.
+    fn next_call(&mut self) {
+        let cluster = self.clustered();
+        if cluster.link.busy() {
+            return;
+        }
+        let Role::Leader(token) = cluster.link.role.clone() else {
+            return;
+        };
+        if cluster.renew_due {
+            cluster.renew_due = false;
+            if !cluster.link.renew(&token) {
+                self.lease_unconfirmed();
+            }
+            return;
+        }
+        if let Some(headers) = cluster.headers_due.take() {
+            if !cluster.link.set_headers(&token, headers) {
+                self.go_local("Redis is unavailable");
+            }
+            return;
+        }
+        self.flush_outbox();
+    }
+
+    /// Sends the next batch of the outbox to the log, when nothing is in flight.
+    pub(super) fn flush_outbox(&mut self) {
+        let inject = self.route.config.settings.ids == IdMode::Inject;
+        let lease = self.clustered().link.lease();
+        let settings = &self.route.config.settings;
+        let (maxlen, ttl) = (settings.buffer_events, ttl(settings, lease));
+        let upstream_id = Some(self.parser.last_event_id().to_owned()).filter(|id| !id.is_empty());
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        let Role::Leader(token) = cluster.link.role.clone() else {
+            return;
+        };
+        if cluster.link.busy() || cluster.outbox.is_empty() {
+            return;
+        }
+        let take = cluster.outbox.len().min(BATCH);
+        cluster.in_flight = cluster.outbox.drain(..take).collect();
+        let (first, epoch, events) = {
+            let state = self.stream.lock();
+            let ring = &state.ring;
+            let events: Vec<_> = cluster
+                .in_flight
+                .iter()
+                .enumerate()
+                .map(|(k, out)| {
+                    let bytes = encode_at(
+                        ring,
+                        ring.next_seq() + k as u64,
+                        &mut self.scratch.encoded,
+                        &out.event,
+                        out.retry,
+                        inject,
+                    );
+                    let app_id = out.event.id.as_deref().filter(|id| !id.is_empty()).map(Box::from);
+                    (bytes, app_id)
+                })
+                .collect();
+            (ring.log_next(), ring.epoch().to_owned(), events)
+        };
+        if !cluster
+            .link
+            .append(&token, &epoch, first, events, upstream_id, maxlen, ttl)
+        {
+            self.go_local("Redis is unavailable");
+        }
+    }
+
+    fn on_won(&mut self, token: String, position: Position) {
+        let cluster = self.clustered();
+        cluster.link.cluster.metrics().leases_acquired.inc();
+        cluster.link.lease_until = Some(Instant::now() + cluster.link.lease() - crate::cluster::OP_TIMEOUT);
+        cluster.link.unfollow();
+        let (same_epoch, behind) = {
+            let state = self.stream.lock();
+            (
+                *state.ring.epoch() == *position.epoch,
+                state.ring.log_next() < position.next,
+            )
+        };
+        if same_epoch && behind {
+            // It followed this log: read what it has not yet seen before reading the
+            // upstream, so the log goes on where it stands.
+            let from = self.stream.lock().ring.log_next();
+            let cluster = self.clustered();
+            cluster.taking_over = Some((token, position.clone()));
+            if !cluster.link.read(from, position.next - 1) {
+                self.go_local("Redis is unavailable");
+            }
+            return;
+        }
+        self.take_over(token, position);
+    }
+
+    /// Becomes the stream's leader at `position` of the log.
+    fn take_over(&mut self, token: String, position: Position) {
+        let was = self.clustered().link.role.clone();
+        let restarted = self.adopt(&position, true);
+        let lease = self.clustered().link.lease();
+        self.set_role(Role::Leader(token));
+        self.clustered().link.at(Instant::now() + lease / 3);
+        tracing::info!(route = %self.stream.path, stream = %self.stream.digest, epoch = %position.epoch, next = position.next, was = %was, "cluster: this instance reads the stream's upstream (lease taken)");
+        let continued = position.next > 1 && !position.fresh;
+        if was == Role::Local {
+            // The upstream is already being read here; what it sent while Redis was away is
+            // not in the log, so the others' clients get a gap.
+            if continued && !restarted {
+                self.gap_in_log();
+            }
+        } else {
+            match position.upstream_id.as_deref().filter(|_| continued) {
+                Some(id) => {
+                    // Resume the app where the last leader left it; what it sends again is
+                    // dropped as a repeat.
+                    self.parser.set_last_event_id(id);
+                    self.scratch.replay = Some(Replay::new(id, self.stream.lock().ring.app_ids()));
+                    self.source.open(Some(id));
+                }
+                None => {
+                    if continued {
+                        // An app without ids cannot say what it sent meanwhile: a leadership
+                        // change is an outage to the clients.
+                        self.down_since = Some(Instant::now());
+                        self.was_live = true;
+                    }
+                    self.source.open(None);
+                }
+            }
+        }
+        self.share_headers();
+        self.next_call();
+    }
+
+    fn on_held(&mut self, holder: String, position: Position) {
+        let was = self.clustered().link.role.clone();
+        if let Role::Leader(_) | Role::Local = was {
+            self.stop_reading();
+        }
+        let restarted = self.adopt(&position, true);
+        self.take_headers(position.headers.as_ref());
+        if was != Role::Follower(holder.clone()) {
+            tracing::info!(route = %self.stream.path, stream = %self.stream.digest, holder = %holder, was = %was, "cluster: following the stream from Redis");
+        }
+        let after = self.stream.lock().ring.log_next().saturating_sub(1);
+        let cluster = self.clustered();
+        if restarted || !matches!(cluster.link.role, Role::Follower(_)) {
+            cluster.link.follow(after);
+        }
+        let poll = jitter(cluster.link.lease() / 4);
+        cluster.link.at(Instant::now() + poll);
+        self.set_role(Role::Follower(holder));
+        self.serve();
+    }
+
+    /// The app's headers as the leader stored them: every subscriber here gets them, as the
+    /// leader's subscribers do.
+    fn take_headers(&mut self, stored: Option<&Bytes>) {
+        let Some(stored) = stored else { return };
+        let cluster = self.clustered();
+        if cluster.headers_seen.as_ref() == Some(stored) {
+            return;
+        }
+        cluster.headers_seen = Some(stored.clone());
+        let headers = decode_headers(stored);
+        self.keep_app_headers(&headers);
+    }
+
+    /// The app answered the leader's request with a stream: its headers go beside the log.
+    pub(super) fn share_headers(&mut self) {
+        let Some(headers) = self.stream.lock().app_headers.clone() else {
+            return;
+        };
+        if let Some(cluster) = self.cluster.as_mut() {
+            if matches!(cluster.link.role, Role::Leader(_)) {
+                cluster.headers_due = Some(encode_headers(&headers));
+                self.next_call();
+            }
+        }
+    }
+
+    /// Takes the log's epoch and numbering (a `gap` for clients still connected when
+    /// `announce`). Returns whether the ring started over.
+    fn adopt(&mut self, position: &Position, announce: bool) -> bool {
+        let (same, ahead) = {
+            let state = self.stream.lock();
+            (
+                *state.ring.epoch() == *position.epoch,
+                state.ring.log_next() > position.next,
+            )
+        };
+        if same && !ahead {
+            return false;
+        }
+        // Another epoch (the stream is new here, was read locally, or its log vanished), or a
+        // log behind what this instance saw (Redis lost writes): start over at the log.
+        self.restart_ring(&position.epoch, position.next, announce);
+        true
+    }
+
+    /// Starts the ring over in `epoch` before the event numbered `next`: clients still
+    /// connected get a `gap` event (per `on_gap`) when this stream served anything before.
+    fn restart_ring(&mut self, epoch: &str, next: u64, announce: bool) {
+        let settings = &self.route.config.settings;
+        let (inject, gap) = (
+            settings.ids == IdMode::Inject,
+            announce && settings.on_gap == OnGap::Event,
+        );
+        let (freed, added, announce) = {
+            let mut state = self.stream.lock();
+            let served = state.ring.next_seq() > 1;
+            let last = state.ring.newest_id().unwrap_or_default();
+            if !(served && gap) {
+                (state.ring.restart(epoch, next), 0, false)
+            } else {
+                // The gap takes the number before `next`, so the log's own entries keep theirs.
+                let freed = state.ring.restart(epoch, next.saturating_sub(1));
+                let event = Event {
+                    event: Some("gap".to_owned()),
+                    data: last,
+                    id: None,
+                };
+                let id = inject.then(|| state.ring.injected_id(state.ring.next_seq()));
+                encode_event(&event, id.as_deref(), &mut self.scratch.encoded);
+                let bytes = self.scratch.encoded.split().freeze();
+                let added = bytes.len();
+                let freed_more = state.ring.push(None, bytes, std::time::Instant::now()).1;
+                (freed + freed_more, added, true)
+            }
+        };
+        self.stream.shared.account(added, freed);
+        if announce {
+            self.stream.metrics.outage_gaps.inc();
+            self.stream.wake(&mut self.scratch.wakers);
+        }
+    }
+
+    /// Puts a `gap` event in the log, for every instance's clients.
+    fn gap_in_log(&mut self) {
+        if self.route.config.settings.on_gap == OnGap::Event {
+            self.announce_outage();
+        }
+    }
+
+    /// Stops reading the upstream (another instance does).
+    fn stop_reading(&mut self) {
+        self.source.close();
+        self.live = None;
+        self.retry = None;
+        self.down_since = None;
+        self.scratch.replay = None;
+        let cluster = self.clustered();
+        cluster.outbox.clear();
+        cluster.in_flight.clear();
+        cluster.taking_over = None;
+        cluster.link.abandon();
+    }
+
+    /// Redis is unavailable: the stream reads its own upstream in a local epoch until it can
+    /// rejoin (clients never wait on Redis).
+    fn go_local(&mut self, why: &str) {
+        let cluster = self.clustered();
+        cluster.link.unfollow();
+        cluster.link.abandon();
+        cluster.taking_over = None;
+        let retry = cluster.link.cluster.retry_at().max(Instant::now()) + jitter(Duration::from_millis(500));
+        cluster.link.at(retry);
+        let was = cluster.link.role.clone();
+        if was == Role::Local {
+            return;
+        }
+        if let Role::Leader(_) = was {
+            cluster.link.cluster.metrics().leases_lost.inc();
+        }
+        let pending: Vec<Outgoing> = cluster
+            .in_flight
+            .drain(..)
+            .chain(cluster.outbox.drain(..))
+            .collect();
+        self.set_role(Role::Local);
+        tracing::warn!(route = %self.stream.path, stream = %self.stream.digest, was = %was, fault = %Fault::Upstream, "cluster: {why}; this instance reads the stream's upstream itself (local epoch) until Redis is back");
+        let next = self.stream.lock().ring.log_next();
+        if was != Role::Claiming {
+            self.restart_ring(&new_epoch(), next, true);
+        }
+        // Events read but not yet in the log reach this instance's clients, under local ids.
+        self.push_local(pending);
+        if !matches!(was, Role::Leader(_)) {
+            let last = self.parser.last_event_id().to_owned();
+            self.source.open((!last.is_empty()).then_some(last.as_str()));
+        }
+        self.serve();
+    }
+
+    /// Appends events to the ring here, with this ring's ids.
+    fn push_local(&mut self, events: Vec<Outgoing>) {
+        if events.is_empty() {
+            return;
+        }
+        let inject = self.route.config.settings.ids == IdMode::Inject;
+        let now = std::time::Instant::now();
+        let (mut added, mut freed) = (0, 0);
+        {
+            let mut state = self.stream.lock();
+            for out in &events {
+                let (a, f) = push_event(
+                    &mut state.ring,
+                    &mut self.scratch.encoded,
+                    &out.event,
+                    out.retry,
+                    inject,
+                    now,
+                );
+                added += a;
+                freed += f;
+            }
+        }
+        self.stream.shared.account(added, freed);
+        self.delivered();
+    }
+
+    /// Events reached the ring: wake the subscribers; the stream was just heard from.
+    fn delivered(&mut self) {
+        let subscribers = self.stream.lock().subscribers;
+        if let Some(live) = self.live.as_mut() {
+            live.got_event = true;
+        }
+        if self.pacer.appended(super::coalesce_window(
+            self.route.config.settings.coalesce,
+            subscribers,
+        )) {
+            self.stream.wake(&mut self.scratch.wakers);
+        }
+        self.reset_heartbeat();
+    }
+
+    fn on_appended(&mut self, result: Result<Appended, StoreError>) {
+        match result {
+            Ok(Appended::Done { .. }) => {
+                let batch = std::mem::take(&mut self.clustered().in_flight);
+                self.push_local(batch);
+            }
+            Ok(Appended::Fenced) => {
+                let cluster = self.clustered();
+                let metrics = cluster.link.cluster.metrics();
+                metrics.fenced_appends.inc();
+                metrics.leases_lost.inc();
+                let dropped = cluster.in_flight.len() + cluster.outbox.len();
+                tracing::warn!(route = %self.stream.path, stream = %self.stream.digest, dropped, "cluster: Redis refused this instance's append: another instance holds the stream's lease now; following it (the events it read meanwhile are the new leader's to read)");
+                self.stop_reading();
+                self.set_role(Role::Claiming);
+                self.claim();
+            }
+            Ok(Appended::Epoch { .. } | Appended::Order { .. }) => {
+                // The log vanished or changed under it (a flush, an eviction, a Redis restart
+                // without persistence): claim again, which starts a new epoch; what was read
+                // meanwhile is sent again under it.
+                tracing::warn!(route = %self.stream.path, stream = %self.stream.digest, fault = %Fault::Upstream, "cluster: the stream's log in Redis vanished or changed; starting a new epoch");
+                let cluster = self.clustered();
+                let mut pending: Vec<Outgoing> = cluster.in_flight.drain(..).collect();
+                pending.append(&mut cluster.outbox);
+                cluster.outbox = pending;
+                self.claim_again_as_leader();
+            }
+            Err(error) => {
+                // The outcome is unknown: send the same batch again (the script skips what it
+                // already has) while the lease is known to hold.
+                let cluster = self.clustered();
+                let lease_ok = cluster
+                    .link
+                    .lease_until
+                    .is_some_and(|until| Instant::now() < until);
+                let mut pending: Vec<Outgoing> = cluster.in_flight.drain(..).collect();
+                pending.append(&mut cluster.outbox);
+                cluster.outbox = pending;
+                if lease_ok && cluster.link.cluster.store().is_some() {
+                    cluster.link.at(Instant::now() + APPEND_RETRY);
+                    cluster.renew_due = false;
+                } else {
+                    self.go_local(&format!("an append failed: {}", chain(&error)));
+                }
+            }
+        }
+    }
+
+    /// Claims the lease again from the leader role (the log changed under it); the outbox
+    /// waits for the answer.
+    fn claim_again_as_leader(&mut self) {
+        let lease = self.clustered().link.lease();
+        let ttl = ttl(&self.route.config.settings, lease);
+        // Keep reading the upstream: the claim decides whether this instance still leads.
+        let link = &mut self.clustered().link;
+        if !link.claim(&new_epoch(), ttl) {
+            self.go_local("Redis is unavailable");
+        }
+    }
+
+    fn on_renewed(&mut self, result: Result<Option<Instant>, StoreError>) {
+        let lease = self.clustered().link.lease();
+        match result {
+            Ok(Some(until)) => {
+                let cluster = self.clustered();
+                cluster.link.lease_until = Some(until);
+                cluster.link.at(Instant::now() + lease / 3);
+            }
+            Ok(None) => {
+                let cluster = self.clustered();
+                cluster.link.cluster.metrics().leases_lost.inc();
+                tracing::warn!(route = %self.stream.path, stream = %self.stream.digest, "cluster: the stream's lease was taken over; following it");
+                self.stop_reading();
+                self.set_role(Role::Claiming);
+                self.claim();
+            }
+            Err(_) => self.lease_unconfirmed(),
+        }
+    }
+
+    /// A renewal could not be confirmed: try again shortly while the lease surely holds; past
+    /// that, stop reading for the cluster.
+    fn lease_unconfirmed(&mut self) {
+        let cluster = self.clustered();
+        let holds = cluster
+            .link
+            .lease_until
+            .is_some_and(|until| Instant::now() + crate::cluster::OP_TIMEOUT < until);
+        if holds {
+            cluster.link.at(Instant::now() + APPEND_RETRY);
+        } else {
+            self.go_local("the stream's lease could not be confirmed in time");
+        }
+    }
+
+    /// The entries a new leader had not yet seen arrived: take them, then take over.
+    fn on_read(&mut self, result: Result<Vec<Logged>, StoreError>) {
+        let Some((token, position)) = self.clustered().taking_over.take() else {
+            return;
+        };
+        match result {
+            Ok(entries) => {
+                self.on_entries(entries);
+                self.take_over(token, position);
+            }
+            Err(error) => {
+                self.clustered().link.release(&token);
+                self.go_local(&format!("catching up with the log failed: {}", chain(&error)));
+            }
+        }
+    }
+
+    /// New entries of the log: into the ring as they are.
+    fn on_entries(&mut self, entries: Vec<Logged>) {
+        let now = std::time::Instant::now();
+        let (mut added, mut freed, mut any) = (0, 0, false);
+        let mut missed = None;
+        {
+            let mut state = self.stream.lock();
+            for entry in entries {
+                let expected = state.ring.log_next();
+                if entry.seq < expected {
+                    continue;
+                }
+                if entry.seq > expected && missed.is_none() {
+                    missed = Some((expected, entry.seq));
+                }
+                if entry.seq > expected {
+                    // Entries it never read were trimmed meanwhile: the ring jumps (its
+                    // clients resume with a gap).
+                    let epoch = state.ring.epoch().to_owned();
+                    freed += state.ring.restart(&epoch, entry.seq);
+                }
+                added += entry.bytes.len();
+                freed += state.ring.push(entry.app_id, entry.bytes, now).1;
+                any = true;
+            }
+        }
+        self.stream.shared.account(added, freed);
+        self.stream.metrics.events_received.inc_by(u64::from(any));
+        if let Some((expected, got)) = missed {
+            tracing::warn!(route = %self.stream.path, stream = %self.stream.digest, expected, got, "cluster: entries of the log were trimmed before this instance read them");
+        }
+        if any {
+            self.delivered();
+        }
+    }
+}
