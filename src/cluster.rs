@@ -52,6 +52,10 @@ pub(crate) struct Cluster {
 #[derive(Debug)]
 struct Inner {
     config: ClusterConfig,
+    /// Who claims leases: the node's name and this process's own mark, so that a lease this
+    /// process won (even when the answer was lost) is recognised as its own, and never one
+    /// of another process configured with the same name.
+    claimant: String,
     /// Connected once Redis first answered (the manager reconnects by itself afterwards).
     store: RwLock<Option<Store>>,
     breaker: Mutex<Breaker>,
@@ -80,6 +84,7 @@ impl Cluster {
         let cluster = Cluster {
             inner: Arc::new(Inner {
                 config: config.clone(),
+                claimant: format!("{}~{:06x}", config.node, fastrand::u32(..0x0100_0000)),
                 store: RwLock::new(None),
                 breaker: Mutex::new(Breaker {
                     open_until: None,
@@ -193,6 +198,18 @@ impl Cluster {
     /// The Redis keys of the stream with `key`.
     pub(crate) fn keys(&self, key: &[u8]) -> LogKeys {
         LogKeys::new(&self.inner.config.prefix, &self.inner.config.secret, key)
+    }
+
+    /// The name this process claims leases under.
+    pub(crate) fn claimant(&self) -> &str {
+        &self.inner.claimant
+    }
+
+    /// Whether the lease `token` was given to this process.
+    pub(crate) fn owns(&self, token: &str) -> bool {
+        token
+            .rsplit_once('/')
+            .is_some_and(|(claimant, _)| claimant == self.inner.claimant)
     }
 
     pub(crate) fn config(&self) -> &ClusterConfig {

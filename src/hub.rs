@@ -65,6 +65,8 @@ pub(crate) struct Shared {
     max_streams: AtomicUsize,
     evicting: AtomicBool,
     shutting_down: AtomicBool,
+    /// Over how long a stop ends the subscriptions (`drain_spread`), in milliseconds.
+    drain_spread_ms: AtomicU64,
     private_ids: AtomicU64,
     /// The routes of the last reload (none before one): held subscriptions take their route's
     /// new version from here, or end if it is gone.
@@ -162,6 +164,7 @@ impl Hub {
                 max_streams: AtomicUsize::new(config.max_streams),
                 evicting: AtomicBool::new(false),
                 shutting_down: AtomicBool::new(false),
+                drain_spread_ms: AtomicU64::new(0),
                 private_ids: AtomicU64::new(0),
                 router: std::sync::RwLock::new(None),
                 stopping: tokio::sync::watch::Sender::new(false),
@@ -334,31 +337,21 @@ impl Hub {
     }
 
     /// Ends every stream: subscribers get what is buffered for them, then their responses end
-    /// cleanly (browsers reconnect, to another instance, with their Last-Event-ID). Over
-    /// `spread`, in a random order, so those clients do not all reconnect at once; a cluster
-    /// leader hands its streams over at once and follows them from Redis meanwhile.
+    /// cleanly (browsers reconnect, to another instance, with their Last-Event-ID); spread
+    /// over `spread`, a random share of each stream's subscribers at a time, so they do not
+    /// all reconnect at once. A cluster leader hands its streams over at once and follows
+    /// them from Redis meanwhile.
     pub fn shutdown(&self, spread: Duration) {
+        self.shared.drain_spread_ms.store(
+            u64::try_from(spread.as_millis()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
         self.shared.shutting_down.store(true, Ordering::SeqCst);
         self.shared.stopping.send_replace(true);
-        let mut streams: Vec<Arc<Stream>> = self.shared.lock_streams().values().cloned().collect();
-        if spread.is_zero() || streams.len() < 2 {
-            for stream in streams {
-                stream.end_now();
-            }
-            return;
-        }
-        fastrand::shuffle(&mut streams);
-        for stream in &streams {
+        let streams: Vec<Arc<Stream>> = self.shared.lock_streams().values().cloned().collect();
+        for stream in streams {
             stream.poke();
         }
-        let start = tokio::time::Instant::now();
-        let count = streams.len() as u32;
-        tokio::spawn(async move {
-            for (n, stream) in (0u32..).zip(streams) {
-                tokio::time::sleep_until(start + spread.mul_f64(f64::from(n) / f64::from(count))).await;
-                stream.end_now();
-            }
-        });
     }
 }
 
@@ -439,6 +432,11 @@ impl Shared {
 
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Over how long a stop ends the subscriptions.
+    pub(crate) fn drain_spread(&self) -> Duration {
+        Duration::from_millis(self.drain_spread_ms.load(Ordering::SeqCst))
     }
 
     /// Records bytes added to and freed from a ring, and enforces the global cap.

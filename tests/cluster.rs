@@ -500,3 +500,49 @@ async fn a_resume_from_before_the_trimmed_log_is_a_gap() {
     assert_eq!(first.data, old);
     numbers(&mut b, 5).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_leader_hands_the_stream_over_and_its_clients_resume_elsewhere_exactly() {
+    let redis = RedisServer::start().await;
+    let app = Ticker::start(Duration::from_millis(20), true).await;
+    let secret = secret_file();
+    let text = config(&app, &redis, &secret, "").replace(
+        "[cluster]",
+        "shutdown_delay = \"1s\"\ndrain_spread = \"1s\"\nshutdown_grace = \"5s\"\n\n[cluster]",
+    );
+    let mut cluster = Cluster::start(3, &text).await;
+    let mut drained = subscribe(&cluster.instances[0].url("/events"), None).await;
+    assert_eq!(cluster.leader().await, 0);
+    let mut other = subscribe(&cluster.instances[1].url("/events"), None).await;
+    let mut seen_drained = numbers(&mut drained, 5).await;
+    let mut seen_other = numbers(&mut other, 5).await;
+
+    cluster.instances[0].signal("TERM");
+    // For shutdown_delay it still serves, while the load balancer learns it is going.
+    let ready = common::get(&cluster.instances[0].admin_url("/readyz"), &[]).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    let (more, mut last_id) = numbered(&mut drained, 10).await;
+    seen_drained.extend(more);
+    // The stream ends once its turn in the drain comes; the client resumes on another
+    // instance from the last event it got.
+    while let Some(event) = drained.next_event_or_end().await {
+        let number = event.data.strip_prefix("event ").and_then(|n| n.parse().ok());
+        seen_drained.push(number.unwrap_or_else(|| panic!("not an app event: {event:?}")));
+        last_id = event.id.unwrap_or(last_id);
+    }
+    let status = cluster.instances[0].wait_exit(Duration::from_secs(15)).await;
+    assert!(status.success(), "a drain exits 0: {status:?}");
+    assert_eq!(
+        cluster.instances[0].count_log("lease is handed over"),
+        1,
+        "handed over at once"
+    );
+    cluster.dead[0] = true;
+    let mut resumed = subscribe(&cluster.instances[2].url("/events"), Some(&last_id)).await;
+    seen_drained.extend(numbers(&mut resumed, 30).await);
+    seen_other.extend(numbers(&mut other, 60).await);
+    assert_consecutive(&seen_drained);
+    assert_consecutive(&seen_other);
+    assert_ne!(cluster.leader().await, 0);
+    app.wait_open(1).await;
+}

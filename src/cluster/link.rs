@@ -166,7 +166,7 @@ impl Link {
             return false;
         };
         let (cluster, keys, epoch) = (self.cluster.clone(), self.keys.clone(), new_epoch.to_owned());
-        let (node, lease) = (cluster.config().node.clone(), self.lease());
+        let (node, lease) = (cluster.claimant().to_owned(), self.lease());
         self.start(async move {
             Happened::Claimed(cluster.call(store.claim(&keys, &node, lease, &epoch, ttl)).await)
         });

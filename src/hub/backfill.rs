@@ -89,8 +89,17 @@ pub(crate) async fn fetch(stream: &Arc<Stream>, last_id: &str) -> Option<Backlog
                 .checked_add(1)?
         }
     };
-    if from >= first {
+    if from > first {
         return None;
+    }
+    if from == first {
+        // It saw everything before the buffer: nothing to read, an exact resume.
+        cluster.metrics().backfills.inc();
+        return Some(Backlog {
+            entries: Arc::from(Vec::new()),
+            index: 0,
+            next: from,
+        });
     }
     let mut cached = stream.backfill.lock().await;
     // The log's first number the buffer may have moved on since.

@@ -59,8 +59,6 @@ pub(crate) struct Stream {
     /// Whether the upstream is streaming now, and how often it was reopened (for `/streams`).
     pub(super) connected: AtomicBool,
     pub(super) reconnects: AtomicU64,
-    /// ssegate is stopping and this stream's turn in the drain came: it ends.
-    pub(super) ending: AtomicBool,
     /// The last read of the cluster's log for resuming clients, one read at a time.
     pub(super) backfill: tokio::sync::Mutex<Option<super::backfill::Fetched>>,
 }
@@ -92,6 +90,9 @@ pub(crate) struct State {
     pub(super) app_header_bytes: usize,
     /// The stream's charge on the budget of the client that opened it, until it ends.
     pub(super) charge: Option<Charge>,
+    /// While ssegate stops over `drain_spread`: subscribers whose rank (0–999) is below this
+    /// end, once they have what was buffered for them.
+    pub(super) drain_cutoff: u16,
     /// Its role in the cluster and the lease holder, for `/streams` (`None` outside one).
     pub(super) cluster: Option<(&'static str, Option<String>)>,
 }
@@ -106,6 +107,17 @@ pub(crate) struct Subscriber {
     /// subscriber gets every event from there on, so the one that opens a stream gets the
     /// app's first event even when it comes with the response head.
     pub(super) joined_at: u64,
+}
+
+impl Subscriber {
+    /// Its place (0–999) in the order a spread drain ends subscribers: pseudo-random, so each
+    /// stream's subscribers leave a share at a time rather than in the order they came.
+    pub(super) fn drain_rank(&self) -> u16 {
+        let mixed = u32::try_from(self.slot % (1 << 31))
+            .unwrap_or(0)
+            .wrapping_mul(2_654_435_761);
+        u16::try_from((mixed >> 16) % 1000).unwrap_or(0)
+    }
 }
 
 impl Drop for Subscriber {
@@ -178,13 +190,13 @@ impl Stream {
                 app_headers: None,
                 app_header_bytes: 0,
                 charge: Some(charge),
+                drain_cutoff: 0,
                 cluster: None,
             }),
             control: Notify::new(),
             phase: watch::channel(Phase::Opening).0,
             connected: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
-            ending: AtomicBool::new(false),
             backfill: tokio::sync::Mutex::new(None),
         })
     }
@@ -265,12 +277,6 @@ impl Stream {
             lease_holder: state.cluster.as_ref().and_then(|(_, holder)| holder.clone()),
             redis: None,
         }
-    }
-
-    /// Ends the stream now: ssegate is stopping and its turn in the drain came.
-    pub(super) fn end_now(&self) {
-        self.ending.store(true, Ordering::SeqCst);
-        self.poke();
     }
 
     /// Tells the task to look at the subscriber count and the shutdown flag.

@@ -302,6 +302,13 @@ impl Body for SubscriberBody {
             this.flush_counts();
             return Poll::Ready(None);
         }
+        if state.drain_cutoff > this.subscriber.drain_rank() {
+            // ssegate is stopping, and this subscriber's turn in the spread drain came.
+            this.ended = Some("ssegate is stopping");
+            drop(state);
+            this.flush_counts();
+            return Poll::Ready(None);
+        }
         if state.heartbeat_gen != this.heartbeat_seen {
             this.heartbeat_seen = state.heartbeat_gen;
             drop(state);

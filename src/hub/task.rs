@@ -81,6 +81,20 @@ pub(super) fn encode_at(
     encoded.split().freeze()
 }
 
+/// How often a spread drain lets another share of subscribers go: twenty steps, at most one
+/// per 50 ms.
+fn drain_step(spread: Duration) -> Duration {
+    (spread / 20).max(Duration::from_millis(50))
+}
+
+/// The next step of a drain in progress (pends without one).
+async fn drain_due(drain: &mut Option<(Instant, Pin<Box<Sleep>>)>) {
+    match drain {
+        Some((_, timer)) => timer.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// One stream's task: everything the loop needs between two events.
 pub(super) struct Task<S> {
     stream: Arc<Stream>,
@@ -103,6 +117,8 @@ pub(super) struct Task<S> {
     heartbeat: Option<Pin<Box<Sleep>>>,
     /// Runs while the stream has no subscriber.
     linger: Option<Pin<Box<Sleep>>>,
+    /// While ssegate stops over `drain_spread`: since when, and the next step.
+    drain: Option<(Instant, Pin<Box<Sleep>>)>,
     pacer: Pacer,
     upkeep: Interval,
     scratch: Scratch,
@@ -198,6 +214,7 @@ impl<S: Source> Task<S> {
             retry: None,
             heartbeat: settings.heartbeat.map(|every| Box::pin(sleep(every))),
             linger: None,
+            drain: None,
             pacer: Pacer::default(),
             upkeep,
             cluster,
@@ -227,6 +244,7 @@ impl<S: Source> Task<S> {
                 biased;
                 () = self.stream.control.notified() => self.on_control(),
                 () = fire(&mut self.linger) => self.on_linger(),
+                () = drain_due(&mut self.drain) => self.on_drain(),
                 () = self.pacer.due() => {
                     self.stream.wake(&mut self.scratch.wakers);
                     Continue(())
@@ -252,11 +270,16 @@ impl<S: Source> Task<S> {
     /// The last subscriber left, a reload happened, or ssegate is stopping.
     fn on_control(&mut self) -> ControlFlow<End> {
         if self.stream.shared.is_shutting_down() {
-            if self.stream.ending.load(Ordering::SeqCst) {
+            let spread = self.stream.shared.drain_spread();
+            if spread.is_zero() {
                 return Break(End::Shutdown);
             }
-            // Its turn in the drain is to come: a cluster leader hands the stream over now.
+            // The subscribers end a share at a time; a cluster leader hands the stream over
+            // now and follows it meanwhile.
             self.hand_over();
+            if self.drain.is_none() {
+                self.drain = Some((Instant::now(), Box::pin(sleep(drain_step(spread)))));
+            }
             return Continue(());
         }
         let (retire, changed, subscribers) = {
@@ -297,6 +320,26 @@ impl<S: Source> Task<S> {
             self.linger = Some(Box::pin(sleep(settings.linger)));
         }
         tracing::info!(route = %self.stream.path, stream = %self.stream.digest, "stream took the reloaded route settings");
+    }
+
+    /// A step of a spread drain: a larger share of the subscribers ends; at the end of
+    /// `drain_spread`, the stream.
+    fn on_drain(&mut self) -> ControlFlow<End> {
+        let spread = self.stream.shared.drain_spread();
+        let Some((since, timer)) = self.drain.as_mut() else {
+            return Continue(());
+        };
+        let share = since.elapsed().as_secs_f64() / spread.as_secs_f64().max(0.001);
+        if share >= 1.0 {
+            return Break(End::Shutdown);
+        }
+        timer.as_mut().reset(Instant::now() + drain_step(spread));
+        // Truncation intended: a share in 0..1000.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let cutoff = (share * 1000.0) as u16;
+        self.stream.lock().drain_cutoff = cutoff;
+        self.stream.wake(&mut self.scratch.wakers);
+        Continue(())
     }
 
     fn on_linger(&mut self) -> ControlFlow<End> {

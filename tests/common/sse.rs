@@ -103,6 +103,24 @@ impl SseClient {
         .await
     }
 
+    /// The next event, or `None` when the stream ends (cleanly or not) before one comes.
+    pub async fn next_event_or_end(&mut self) -> Option<Event> {
+        within("the next event or the end", async {
+            loop {
+                while let Some(item) = self.items.pop_front() {
+                    if let Item::Event(event) = item {
+                        return Some(event);
+                    }
+                }
+                match self.read_more().await {
+                    Ok(true) => {}
+                    Ok(false) | Err(_) => return None,
+                }
+            }
+        })
+        .await
+    }
+
     /// The next `n` events.
     pub async fn events(&mut self, n: usize) -> Vec<Event> {
         let mut events = Vec::with_capacity(n);

@@ -110,7 +110,7 @@ impl Clustered {
         });
         let holder = match &role {
             Role::Leader(_) => Some(self.link.cluster.config().node.clone()),
-            Role::Follower(holder) => Some(holder.split('/').next().unwrap_or_default().to_owned()),
+            Role::Follower(holder) => Some(node_of(holder).to_owned()),
             Role::Local | Role::Claiming => None,
         };
         let name = role.name();
@@ -155,6 +155,11 @@ fn decode_headers(bytes: &[u8]) -> HeaderMap {
         }
     }
     headers
+}
+
+/// The node's name in a lease token (`<node>~<mark>/<generation>`).
+fn node_of(token: &str) -> &str {
+    token.split(['~', '/']).next().unwrap_or_default()
 }
 
 /// How long Redis keeps a stream nobody appends to: as long as its events may be resumed
@@ -237,6 +242,12 @@ impl<S: Source> Task<S> {
     pub(super) fn on_cluster(&mut self, happened: Happened) -> ControlFlow<End> {
         match happened {
             Happened::Claimed(Ok(Claim::Won { token, position })) => self.on_won(token, position),
+            // A claim of this process whose answer was lost (a timeout): the lease is its own.
+            Happened::Claimed(Ok(Claim::Held { holder, position }))
+                if self.clustered().link.cluster.owns(&holder) && !self.stream.shared.is_shutting_down() =>
+            {
+                self.on_won(holder, position);
+            }
             Happened::Claimed(Ok(Claim::Held { holder, position })) => self.on_held(holder, position),
             Happened::Claimed(Err(error)) => {
                 if self.clustered().link.cluster.store().is_some() {
