@@ -546,3 +546,110 @@ async fn a_drained_leader_hands_the_stream_over_and_its_clients_resume_elsewhere
     assert_ne!(cluster.leader().await, 0);
     app.wait_open(1).await;
 }
+
+/// Events of `client` until `n` app events came, with the gap events among them.
+async fn app_events_and_gaps(client: &mut SseClient, n: usize) -> (Vec<u64>, usize) {
+    let (mut numbers, mut gaps) = (Vec::new(), 0);
+    while numbers.len() < n {
+        let event = client.next_event().await;
+        if event.event.as_deref() == Some("gap") {
+            gaps += 1;
+            continue;
+        }
+        numbers.push(
+            event
+                .data
+                .strip_prefix("event ")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("not an app event: {event:?}")),
+        );
+    }
+    (numbers, gaps)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_at_start_instances_serve_locally_say_so_once_and_join_when_it_comes() {
+    let mut redis = RedisServer::start().await;
+    redis.kill();
+    let app = Ticker::start(Duration::from_millis(20), true).await;
+    let secret = secret_file();
+    let cluster = Cluster::start(2, &config(&app, &redis, &secret, "")).await;
+    let mut a = subscribe(&cluster.instances[0].url("/events"), None).await;
+    let mut b = subscribe(&cluster.instances[1].url("/events"), None).await;
+    numbers(&mut a, 5).await;
+    numbers(&mut b, 5).await;
+    let ready = common::get(&cluster.instances[0].admin_url("/readyz"), &[]).await;
+    assert_eq!(ready.status, StatusCode::OK);
+    assert!(ready.text().contains("Redis unavailable"), "{}", ready.text());
+    // Retried all along, said once.
+    numbers(&mut a, 50).await;
+    assert_eq!(cluster.instances[0].count_log("cluster: Redis unavailable"), 1);
+    redis.restart().await;
+    cluster.instances[0].wait_for_log("connected to Redis").await;
+    app.wait_open(1).await;
+    cluster.leader().await;
+    for client in [&mut a, &mut b] {
+        let (seen, gaps) = app_events_and_gaps(client, 40).await;
+        assert!(gaps <= 1, "one gap at most: {seen:?}");
+        assert!(seen.windows(2).all(|w| w[1] > w[0]), "in order: {seen:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_redis_password_is_named_in_the_log_and_the_instance_still_serves() {
+    let redis = RedisServer::options().password("the right one").start().await;
+    let app = Ticker::start(Duration::from_millis(20), true).await;
+    let secret = secret_file();
+    let text = config(&app, &redis, &secret, "").replace(
+        &redis.url(),
+        &redis.url().replace("redis://", "redis://:a%20wrong%20one@"),
+    );
+    let instance = Instance::start(&text).await;
+    let line = instance.wait_for_log("Redis refused the password").await;
+    assert!(line.contains("password_file"), "{line}");
+    let mut client = subscribe(&instance.url("/events"), None).await;
+    numbers(&mut client, 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_data_under_a_streams_keys_starts_a_new_epoch_and_crashes_nothing() {
+    let redis = RedisServer::start().await;
+    let app = Ticker::start(Duration::from_millis(20), true).await;
+    let secret = secret_file();
+    let cluster = Cluster::start(2, &config(&app, &redis, &secret, "")).await;
+    let mut a = subscribe(&cluster.instances[0].url("/events"), None).await;
+    cluster.leader().await;
+    let mut b = subscribe(&cluster.instances[1].url("/events"), None).await;
+    numbers(&mut a, 5).await;
+    numbers(&mut b, 5).await;
+    let mut conn = redis.client().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("ssegate:{*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for key in keys
+        .iter()
+        .filter(|k| k.ends_with(":log") || k.ends_with(":meta"))
+    {
+        let () = redis::cmd("DEL").arg(key).query_async(&mut conn).await.unwrap();
+        let () = redis::cmd("SET")
+            .arg(key)
+            .arg("not ssegate's")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    for client in [&mut a, &mut b] {
+        let (seen, gaps) = app_events_and_gaps(client, 60).await;
+        assert!(gaps <= 1, "one gap at most: {seen:?}");
+        assert!(seen.windows(2).all(|w| w[1] > w[0]), "in order: {seen:?}");
+    }
+    app.wait_open(1).await;
+    let epoch_type: String = redis::cmd("TYPE")
+        .arg(keys.iter().find(|k| k.ends_with(":meta")).unwrap())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(epoch_type, "hash", "a new epoch replaced the foreign data");
+}
