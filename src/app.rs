@@ -137,10 +137,11 @@ impl App {
             }))
         });
         let draining = control.clone();
-        let (delay, spread) = (config.shutdown_delay, config.drain_spread);
         let drain = async move {
             shutdown.await;
             draining.start_draining();
+            // Read now: a reload may have changed it.
+            let delay = draining.config().shutdown_delay;
             if delay.is_zero() {
                 tracing::info!("draining: /readyz answers 503");
             } else {
@@ -172,7 +173,10 @@ impl App {
         )
         .lean(is_lean)
         .tls(control.tls().cloned())
-        .serve::<IncomingBody, _>(self.listener, drain, move || hub.shutdown(spread))
+        .serve::<IncomingBody, _>(self.listener, drain, {
+            let control = control.clone();
+            move || hub.shutdown(control.config().drain_spread)
+        })
         .await;
         let _ = admin_stop.send(());
         if let Some(admin) = admin {

@@ -153,7 +153,7 @@ impl Control {
     /// Swaps in `config`: routes, settings and the TLS certificate at once (new handshakes use
     /// the new certificate; open connections keep theirs). Listen addresses, and turning TLS on
     /// or off, take a restart; such a change is logged and ignored. A certificate that cannot be
-    /// used refuses the whole reload.
+    /// used refuses the whole reload. `[cluster]` too takes a restart.
     pub fn apply(&self, mut config: Config) -> Result<(), ReloadError> {
         let _one_at_a_time = self
             .inner
@@ -181,6 +181,10 @@ impl Control {
             );
             config.listen = old.listen;
             config.admin_listen = old.admin_listen;
+        }
+        if config.cluster != old.cluster {
+            tracing::warn!("[cluster] takes effect on restart only; keeping the cluster as it is");
+            config.cluster = old.cluster.clone();
         }
         *self.inner.limits.write().unwrap_or_else(PoisonError::into_inner) = Limits::of(&config);
         self.inner.connections.set(config.max_connections);

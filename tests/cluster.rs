@@ -653,3 +653,46 @@ async fn foreign_data_under_a_streams_keys_starts_a_new_epoch_and_crashes_nothin
         .unwrap();
     assert_eq!(epoch_type, "hash", "a new epoch replaced the foreign data");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_last_event_ids_get_a_gap_and_cost_redis_no_reads() {
+    let redis = RedisServer::start().await;
+    let app = Ticker::start(Duration::from_millis(20), false).await;
+    let secret = secret_file();
+    let cluster = Cluster::start(2, &config(&app, &redis, &secret, "")).await;
+    let mut a = subscribe(&cluster.instances[0].url("/events"), None).await;
+    let (_, real) = numbered(&mut a, 3).await;
+    let mut b = subscribe(&cluster.instances[1].url("/events"), None).await;
+    numbers(&mut b, 3).await;
+    let mut conn = redis.client().await;
+    let () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (epoch, _) = real.rsplit_once('-').unwrap();
+    let future = format!("{epoch}-99999999999");
+    let overflow = format!("{epoch}-18446744073709551615");
+    let long = "x".repeat(2000);
+    for id in [
+        "made-up",
+        future.as_str(),
+        overflow.as_str(),
+        "-1",
+        long.as_str(),
+        "0",
+    ] {
+        let mut client = subscribe(&cluster.instances[1].url("/events"), Some(id)).await;
+        let first = client.next_event().await;
+        assert_eq!(first.event.as_deref(), Some("gap"), "{id}: {first:?}");
+    }
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        !stats.contains("cmdstat_xrevrange") && !stats.contains("cmdstat_xrange"),
+        "no log reads for made-up ids:\n{stats}"
+    );
+}

@@ -584,19 +584,21 @@ impl Store {
         reply::entries(reply, &keys.log)
     }
 
-    /// The seq of the newest event whose app id is `app_id`, scanning at most `scan_limit`
-    /// events back from the newest (in pages, within one op timeout); `None` if not among them.
+    /// The seq of the newest event before seq `before` whose app id is `app_id`, scanning at
+    /// most `scan_limit` events back (in pages, within one op timeout); `None` if not among
+    /// them. (The events from `before` on are the caller's already.)
     pub(crate) async fn find_app_id(
         &self,
         keys: &LogKeys,
         app_id: &str,
+        before: u64,
         scan_limit: usize,
     ) -> Result<Option<u64>, StoreError> {
-        if app_id.is_empty() {
+        if app_id.is_empty() || before <= 1 {
             return Ok(None);
         }
         self.run(|mut conn| async move {
-            let mut end = "+".to_owned();
+            let mut end = format!("{}-0", before - 1);
             let mut left = scan_limit;
             while left > 0 {
                 let page = left.min(SCAN_PAGE);

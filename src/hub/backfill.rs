@@ -56,7 +56,7 @@ pub(crate) async fn fetch(stream: &Arc<Stream>, last_id: &str) -> Option<Backlog
         return None;
     }
     let cluster = stream.shared.cluster.get()?;
-    let (number, first, epoch) = {
+    let (number, first, epoch, app_ids) = {
         let state = stream.lock();
         // A stream read locally has no log to resume from.
         if !matches!(state.cluster, Some(("leader" | "follower", _))) {
@@ -65,25 +65,29 @@ pub(crate) async fn fetch(stream: &Arc<Stream>, last_id: &str) -> Option<Backlog
         if matches!(state.ring.resume(last_id), Resume::At(_)) {
             return None;
         }
+        let ring = &state.ring;
         (
-            state.ring.log_number(last_id),
-            state.ring.log_first(),
-            state.ring.epoch().to_owned(),
+            ring.log_number(last_id),
+            ring.log_first(),
+            ring.epoch().to_owned(),
+            state.app_ids,
         )
     };
     let store = cluster.store()?;
     let keys = cluster.keys(&stream.key);
+    // One read of the log at a time per stream: a reconnect storm queues here, and what the
+    // first read fetched serves the others.
+    let mut cached = stream.backfill.lock().await;
     let from = match number {
         Some(n) => n.checked_add(1)?,
+        // Another epoch's id, or (when the app gives ids at all) an app's own id older than
+        // the buffer: the log knows the latter, within its length. Without app ids nothing is
+        // scanned, so a made-up id costs Redis nothing.
+        None if !app_ids || last_id.starts_with(epoch.as_str()) => return None,
         None => {
-            // Another epoch's id, or an app's own id older than the buffer: the log knows the
-            // latter (within its length).
-            if last_id.starts_with(epoch.as_str()) {
-                return None;
-            }
             let limit = usize::try_from(MAX_ENTRIES).unwrap_or(usize::MAX);
             cluster
-                .call(store.find_app_id(&keys, last_id, limit))
+                .call(store.find_app_id(&keys, last_id, first, limit))
                 .await
                 .ok()??
                 .checked_add(1)?
@@ -101,7 +105,6 @@ pub(crate) async fn fetch(stream: &Arc<Stream>, last_id: &str) -> Option<Backlog
             next: from,
         });
     }
-    let mut cached = stream.backfill.lock().await;
     // The log's first number the buffer may have moved on since.
     let first = stream.lock().ring.log_first();
     let usable = cached

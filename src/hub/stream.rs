@@ -93,6 +93,9 @@ pub(crate) struct State {
     /// While ssegate stops over `drain_spread`: subscribers whose rank (0–999) is below this
     /// end, once they have what was buffered for them.
     pub(super) drain_cutoff: u16,
+    /// In a cluster: the app gives its events ids (so a resume by one may be looked up in
+    /// the log).
+    pub(super) app_ids: bool,
     /// Its role in the cluster and the lease holder, for `/streams` (`None` outside one).
     pub(super) cluster: Option<(&'static str, Option<String>)>,
 }
@@ -191,6 +194,7 @@ impl Stream {
                 app_header_bytes: 0,
                 charge: Some(charge),
                 drain_cutoff: 0,
+                app_ids: false,
                 cluster: None,
             }),
             control: Notify::new(),

@@ -242,20 +242,32 @@ async fn range_and_find_app_id_return_exactly_the_right_entries() {
     assert!(store.range(&keys, 5, 3, 10).await.expect("range").is_empty());
 
     assert_eq!(
-        store.find_app_id(&keys, "id-597", 100).await.expect("find"),
+        store.find_app_id(&keys, "id-597", 601, 100).await.expect("find"),
         Some(597)
     );
     assert_eq!(
-        store.find_app_id(&keys, "id-1", 1000).await.expect("find"),
+        store.find_app_id(&keys, "id-1", 601, 1000).await.expect("find"),
         Some(1),
         "across pages"
     );
     assert_eq!(
-        store.find_app_id(&keys, "id-590", 10).await.expect("find"),
+        store.find_app_id(&keys, "id-590", 601, 10).await.expect("find"),
         None,
         "bounded"
     );
-    assert_eq!(store.find_app_id(&keys, "nope", 1000).await.expect("find"), None);
+    assert_eq!(
+        store.find_app_id(&keys, "nope", 601, 1000).await.expect("find"),
+        None
+    );
+    assert_eq!(
+        store.find_app_id(&keys, "id-597", 597, 1000).await.expect("find"),
+        None,
+        "only entries before the given number"
+    );
+    assert_eq!(
+        store.find_app_id(&keys, "id-596", 597, 1).await.expect("find"),
+        Some(596)
+    );
 }
 
 #[tokio::test]

@@ -317,7 +317,6 @@ impl<S: Source> Task<S> {
         let lease = self.clustered().link.lease();
         let settings = &self.route.config.settings;
         let (maxlen, ttl) = (settings.buffer_events, ttl(settings, lease));
-        let upstream_id = Some(self.parser.last_event_id().to_owned()).filter(|id| !id.is_empty());
         let Some(cluster) = self.cluster.as_mut() else {
             return;
         };
@@ -329,6 +328,13 @@ impl<S: Source> Task<S> {
         }
         let take = cluster.outbox.len().min(BATCH);
         cluster.in_flight = cluster.outbox.drain(..take).collect();
+        // The app's id of the batch's last event that has one: where a next leader resumes
+        // the app (an id of a later event still in the outbox would skip this batch's rest).
+        let upstream_id = cluster
+            .in_flight
+            .iter()
+            .rev()
+            .find_map(|out| out.event.id.clone().filter(|id| !id.is_empty()));
         let (first, epoch, events) = {
             let state = self.stream.lock();
             let ring = &state.ring;
@@ -475,7 +481,8 @@ impl<S: Source> Task<S> {
     /// `announce`). Returns whether the ring started over.
     fn adopt(&mut self, position: &Position, announce: bool) -> bool {
         let (same, ahead) = {
-            let state = self.stream.lock();
+            let mut state = self.stream.lock();
+            state.app_ids |= position.upstream_id.is_some();
             (
                 *state.ring.epoch() == *position.epoch,
                 state.ring.log_next() > position.next,
@@ -595,6 +602,7 @@ impl<S: Source> Task<S> {
         {
             let mut state = self.stream.lock();
             for out in &events {
+                state.app_ids |= out.event.id.as_deref().is_some_and(|id| !id.is_empty());
                 let (a, f) = push_event(
                     &mut state.ring,
                     &mut self.scratch.encoded,
@@ -761,6 +769,7 @@ impl<S: Source> Task<S> {
                     freed += state.ring.restart(&epoch, entry.seq);
                 }
                 added += entry.bytes.len();
+                state.app_ids |= entry.app_id.is_some();
                 freed += state.ring.push(entry.app_id, entry.bytes, now).1;
                 any = true;
             }
