@@ -442,12 +442,7 @@ async fn a_leader_paused_past_its_lease_cannot_append_when_it_wakes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_keep_receiving_while_redis_is_down_and_get_one_gap_when_it_is_back() {
     let mut redis = RedisServer::start().await;
-    let app = Ticker::start(Duration::from_millis(20), true).await;
-    let secret = secret_file();
-    let cluster = Cluster::start(2, &config(&app, &redis, &secret, "")).await;
-    let mut a = subscribe(&cluster.instances[0].url("/events"), None).await;
-    cluster.leader().await;
-    let mut b = subscribe(&cluster.instances[1].url("/events"), None).await;
+    let (app, cluster, mut a, mut b) = two_watching(&redis).await;
     numbers(&mut a, 3).await;
     numbers(&mut b, 3).await;
     redis.kill();
@@ -547,6 +542,17 @@ async fn a_drained_leader_hands_the_stream_over_and_its_clients_resume_elsewhere
     app.wait_open(1).await;
 }
 
+/// An app with ids every 20 ms in front of two instances sharing `redis`, the first leading,
+/// and a client on each.
+async fn two_watching(redis: &RedisServer) -> (Ticker, Cluster, SseClient, SseClient) {
+    let app = Ticker::start(Duration::from_millis(20), true).await;
+    let cluster = Cluster::start(2, &config(&app, redis, &secret_file(), "")).await;
+    let a = subscribe(&cluster.instances[0].url("/events"), None).await;
+    assert_eq!(cluster.leader().await, 0);
+    let b = subscribe(&cluster.instances[1].url("/events"), None).await;
+    (app, cluster, a, b)
+}
+
 /// Events of `client` until `n` app events came, with the gap events among them.
 async fn app_events_and_gaps(client: &mut SseClient, n: usize) -> (Vec<u64>, usize) {
     let (mut numbers, mut gaps) = (Vec::new(), 0);
@@ -614,12 +620,7 @@ async fn a_wrong_redis_password_is_named_in_the_log_and_the_instance_still_serve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_data_under_a_streams_keys_starts_a_new_epoch_and_crashes_nothing() {
     let redis = RedisServer::start().await;
-    let app = Ticker::start(Duration::from_millis(20), true).await;
-    let secret = secret_file();
-    let cluster = Cluster::start(2, &config(&app, &redis, &secret, "")).await;
-    let mut a = subscribe(&cluster.instances[0].url("/events"), None).await;
-    cluster.leader().await;
-    let mut b = subscribe(&cluster.instances[1].url("/events"), None).await;
+    let (app, _cluster, mut a, mut b) = two_watching(&redis).await;
     numbers(&mut a, 5).await;
     numbers(&mut b, 5).await;
     let mut conn = redis.client().await;
