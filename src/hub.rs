@@ -295,7 +295,7 @@ impl Hub {
         // Spawned after the map's lock is released: a runtime that is shutting down drops the
         // task at once, and its cleanup takes that lock.
         drop(streams);
-        stream.spawn(source(route.clone(), template), Some(tx));
+        task::spawn(&stream, source(route.clone(), template), Some(tx));
         Joined::Pending(Pending {
             subscriber,
             opener: Some(rx),

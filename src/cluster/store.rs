@@ -44,7 +44,7 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, Script, Value};
 
-use super::client;
+use super::client::{self, redis_fault, StoreFault};
 use super::keys::LogKeys;
 use crate::config::ClusterConfig;
 
@@ -191,46 +191,6 @@ pub(crate) enum StoreError {
     Data(String),
 }
 
-/// Whose fault a [`StoreError`] is, for a log line that says what to fix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StoreFault {
-    /// Redis is down or unreachable: the network or the server's operator.
-    Unreachable,
-    /// No answer in time: Redis overloaded, stopped, or the network slow.
-    Timeout,
-    /// Redis refused the password (`cluster.redis` / `cluster.password_file`).
-    Auth,
-    /// Redis refuses a command ssegate needs (ACL, renamed or disabled command).
-    Refused,
-    /// Redis failed the command itself (out of memory, loading, read-only replica, ...).
-    Server,
-    /// Data under our keys that ssegate did not write, or a reply it does not understand.
-    Data,
-    /// The client's own settings (the URL).
-    Config,
-}
-
-impl StoreFault {
-    /// The name written in logs.
-    pub(crate) const fn as_str(self) -> &'static str {
-        match self {
-            StoreFault::Unreachable => "unreachable",
-            StoreFault::Timeout => "timeout",
-            StoreFault::Auth => "auth",
-            StoreFault::Refused => "refused",
-            StoreFault::Server => "server",
-            StoreFault::Data => "data",
-            StoreFault::Config => "config",
-        }
-    }
-}
-
-impl std::fmt::Display for StoreFault {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 impl StoreError {
     /// Whose fault this is.
     pub(crate) fn fault(&self) -> StoreFault {
@@ -253,25 +213,6 @@ impl StoreError {
             self.fault(),
             StoreFault::Unreachable | StoreFault::Timeout | StoreFault::Server
         )
-    }
-}
-
-/// Whose fault a Redis error is.
-pub(super) fn redis_fault(error: &RedisError) -> StoreFault {
-    let code = error.code().unwrap_or("");
-    let detail = error.detail().unwrap_or("");
-    if error.kind() == ErrorKind::AuthenticationFailed || matches!(code, "NOAUTH" | "WRONGPASS") {
-        StoreFault::Auth
-    } else if code == "NOPERM" || detail.starts_with("unknown command") {
-        StoreFault::Refused
-    } else if error.is_timeout() {
-        StoreFault::Timeout
-    } else if error.is_io_error() {
-        StoreFault::Unreachable
-    } else if error.kind() == ErrorKind::InvalidClientConfig {
-        StoreFault::Config
-    } else {
-        StoreFault::Server
     }
 }
 

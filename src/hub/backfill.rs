@@ -13,24 +13,10 @@ use bytes::Bytes;
 
 use super::key::MAX_LAST_EVENT_ID;
 use super::ring::Resume;
-use super::stream::Stream;
+use super::stream::{Fetched, Stream};
 
 /// Most entries one resume reads from Redis.
 const MAX_ENTRIES: u64 = 100_000;
-
-/// Entries read from the log, numbered from `from`.
-#[derive(Debug)]
-pub(crate) struct Fetched {
-    from: u64,
-    entries: Arc<[Bytes]>,
-}
-
-impl Fetched {
-    /// The number after the last entry.
-    fn end(&self) -> u64 {
-        self.from + self.entries.len() as u64
-    }
-}
 
 /// The events a resuming client missed, from the log: written before the buffer's.
 #[derive(Debug)]

@@ -8,17 +8,14 @@ use std::time::{Duration, Instant};
 
 use http::header::HeaderMap;
 use http::StatusCode;
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{watch, Notify};
 
 use super::budget::Charge;
 use super::key::StreamKey;
 use super::ring::{Bounds, Ring};
-use super::source::{Answer, Source};
-use super::task::Task;
 use super::wakers::Wakers;
 use super::Shared;
 use crate::config::{format_duration, IdMode, Settings};
-use crate::error::Fault;
 use crate::metrics::RouteMetrics;
 use crate::route::RouteEntry;
 
@@ -60,7 +57,7 @@ pub(crate) struct Stream {
     pub(super) connected: AtomicBool,
     pub(super) reconnects: AtomicU64,
     /// The last read of the cluster's log for resuming clients, one read at a time.
-    pub(super) backfill: tokio::sync::Mutex<Option<super::backfill::Fetched>>,
+    pub(super) backfill: tokio::sync::Mutex<Option<Fetched>>,
 }
 
 /// What subscribers read, under the stream's lock (never held across an await).
@@ -98,6 +95,21 @@ pub(crate) struct State {
     pub(super) app_ids: bool,
     /// Its role in the cluster and the lease holder, for `/streams` (`None` outside one).
     pub(super) cluster: Option<(&'static str, Option<String>)>,
+}
+
+/// Entries read from a cluster's log for resuming clients (`hub/backfill.rs`), numbered from
+/// `from`: kept for the next resumes they cover.
+#[derive(Debug)]
+pub(crate) struct Fetched {
+    pub(super) from: u64,
+    pub(super) entries: Arc<[bytes::Bytes]>,
+}
+
+impl Fetched {
+    /// The number after the last entry.
+    pub(super) fn end(&self) -> u64 {
+        self.from + self.entries.len() as u64
+    }
 }
 
 /// A place among a stream's subscribers: counted from the moment a subscription picks the
@@ -286,37 +298,6 @@ impl Stream {
     /// Tells the task to look at the subscriber count and the shutdown flag.
     pub(super) fn poke(&self) {
         self.control.notify_one();
-    }
-
-    /// Starts the task that feeds the stream from `source`. `opener` receives the answer to
-    /// the first request when it is the stream (its headers, for the cookies) or definitive
-    /// (a transient failure never reaches it: the stream serves then); it is dropped
-    /// unanswered once subscribers can be served.
-    ///
-    /// The task's drop guard ends the stream however the task ends; a watcher on its handle
-    /// says so when it panicked, with the panic's message (the guard alone cannot tell a panic
-    /// from a runtime dropped while its thread unwinds for another reason).
-    pub(super) fn spawn<S: Source>(self: &Arc<Self>, source: S, opener: Option<oneshot::Sender<Answer>>) {
-        let task = tokio::spawn(Task::new(self.clone(), source, opener).run());
-        let (route, digest, metrics) = (
-            self.path.clone(),
-            self.digest.clone(),
-            self.shared.metrics.clone(),
-        );
-        tokio::spawn(async move {
-            let Err(failed) = task.await else { return };
-            if !failed.is_panic() {
-                return;
-            }
-            let payload = failed.into_panic();
-            let why = payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            metrics.stream_task_panics.inc();
-            tracing::error!(%route, stream = %digest, fault = %Fault::Internal, panic = %why, "the stream's task panicked; its clients' responses ended so they reconnect and resume by id");
-        });
     }
 
     /// Wakes every waiting subscriber.

@@ -81,6 +81,37 @@ pub(super) fn encode_at(
     encoded.split().freeze()
 }
 
+/// Starts the task that feeds the stream from `source`. `opener` receives the answer to
+/// the first request when it is the stream (its headers, for the cookies) or definitive
+/// (a transient failure never reaches it: the stream serves then); it is dropped
+/// unanswered once subscribers can be served.
+///
+/// The task's drop guard ends the stream however the task ends; a watcher on its handle
+/// says so when it panicked, with the panic's message (the guard alone cannot tell a panic
+/// from a runtime dropped while its thread unwinds for another reason).
+pub(super) fn spawn<S: Source>(stream: &Arc<Stream>, source: S, opener: Option<oneshot::Sender<Answer>>) {
+    let task = tokio::spawn(Task::new(stream.clone(), source, opener).run());
+    let (route, digest, metrics) = (
+        stream.path.clone(),
+        stream.digest.clone(),
+        stream.shared.metrics.clone(),
+    );
+    tokio::spawn(async move {
+        let Err(failed) = task.await else { return };
+        if !failed.is_panic() {
+            return;
+        }
+        let payload = failed.into_panic();
+        let why = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        metrics.stream_task_panics.inc();
+        tracing::error!(%route, stream = %digest, fault = %Fault::Internal, panic = %why, "the stream's task panicked; its clients' responses ended so they reconnect and resume by id");
+    });
+}
+
 /// How often a spread drain lets another share of subscribers go: twenty steps, at most one
 /// per 50 ms.
 fn drain_step(spread: Duration) -> Duration {
