@@ -514,8 +514,15 @@ async fn a_drained_leader_hands_the_stream_over_and_its_clients_resume_elsewhere
 
     cluster.instances[0].signal("TERM");
     // For shutdown_delay it still serves, while the load balancer learns it is going.
-    let ready = common::get(&cluster.instances[0].admin_url("/readyz"), &[]).await;
-    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    eventually("/readyz to answer 503", || async {
+        let status = common::get(&cluster.instances[0].admin_url("/readyz"), &[]).await.status;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            Ok(())
+        } else {
+            Err(status)
+        }
+    })
+    .await;
     let (more, mut last_id) = numbered(&mut drained, 10).await;
     seen_drained.extend(more);
     // The stream ends once its turn in the drain comes; the client resumes on another

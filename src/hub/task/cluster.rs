@@ -31,11 +31,15 @@ use crate::error::{chain, Fault};
 use crate::hub::replay::Replay;
 use crate::hub::ring::new_epoch;
 use crate::hub::source::Source;
-use crate::hub::stream::End;
+use crate::hub::stream::{End, Phase};
 use crate::sse::{encode_event, Event};
 
 /// Most events sent to Redis in one append.
 const BATCH: usize = 256;
+/// How soon a new follower asks again for the app's headers the leader has not stored yet,
+/// and how many times before its subscribers are served without them.
+const HEADERS_POLL: Duration = Duration::from_millis(100);
+const MAX_HEADER_POLLS: u8 = 10;
 /// How long a leader waits before sending again an append whose outcome it did not learn.
 const APPEND_RETRY: Duration = Duration::from_millis(100);
 
@@ -61,6 +65,8 @@ pub(crate) struct Clustered {
     headers_due: Option<Bytes>,
     /// The headers last taken from the log's metadata (a follower's).
     headers_seen: Option<Bytes>,
+    /// Claims a new follower made while waiting for the leader's headers.
+    header_polls: u8,
     /// The lease is due for renewal (sent when no call is in flight).
     renew_due: bool,
     /// The log's number of the last event this stream got, so entries are taken once.
@@ -86,6 +92,7 @@ impl Clustered {
             taking_over: None,
             headers_due: None,
             headers_seen: None,
+            header_polls: 0,
             renew_due: false,
             role_gauge: None,
         }
@@ -441,14 +448,26 @@ impl<S: Source> Task<S> {
             tracing::info!(route = %self.stream.path, stream = %self.stream.digest, holder = %holder, was = %was, "cluster: following the stream from Redis");
         }
         let after = self.stream.lock().ring.log_next().saturating_sub(1);
+        let opening = *self.stream.phase.borrow() == Phase::Opening;
         let cluster = self.clustered();
         if restarted || !matches!(cluster.link.role, Role::Follower(_)) {
             cluster.link.follow(after);
         }
-        let poll = jitter(cluster.link.lease() / 4);
+        let wait = position.headers.is_none() && opening && cluster.header_polls < MAX_HEADER_POLLS;
+        cluster.header_polls += 1;
+        let poll = if wait {
+            // The leader's app has not answered yet: its headers (CORS among them) are
+            // worth a short wait before the first subscribers here are answered without
+            // them (they are answered anyway after `upstream_connect_timeout`).
+            HEADERS_POLL
+        } else {
+            jitter(cluster.link.lease() / 4)
+        };
         cluster.link.at(Instant::now() + poll);
         self.set_role(Role::Follower(holder));
-        self.serve();
+        if !wait {
+            self.serve();
+        }
     }
 
     /// The app's headers as the leader stored them: every subscriber here gets them, as the
