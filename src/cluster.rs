@@ -35,7 +35,7 @@ use store::{Store, StoreError};
 
 /// The longest a Redis call may take before it counts as failed: a stream never waits on
 /// Redis longer than this.
-pub(crate) const OP_TIMEOUT: Duration = Duration::from_millis(500);
+pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the follower's blocking read waits for new entries.
 pub(crate) const BLOCK: Duration = Duration::from_secs(1);
 /// The first pause after a Redis failure before streams try it again; doubles up to

@@ -515,7 +515,9 @@ async fn a_drained_leader_hands_the_stream_over_and_its_clients_resume_elsewhere
     cluster.instances[0].signal("TERM");
     // For shutdown_delay it still serves, while the load balancer learns it is going.
     eventually("/readyz to answer 503", || async {
-        let status = common::get(&cluster.instances[0].admin_url("/readyz"), &[]).await.status;
+        let status = common::get(&cluster.instances[0].admin_url("/readyz"), &[])
+            .await
+            .status;
         if status == StatusCode::SERVICE_UNAVAILABLE {
             Ok(())
         } else {

@@ -130,9 +130,12 @@ pub(crate) async fn run(cluster: Cluster) {
     let mut reader: Option<Reader> = None;
     let mut pause = Duration::from_millis(200);
     loop {
-        let streams: Vec<(String, u64)> = {
+        let streams: Vec<(String, u64, u64)> = {
             let streams = lock(&registry.streams);
-            streams.iter().map(|(log, r)| (log.clone(), r.after)).collect()
+            streams
+                .iter()
+                .map(|(log, r)| (log.clone(), r.after, r.id))
+                .collect()
         };
         registry.waking.store(false, Ordering::Release);
         if streams.is_empty() {
@@ -153,7 +156,7 @@ pub(crate) async fn run(cluster: Cluster) {
         };
         let logs: Vec<(&str, u64)> = streams
             .iter()
-            .map(|(log, after)| (log.as_str(), *after))
+            .map(|(log, after, _)| (log.as_str(), *after))
             .collect();
         let read = conn
             .read(&logs, Some((wake_key.as_str(), wake_after.as_str())), COUNT)
@@ -175,10 +178,12 @@ pub(crate) async fn run(cluster: Cluster) {
         }
         let mut streams_now = lock(&registry.streams);
         for (index, result) in batch.logs.into_iter().enumerate() {
-            let Some((log, _)) = streams.get(index) else {
+            let Some((log, _, id)) = streams.get(index) else {
                 continue;
             };
-            let Some(registration) = streams_now.get_mut(log) else {
+            // Only to the registration the read was for: a stream that followed again since
+            // (from another position) gets its entries from its own next read.
+            let Some(registration) = streams_now.get_mut(log).filter(|r| r.id == *id) else {
                 continue;
             };
             let message = match result {

@@ -14,7 +14,7 @@ use tokio::time::{sleep_until, Instant, Sleep};
 
 use super::follow::{Followed, Following};
 use super::keys::LogKeys;
-use super::store::{Appended, Claim, Logged, StoreError};
+use super::store::{Appended, Claim, Logged, Position, StoreError};
 use super::Cluster;
 
 /// What the stream is to the cluster now.
@@ -56,6 +56,9 @@ pub(crate) enum Happened {
     Appended(Result<Appended, StoreError>),
     /// The lease still holds until the instant given (`None`: it was lost).
     Renewed(Result<Option<Instant>, StoreError>),
+    /// The stream started over in a new epoch at the leader's request, with this token
+    /// (`None`: the lease is lost).
+    Restarted(String, Result<Option<Position>, StoreError>),
     /// The app's headers were stored beside the stream (`false`: the lease is lost).
     HeadersSet(Result<bool, StoreError>),
     /// Log entries read for a resume or a catch-up: from number `from` on.
@@ -232,6 +235,21 @@ impl Link {
         let (cluster, keys, token) = (self.cluster.clone(), self.keys.clone(), token.to_owned());
         self.start(async move {
             Happened::HeadersSet(cluster.call(store.set_headers(&keys, &token, &headers)).await)
+        });
+        true
+    }
+
+    /// Starts the stream over in `new_epoch`, fenced by `token`. False when Redis is
+    /// unavailable now.
+    pub(crate) fn restart(&mut self, token: &str, new_epoch: &str, ttl: Duration) -> bool {
+        let Some(store) = self.cluster.store() else {
+            return false;
+        };
+        let (cluster, keys) = (self.cluster.clone(), self.keys.clone());
+        let (token, epoch) = (token.to_owned(), new_epoch.to_owned());
+        self.start(async move {
+            let result = cluster.call(store.restart(&keys, &token, &epoch, ttl)).await;
+            Happened::Restarted(token, result)
         });
         true
     }

@@ -61,6 +61,7 @@ struct Scripts {
     release: Script,
     append: Script,
     headers: Script,
+    restart: Script,
     #[cfg(test)]
     position: Script,
 }
@@ -77,6 +78,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
         include_str!("store/append.lua")
     )),
     headers: Script::new(include_str!("store/headers.lua")),
+    restart: Script::new(include_str!("store/restart.lua")),
     #[cfg(test)]
     position: Script::new(concat!(
         include_str!("store/state.lua"),
@@ -347,6 +349,40 @@ impl Store {
                 position,
             }),
             _ => Err(StoreError::Data(format!("claim: {tag:?}"))),
+        }
+    }
+
+    /// Starts the stream over in `new_epoch` (the holder of `token` found the log behind what
+    /// it had seen); `None`: `token` no longer holds the lease (nothing written).
+    pub(crate) async fn restart(
+        &self,
+        keys: &LogKeys,
+        token: &str,
+        new_epoch: &str,
+        ttl: Duration,
+    ) -> Result<Option<Position>, StoreError> {
+        let reply = self
+            .run(|mut conn| async move {
+                let value = SCRIPTS
+                    .restart
+                    .key(&keys.meta)
+                    .key(&keys.log)
+                    .key(&keys.lease)
+                    .arg(token)
+                    .arg(new_epoch)
+                    .arg(millis(ttl))
+                    .invoke_async::<Value>(&mut conn)
+                    .await?;
+                Ok(value)
+            })
+            .await?;
+        if reply == Value::Nil {
+            return Ok(None);
+        }
+        let fields = reply::items(reply, "restart")?;
+        match fields.as_slice() {
+            [epoch, next] => reply::position(epoch, next, &Value::Nil, true).map(Some),
+            _ => Err(StoreError::Data(format!("restart: {fields:?}"))),
         }
     }
 

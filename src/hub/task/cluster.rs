@@ -36,6 +36,8 @@ use crate::sse::{encode_event, Event};
 
 /// Most events sent to Redis in one append.
 const BATCH: usize = 256;
+/// How often a local stream looks whether Redis is back (at most).
+const LOCAL_RETRY: Duration = Duration::from_secs(1);
 /// How soon a new follower asks again for the app's headers the leader has not stored yet,
 /// and how many times before its subscribers are served without them.
 const HEADERS_POLL: Duration = Duration::from_millis(100);
@@ -266,6 +268,12 @@ impl<S: Source> Task<S> {
             }
             Happened::Appended(result) => self.on_appended(result),
             Happened::Renewed(result) => self.on_renewed(result),
+            Happened::Restarted(token, Ok(Some(position))) => self.take_over(token, position),
+            Happened::Restarted(_, Ok(None)) => {
+                self.set_role(Role::Claiming);
+                self.claim();
+            }
+            Happened::Restarted(_, Err(error)) => self.go_local(&format!("Redis failed: {}", chain(&error))),
             Happened::HeadersSet(Ok(true)) => {}
             // A lost lease shows at the next append or renewal; a failure, at the next call.
             Happened::HeadersSet(Ok(false) | Err(_)) => {}
@@ -377,17 +385,31 @@ impl<S: Source> Task<S> {
         cluster.link.cluster.metrics().leases_acquired.inc();
         cluster.link.lease_until = Some(Instant::now() + cluster.link.lease() - crate::cluster::OP_TIMEOUT);
         cluster.link.unfollow();
-        let (same_epoch, behind) = {
+        let (same_epoch, behind, ahead, from) = {
             let state = self.stream.lock();
+            let next = state.ring.log_next();
             (
                 *state.ring.epoch() == *position.epoch,
-                state.ring.log_next() < position.next,
+                next < position.next,
+                next > position.next,
+                next,
             )
         };
+        if same_epoch && ahead {
+            // The log is behind what this instance saw of it: Redis lost acknowledged writes
+            // (a failover to a lagging replica). Numbering on from there would give other
+            // events the ids clients already have: the stream starts over in a new epoch.
+            tracing::warn!(route = %self.stream.path, stream = %self.stream.digest, seen = from, log = position.next, fault = %Fault::Upstream, "cluster: the stream's log in Redis lost events this instance had seen; starting a new epoch");
+            let lease = self.clustered().link.lease();
+            let ttl = ttl(&self.route.config.settings, lease);
+            if !self.clustered().link.restart(&token, &new_epoch(), ttl) {
+                self.go_local("Redis is unavailable");
+            }
+            return;
+        }
         if same_epoch && behind {
             // It followed this log: read what it has not yet seen before reading the
             // upstream, so the log goes on where it stands.
-            let from = self.stream.lock().ring.log_next();
             let cluster = self.clustered();
             cluster.taking_over = Some((token, position.clone()));
             if !cluster.link.read(from, position.next - 1) {
@@ -581,7 +603,10 @@ impl<S: Source> Task<S> {
         cluster.link.unfollow();
         cluster.link.abandon();
         cluster.taking_over = None;
-        let retry = cluster.link.cluster.retry_at().max(Instant::now()) + jitter(Duration::from_millis(500));
+        // At least once a second (a breaker's pause may be longer): a local stream rejoins soon
+        // after Redis is back, whoever noticed it.
+        let now = Instant::now();
+        let retry = cluster.link.cluster.retry_at().clamp(now, now + LOCAL_RETRY) + jitter(LOCAL_RETRY / 2);
         cluster.link.at(retry);
         let was = cluster.link.role.clone();
         if was == Role::Local {
