@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """The benchmark driver of bench/run.sh: direct, Nginx and ssegate in one run, fresh processes
-for every scenario, loopback only. Memory comes from /proc (RSS summed over the process tree),
-CPU from /proc/PID/stat over the measurement window. Writes the results into BENCHMARKS.md
-between its markers and prints them."""
+for every scenario, loopback only; and ssegate as a cluster (three instances on a Redis of the
+bench's own, behind HAProxy). Memory comes from /proc (RSS summed over the process tree), CPU
+from /proc/PID/stat over the measurement window. Writes the results into BENCHMARKS.md between
+its markers and prints them."""
 
 import argparse
 import datetime
@@ -22,6 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SSEGATE = os.path.join(ROOT, "target/release/ssegate")
 APP = os.path.join(ROOT, "target/release/examples/naive_app")
 NGINX = "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else "nginx"
+HAPROXY = "/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else "haproxy"
+REDIS = "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else "redis-server"
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -93,7 +96,11 @@ class Proc:
         self.log = open(os.path.join(WORK, f"{name}-{port}.log"), "w")
         self.popen = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.port = port
-        wait_port(port)
+        try:
+            wait_port(port)
+        except RuntimeError:
+            self.stop()
+            raise
 
     @property
     def pid(self):
@@ -116,11 +123,12 @@ def start_app(interval, payload):
                         "--payload", str(payload), "--lifetime", "off"], port)
 
 
-def start_ssegate(app_port, extra=""):
+def start_ssegate(app_port, extra="", top=""):
+    """`extra`: keys of the route; `top`: lines before it (top-level keys, then tables)."""
     port = free_port()
     path = os.path.join(WORK, f"ssegate-{port}.toml")
     with open(path, "w") as f:
-        f.write(f'listen = "127.0.0.1:{port}"\nmax_connections = 19000\n'
+        f.write(f'listen = "127.0.0.1:{port}"\nmax_connections = 19000\n{top}\n'
                 f'[[route]]\npath = "/events"\nupstream = "http://127.0.0.1:{app_port}"\n{extra}\n')
     # Warnings only: an access log line per request would measure the logger.
     env = dict(os.environ, RUST_LOG="warn")
@@ -181,9 +189,16 @@ def loadgen(args, port, **flags):
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def run_loadgen(args, port, on_measuring=None, **flags):
-    """Runs the load generator; `on_measuring` is called when its window opens."""
+def run_loadgen(args, port, on_measuring=None, limit=None, started=None, **flags):
+    """Runs the load generator; `on_measuring` is called when its window opens, `started` with
+    its process. With `limit` (seconds), a load generator still running then is killed (and
+    gives no report)."""
     proc = loadgen(args, port, **flags)
+    if started:
+        started(proc)
+    timer = threading.Timer(limit, proc.kill) if limit else None
+    if timer:
+        timer.start()
     report = None
     for line in proc.stdout:
         data = json.loads(line)
@@ -193,6 +208,8 @@ def run_loadgen(args, port, on_measuring=None, **flags):
         else:
             report = data
     proc.wait()
+    if timer:
+        timer.cancel()
     if report is None:
         raise RuntimeError("loadgen gave no report: " + proc.stderr.read())
     return report
@@ -398,20 +415,23 @@ def scenario_single(args):
     RESULTS["single"] = {name: combine(rows) for name, rows in measured.items()}
 
 
-def scenario_resume(args):
-    app = start_app("10ms", 200)
-    proxy = start_ssegate(app.port)
-    seen = []
-    stop = threading.Event()
+class IdWatcher:
+    """An SSE client of the bench's own on `port`, in a thread: the (id, seq) of each event."""
 
-    def monitor():
-        sock = socket.create_connection(("127.0.0.1", proxy.port))
+    def __init__(self, port):
+        self.seen = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(port,))
+        self._thread.start()
+
+    def _run(self, port):
+        sock = socket.create_connection(("127.0.0.1", port))
         # The Host the load generator sends too: it is part of the default stream key.
-        host = f"127.0.0.1:{proxy.port}".encode()
+        host = f"127.0.0.1:{port}".encode()
         sock.sendall(b"GET /events HTTP/1.1\r\nhost: " + host + b"\r\naccept: text/event-stream\r\n\r\n")
         sock.settimeout(0.5)
         buf = b""
-        while not stop.is_set():
+        while not self._stop.is_set():
             try:
                 chunk = sock.recv(65536)
             except socket.timeout:
@@ -428,21 +448,32 @@ def scenario_resume(args):
                     if b'"seq": ' in line:
                         seq = int(line.split(b'"seq": ')[1].split(b",")[0].split(b"}")[0])
                 if ident and seq is not None:
-                    seen.append((ident, seq))
+                    self.seen.append((ident, seq))
         sock.close()
 
-    thread = threading.Thread(target=monitor)
-    thread.start()
-    deadline = time.time() + 30
-    while len(seen) < 520 and time.time() < deadline:
-        time.sleep(0.1)
-    ident, seq = seen[-501]
-    newest = seen[-1][1]
+    def wait(self, count, timeout=30):
+        deadline = time.time() + timeout
+        while len(self.seen) < count and time.time() < deadline:
+            time.sleep(0.1)
+        if len(self.seen) < count:
+            raise RuntimeError(f"the watching client got {len(self.seen)} events, not {count}")
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+
+
+def scenario_resume(args):
+    app = start_app("10ms", 200)
+    proxy = start_ssegate(app.port)
+    watcher = IdWatcher(proxy.port)
+    watcher.wait(520)
+    ident, seq = watcher.seen[-501]
+    newest = watcher.seen[-1][1]
     report = run_loadgen(args, proxy.port, clients=args.resume_clients, ramp=args.resume_clients,
                          warmup="0s", duration="4s", last_event_id=ident, resume_seq=seq,
                          catch_up_seq=newest)
-    stop.set()
-    thread.join()
+    watcher.stop()
     RESULTS["resume"] = {"clients": args.resume_clients, "established": report["established"],
                          "failed": report["failed"], "ramp_s": report["ramp_s"],
                          "replayed_from_seq": seq, "newest_seq": newest,
@@ -452,6 +483,323 @@ def scenario_resume(args):
     print(f"resume: {RESULTS['resume']}", flush=True)
     proxy.stop()
     app.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# The cluster: three instances sharing one stream through a Redis of the bench's own, behind
+# HAProxy; against one embedded instance (no [cluster]) with the same clients, behind the same
+# HAProxy and directly; then a resume storm on a fourth instance that never saw the stream.
+
+HAPROXY_CONF = """
+global
+    maxconn 9000
+defaults
+    mode http
+{nodelay}    maxconn 9000
+    timeout connect 2s
+    timeout client 1h
+    timeout server 1h
+    timeout tunnel 1h
+frontend in
+    bind 127.0.0.1:{port}
+    default_backend ssegate
+backend ssegate
+    balance roundrobin
+{servers}
+"""
+
+
+def start_haproxy(backends, nodelay=True):
+    """HAProxy in front of `backends` (ports): HTTP mode, round-robin, no cookies, no
+    stickiness, an hour of tunnel, client and server timeout. With `nodelay`, `option
+    http-no-delay`: without it HAProxy holds the small writes of an event stream (MSG_MORE) and
+    adds tens of milliseconds to every event (measured in a row of its own)."""
+    port = free_port()
+    directory = os.path.join(WORK, f"haproxy-{port}")
+    os.makedirs(directory, exist_ok=True)
+    conf = os.path.join(directory, "haproxy.cfg")
+    servers = "\n".join(f"    server s{i} 127.0.0.1:{b}" for i, b in enumerate(backends))
+    with open(conf, "w") as f:
+        f.write(HAPROXY_CONF.format(port=port, servers=servers,
+                                    nodelay="    option http-no-delay\n" if nodelay else ""))
+    return Proc("haproxy", [HAPROXY, "-f", conf, "-db"], port)
+
+
+def start_redis():
+    """A redis-server of the bench's own: no persistence, loopback, a free port."""
+    port = free_port()
+    directory = os.path.join(WORK, f"redis-{port}")
+    os.makedirs(directory, exist_ok=True)
+    return Proc("redis", [REDIS, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                          "--appendonly", "no", "--dir", directory], port)
+
+
+def redis_call(port, *words):
+    """One Redis command over RESP; the reply as text (bulk, simple or integer)."""
+    request = f"*{len(words)}\r\n".encode()
+    for word in words:
+        data = str(word).encode()
+        request += f"${len(data)}\r\n".encode() + data + b"\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        buf = b""
+        while b"\r\n" not in buf:
+            buf += sock.recv(65536)
+        head, rest = buf.split(b"\r\n", 1)
+        if head[:1] == b"$":
+            size = int(head[1:])
+            while len(rest) < size + 2:
+                rest += sock.recv(65536)
+            return rest[:size].decode()
+        if head[:1] == b"-":
+            raise RuntimeError("redis: " + head[1:].decode())
+        return head[1:].decode()
+
+
+# What the instances send Redis; every other command in `INFO commandstats` runs inside their
+# scripts (the append script runs about ten per event) or is the rare wake of a follower.
+REQUESTS = ("evalsha", "eval", "xread", "xrange", "xrevrange", "ping", "script|load")
+
+
+def commandstats(port):
+    """Calls per Redis command so far (`INFO commandstats`), the INFO calls themselves left out."""
+    calls = {}
+    for line in redis_call(port, "INFO", "commandstats").splitlines():
+        if line.startswith("cmdstat_"):
+            name, fields = line[len("cmdstat_"):].split(":", 1)
+            if name != "info":
+                calls[name] = int(dict(f.split("=") for f in fields.split(","))["calls"])
+    return calls
+
+
+def admin_get(admin_port, path):
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}{path}", timeout=5) as r:
+        return r.read().decode()
+
+
+def metric(admin_port, name):
+    """The sum of a metric's samples (every label set) on an instance's /metrics."""
+    total = 0.0
+    for line in admin_get(admin_port, "/metrics").splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def cluster_roles(admin_port):
+    """The `cluster_role` of each stream on an instance's /streams."""
+    text = admin_get(admin_port, "/streams")
+    data = json.loads(text)
+    streams = data.get("streams", data) if isinstance(data, dict) else data
+    return [s.get("cluster_role") for s in streams]
+
+
+CLUSTER_SECRET = "the shared secret of the benchmark's cluster\n"
+# Instances listen on ports of their own and the fourth is reached directly, so the stream is
+# keyed by its path alone (the default key includes the Host, which differs per instance).
+CLUSTER_ROUTE = 'stream_key = ["path"]'
+
+
+def start_instance(app, redis=None, node=None, lease=None):
+    """ssegate with an admin listener; in the cluster on `redis` when given, else embedded."""
+    admin = free_port()
+    top = f'admin_listen = "127.0.0.1:{admin}"\n'
+    if redis:
+        secret = os.path.join(WORK, "cluster-secret")
+        with open(secret, "w") as f:
+            f.write(CLUSTER_SECRET)
+        top += (f'[cluster]\nredis = "redis://127.0.0.1:{redis.port}"\n'
+                f'secret_file = "{secret}"\nnode = "{node}"\n'
+                + (f'lease = "{lease}"\n' if lease else ""))
+    proc = start_ssegate(app.port, CLUSTER_ROUTE, top)
+    proc.admin = admin
+    try:
+        wait_port(admin)
+        if redis:
+            # Connected to Redis before it counts as started (an instance not yet connected
+            # reads its streams locally, which is not what is measured here).
+            deadline = time.time() + 10
+            while metric(admin, "ssegate_cluster_redis_up") != 1:
+                if time.time() > deadline:
+                    raise RuntimeError(f"{node} did not connect to Redis")
+                time.sleep(0.1)
+    except Exception:
+        proc.stop()
+        raise
+    return proc
+
+
+# Counters of each instance worth seeing next to a window: anything but 0 is told.
+COUNTERS = ("ssegate_slow_client_disconnects_total", "ssegate_client_write_stalls_total",
+            "ssegate_resume_gaps_total", "ssegate_upstream_outage_gaps_total",
+            "ssegate_cluster_redis_errors_total", "ssegate_cluster_leases_acquired_total",
+            "ssegate_cluster_leases_lost_total", "ssegate_cluster_fenced_appends_total",
+            "ssegate_stream_task_panics_total")
+
+
+def counters(admins):
+    return {name: {c: metric(admin, c) for c in COUNTERS} for name, admin in admins.items()}
+
+
+def load_window(args, port, clients, app, watch, redis=None, admins=None):
+    """`clients` SSE clients on `port` for one window: CPU of each process in `watch`
+    (name → pid) and of the load generator, the app's open upstream streams, Redis commands
+    per event the app made, the subscriptions each instance in `admins` (name → admin port)
+    holds, what its counters added meanwhile, and the load generator's report."""
+    marks = {}
+    admins = admins or {}
+    procs = {}
+
+    def measure():
+        watched = dict(watch, loadgen=procs["loadgen"].pid)
+        marks["cpu0"] = {name: cpu_seconds(pid) for name, pid in watched.items()}
+        marks["t0"] = time.time()
+        marks["events0"] = app_stats(app)["events"]
+        marks["cmd0"] = commandstats(redis.port) if redis else {}
+        time.sleep((args.window - 0.4) / 2)
+        marks["upstream"] = app_stats(app)["open_streams"]
+        marks["subscriptions"] = {name: metric(a, "ssegate_sse_subscriptions") for name, a in admins.items()}
+        time.sleep((args.window - 0.4) / 2)
+        marks["cmd1"] = commandstats(redis.port) if redis else {}
+        marks["events1"] = app_stats(app)["events"]
+        marks["cpu1"] = {name: cpu_seconds(pid) for name, pid in watched.items()}
+        marks["t1"] = time.time()
+
+    thread = None
+
+    def begin():
+        nonlocal thread
+        thread = threading.Thread(target=measure)
+        thread.start()
+
+    before = counters(admins)
+    ramp = 2000
+    report = run_loadgen(args, port, on_measuring=begin, limit=clients / ramp + args.window + 60,
+                         started=lambda proc: procs.update(loadgen=proc),
+                         clients=clients, ramp=ramp, warmup="2s", duration=f"{args.window}s")
+    thread.join()
+    after = counters(admins)
+    added = {name: {c: after[name][c] - before[name][c] for c in COUNTERS if after[name][c] != before[name][c]}
+             for name in admins}
+    seconds = marks["t1"] - marks["t0"]
+    events = marks["events1"] - marks["events0"]
+    ops = {name: calls - marks["cmd0"].get(name, 0) for name, calls in marks["cmd1"].items()}
+    ops = {name: n for name, n in sorted(ops.items()) if n}
+    return {"clients": clients, "established": report["established"], "failed": report["failed"],
+            "errors": report["errors"], "first_error": report["first_error"],
+            "cpu_cores": {name: (marks["cpu1"][name] - marks["cpu0"][name]) / seconds for name in marks["cpu0"]},
+            "subscriptions": marks["subscriptions"], "counters": {n: c for n, c in added.items() if c},
+            "upstream_connections": marks["upstream"], "app_events": events,
+            "app_events_per_s": events / seconds, "events_per_s": report["events_per_s"],
+            "latency_us": report["latency_us"], "gaps": report["gaps"],
+            "duplicates": report["duplicates"], "redis_ops": ops,
+            "redis_ops_per_event": sum(ops.values()) / events if redis and events else None,
+            "redis_requests_per_event": sum(n for name, n in ops.items() if name in REQUESTS) / events
+            if redis and events else None}
+
+
+def scenario_cluster(args):
+    started = []
+    watcher = None
+    out = {}
+    try:
+        app = start_app("10ms", 200)
+        started.append(app)
+        redis = start_redis()
+        started.append(redis)
+        instances = []
+        for n in (1, 2, 3, 4):
+            instances.append(start_instance(app, redis, f"bench-{n}", args.cluster_lease))
+            started.append(instances[-1])
+        # The fourth is behind no load balancer: no client reaches it before the resume storm.
+        fresh = instances[3]
+        haproxy = start_haproxy([i.port for i in instances[:3]])
+        started.append(haproxy)
+        # The first subscriber (through HAProxy: the first instance) opens the stream, so that
+        # one leads it; it stays connected throughout, so the stream lives across the windows,
+        # and gives the storm its Last-Event-ID.
+        watcher = IdWatcher(haproxy.port)
+        watcher.wait(100)
+        names = ["instance 1", "instance 2", "instance 3"]
+        watch = {name: i.pid for name, i in zip(names, instances)}
+        watch.update({"haproxy": haproxy.pid, "redis": redis.pid})
+        admins = {name: i.admin for name, i in zip(names, instances)}
+        for clients in args.cluster_clients:
+            row = load_window(args, haproxy.port, clients, app, watch, redis, admins)
+            out[f"cluster {clients}"] = row
+            print(f"cluster, {clients} clients: {row}", flush=True)
+            time.sleep(2)
+        out["roles"] = {name: cluster_roles(admin) for name, admin in admins.items()}
+        out["cluster_counters"] = counters(admins)
+
+        # The storm: every client resumes from one id, `back` events before the newest, on an
+        # instance that has no stream yet.
+        back = args.storm_back
+        watcher.wait(back + 20)
+        ident, seq = watcher.seen[-1 - back]
+        newest = watcher.seen[-1][1]
+        streams_before = cluster_roles(fresh.admin)
+        cmd0 = commandstats(redis.port)
+        backfills0 = metric(fresh.admin, "ssegate_cluster_backfills_total")
+        counters0 = counters({"instance 4": fresh.admin})["instance 4"]
+        cpu0, t0 = cpu_seconds(fresh.pid), time.time()
+        clients = args.storm_clients
+        report = run_loadgen(args, fresh.port, limit=30, clients=clients, ramp=clients, warmup="0s",
+                             duration="4s", last_event_id=ident, resume_seq=seq, catch_up_seq=newest)
+        cpu1, t1 = cpu_seconds(fresh.pid), time.time()
+        cmd1 = commandstats(redis.port)
+        counters1 = counters({"instance 4": fresh.admin})["instance 4"]
+        ops = {name: calls - cmd0.get(name, 0) for name, calls in cmd1.items()}
+        out["storm"] = {
+            "clients": clients, "established": report["established"], "failed": report["failed"],
+            "errors": report["errors"], "first_error": report["first_error"],
+            "ramp_s": report["ramp_s"], "last_event_id": ident, "replayed_from_seq": seq,
+            "newest_seq": newest, "streams_before": streams_before,
+            "role_after": cluster_roles(fresh.admin), "catch_up_ms": report["catch_up_ms"],
+            "gaps": report["gaps"], "duplicates": report["duplicates"],
+            "backfills": metric(fresh.admin, "ssegate_cluster_backfills_total") - backfills0,
+            "redis_ops": {name: n for name, n in sorted(ops.items()) if n},
+            "counters": {c: counters1[c] - counters0[c] for c in COUNTERS if counters1[c] != counters0[c]},
+            "seconds": t1 - t0, "cpu_s": cpu1 - cpu0}
+        print(f"cluster, resume storm: {out['storm']}", flush=True)
+        stats = app_stats(app)
+        out["streams_opened"] = stats["streams_opened"]
+        out["events"] = stats["events"]
+        out["redis_version"] = redis_call(redis.port, "INFO", "server").split("redis_version:")[1].split()[0]
+    finally:
+        if watcher:
+            watcher.stop()
+        for p in reversed(started):
+            p.stop()
+    time.sleep(2)
+
+    # The same clients on one embedded instance: behind the same HAProxy, then directly; and
+    # behind HAProxy as it comes (without http-no-delay), to show what that costs.
+    variants = (("embedded, behind HAProxy", True, True, args.cluster_clients),
+                ("embedded, direct", False, True, args.cluster_clients),
+                ("embedded, behind HAProxy without http-no-delay", True, False, args.cluster_clients[:1]))
+    for name, behind, nodelay, counts in variants:
+        app = instance = proxy = None
+        try:
+            app = start_app("10ms", 200)
+            instance = start_instance(app)
+            proxy = start_haproxy([instance.port], nodelay) if behind else None
+            watch = {"instance": instance.pid}
+            if proxy:
+                watch["haproxy"] = proxy.pid
+            for clients in counts:
+                row = load_window(args, (proxy or instance).port, clients, app, watch,
+                                  admins={"instance": instance.admin})
+                row["streams_opened"] = app_stats(app)["streams_opened"]
+                out[f"{name} {clients}"] = row
+                print(f"cluster: {name}, {clients} clients: {row}", flush=True)
+                time.sleep(2)
+        finally:
+            for p in (proxy, instance, app):
+                if p:
+                    p.stop()
+        time.sleep(2)
+    RESULTS["cluster"] = out
 
 
 def verdict(ok):
@@ -464,7 +812,7 @@ def render(args, started, seconds):
     lines.append(f"Run of {started} on {platform.node()}: {os.cpu_count()} cores, "
                  f"{platform.machine()}, Linux {platform.release()}, "
                  f"{subprocess.run([NGINX, '-v'], capture_output=True, text=True).stderr.strip()}; "
-                 f"{seconds:.0f} s in all. Command: `bench/run.sh`.")
+                 f"{seconds:.0f} s in all. Command: `{command_line()}`.")
     lines.append("")
     if "idle" in r:
         i = r["idle"]
@@ -571,9 +919,168 @@ def render(args, started, seconds):
     return "\n".join(lines)
 
 
-def write_benchmarks(text):
+def command_line():
+    """The bench/run.sh command of this run (what came after --loadgen PATH)."""
+    argv, skip = [], False
+    for word in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif word == "--loadgen":
+            skip = True
+        elif not word.startswith("--loadgen="):
+            argv.append(word)
+    return " ".join(["bench/run.sh"] + argv)
+
+
+def versions():
+    haproxy = subprocess.run([HAPROXY, "-v"], capture_output=True, text=True).stdout.split("\n")[0]
+    return " ".join(haproxy.split()[:3])
+
+
+def render_cluster(args, started, seconds, total):
+    c = RESULTS["cluster"]
+    small, big = args.cluster_clients
+    names = ["instance 1", "instance 2", "instance 3"]
+    cluster = {n: c[f"cluster {n}"] for n in (small, big)}
+    behind = {n: c[f"embedded, behind HAProxy {n}"] for n in (small, big)}
+    direct = {n: c[f"embedded, direct {n}"] for n in (small, big)}
+    plain = c[f"embedded, behind HAProxy without http-no-delay {small}"]
+    lines = []
+    lines.append("### Cluster: three instances on one Redis behind HAProxy, one stream, 100 events/s of 200 bytes")
+    lines.append("")
+    lines.append(f"Run of {started} on {platform.node()}: {os.cpu_count()} cores, Linux {platform.release()}, "
+                 f"{versions()}, Redis {c['redis_version']}; this scenario took {seconds:.0f} s"
+                 + (f" of the run's {total:.0f} s" if total > seconds + 5 else "")
+                 + f". Command: `{command_line()}`.")
+    lines.append("")
+    lines.append("One window per row, in the order of the table; the cluster's rows share their processes, "
+                 "and so do each embedded variant's. CPU in cores over the window (utime + stime from /proc); "
+                 "every process here, the load generator included, shares the two cores. Redis: commands "
+                 "executed per event the app made (`INFO commandstats`, those the append script runs "
+                 "included), and in brackets the requests the instances sent. Delivered: events/s that "
+                 "reached the clients, and their share of what the app made times the clients (above 100% when "
+                 "they caught up on a backlog from before the window). Closed: "
+                 "connections the server side ended during the run (the load generator does not reconnect). "
+                 "Lost: gaps and duplicates.")
+    lines.append("")
+    lines.append("| | clients (closed) | ssegate CPU per instance | ssegate CPU, all | HAProxy CPU | Redis CPU "
+                 "| load generator CPU | upstream connections | Redis per event | delivered | p50 | p99 | max | lost |")
+    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+
+    def total_cpu(x):
+        cpu = x["cpu_cores"]
+        return sum(cpu[n] for n in names) if "instance 1" in cpu else cpu["instance"]
+
+    def row(label, x):
+        cpu = x["cpu_cores"]
+        l = x["latency_us"]
+        if "instance 1" in cpu:
+            each = " / ".join(f"{cpu[n]:.3f}" for n in names)
+            redis_cpu = f"{cpu['redis']:.3f}"
+            per_event = f"{x['redis_ops_per_event']:.2f} ({x['redis_requests_per_event']:.2f})"
+        else:
+            each = f"{cpu['instance']:.3f}"
+            redis_cpu = per_event = "–"
+        hap = f"{cpu['haproxy']:.3f}" if "haproxy" in cpu else "–"
+        offered = x["clients"] * x["app_events_per_s"]
+        lines.append(f"| {label} | {x['clients']:,} ({x['errors'] + x['failed']}) | {each} | {total_cpu(x):.3f} | "
+                     f"{hap} | {redis_cpu} | {cpu['loadgen']:.3f} | {x['upstream_connections']} | {per_event} | "
+                     f"{x['events_per_s']:,.0f} ({x['events_per_s'] / offered:.0%}) | "
+                     f"{l['p50'] / 1000:.2f} ms | {l['p99'] / 1000:.2f} ms | {l['max'] / 1000:.2f} ms | "
+                     f"{x['gaps'] + x['duplicates']} |")
+
+    for n in (small, big):
+        row("cluster (3 instances), behind HAProxy", cluster[n])
+    for n in (small, big):
+        row("embedded (1 instance), behind HAProxy", behind[n])
+    for n in (small, big):
+        row("embedded (1 instance), direct", direct[n])
+    row("embedded, behind HAProxy without `option http-no-delay`", plain)
+    lines.append("")
+
+    def per_event(x):
+        return ", ".join(f"{name.upper()} {n / x['app_events']:.2f}" for name, n in x["redis_ops"].items()
+                         if n / x["app_events"] >= 0.005)
+
+    cs, cl = cluster[small], cluster[big]
+    ok_ops = (cl["redis_ops_per_event"] <= cs["redis_ops_per_event"] * 1.1
+              and cl["redis_requests_per_event"] <= cs["redis_requests_per_event"] * 1.1)
+    lines.append(f"- **Upstream connections**: the app opened {c['streams_opened']} stream(s) in all, over both "
+                 f"cluster windows and the resume storm (open during each window: "
+                 f"{cs['upstream_connections']}, {cl['upstream_connections']}). Target 1: "
+                 f"{verdict(c['streams_opened'] == 1)}. Roles on `/streams` afterwards: "
+                 + ", ".join(f"{n} {'/'.join(str(r) for r in c['roles'][n])}" for n in names)
+                 + f"; subscriptions per instance in the middle of the {big:,}-client window: "
+                 + " / ".join(f"{cl['subscriptions'][n]:.0f}" for n in names) + ".")
+    lines.append(f"- **Redis per event**: {cs['redis_ops_per_event']:.2f} commands executed "
+                 f"({cs['redis_requests_per_event']:.2f} requests) with {small:,} clients, "
+                 f"{cl['redis_ops_per_event']:.2f} ({cl['redis_requests_per_event']:.2f}) with {big:,}. "
+                 f"Target not growing with clients (at most 10% more): {verdict(ok_ops)}. By command, "
+                 f"{small:,} clients: {per_event(cs)}; {big:,} clients: {per_event(cl)}.")
+    for n in (small, big):
+        x = total_cpu(cluster[n])
+        lines.append(f"- **CPU, {n:,} clients**: the three instances together {x:.3f} cores ({x / 3:.3f} per "
+                     f"instance on average); one embedded instance with all the clients {total_cpu(behind[n]):.3f} "
+                     f"behind HAProxy, {total_cpu(direct[n]):.3f} directly. Cluster ÷ embedded behind HAProxy: "
+                     f"{x / total_cpu(behind[n]):.2f}× in all, {x / 3 / total_cpu(behind[n]):.2f}× per instance. "
+                     f"Redis {cluster[n]['cpu_cores']['redis']:.3f}; HAProxy {cluster[n]['cpu_cores']['haproxy']:.3f} "
+                     f"in front of the cluster, {behind[n]['cpu_cores']['haproxy']:.3f} in front of the embedded "
+                     f"instance.")
+    for n in (small, big):
+        added = (cluster[n]["latency_us"]["p99"] - behind[n]["latency_us"]["p99"]) / 1000
+        hop = (behind[n]["latency_us"]["p99"] - direct[n]["latency_us"]["p99"]) / 1000
+        lines.append(f"- **p99 added by the cluster, {n:,} clients** (cluster behind HAProxy − embedded behind "
+                     f"HAProxy): {added:+.2f} ms (p50 {(cluster[n]['latency_us']['p50'] - behind[n]['latency_us']['p50']) / 1000:+.2f} ms); "
+                     f"HAProxy's own hop (embedded behind it − embedded direct): {hop:+.2f} ms.")
+    lines.append(f"- **HAProxy without `option http-no-delay`** ({small:,} clients): p50 "
+                 f"{plain['latency_us']['p50'] / 1000:.2f} ms and p99 {plain['latency_us']['p99'] / 1000:.2f} ms, "
+                 f"against {behind[small]['latency_us']['p50'] / 1000:.2f} and "
+                 f"{behind[small]['latency_us']['p99'] / 1000:.2f} ms with it.")
+    told = []
+    for key, x in c.items():
+        if isinstance(x, dict) and x.get("counters"):
+            for instance, values in x["counters"].items():
+                told.append(f"{key}, {instance}: " + ", ".join(f"`{k[len('ssegate_'):]}` +{v:.0f}" for k, v in values.items()))
+    if any(x["errors"] or x["failed"] for x in c.values() if isinstance(x, dict) and "errors" in x):
+        firsts = {x["first_error"] for x in c.values() if isinstance(x, dict) and x.get("first_error")}
+        told.append("the load generator's first error per window: " + "; ".join(sorted(firsts)))
+    lines.append("- **Counters the instances added during the windows** (only those not 0): "
+                 + ("; ".join(told) if told else "none") + ".")
+    lines.append("")
+    s = c["storm"]
+    k = s["catch_up_ms"]
+    xrange = s["redis_ops"].get("xrange", 0) + s["redis_ops"].get("xrevrange", 0)
+    lines.append(f"### Cluster resume storm: {s['clients']:,} clients reconnect within {s['ramp_s']:.2f} s to a "
+                 f"fourth instance that never saw the stream, each {s['newest_seq'] - s['replayed_from_seq']} "
+                 f"events back")
+    lines.append("")
+    lines.append("| connected | failed | caught up | catch-up p50 | p99 | max | gaps | duplicates | "
+                 "`cluster_backfills_total` | XRANGE calls | Redis commands in all |")
+    lines.append("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    lines.append(f"| {s['established']} | {s['failed']} | {k['clients']} | {k['p50']} ms | {k['p99']} ms | "
+                 f"{k['max']} ms | {s['gaps']} | {s['duplicates']} | {s['backfills']:.0f} | {xrange} | "
+                 f"{sum(s['redis_ops'].values())} |")
+    lines.append("")
+    ok = (k["clients"] == s["clients"] and k["max"] <= 2000 and s["gaps"] == 0 and s["duplicates"] == 0
+          and s["failed"] == 0)
+    lines.append(f"Target all caught up within 2 s, nothing lost or repeated: {verdict(ok)}. "
+                 f"Streams on the instance before the storm: {len(s['streams_before'])}; its role after: "
+                 f"{'/'.join(str(r) for r in s['role_after'])}. `cluster_backfills_total` counts resumes "
+                 f"served from the log, one per client; the XRANGE column counts reads of the log. Redis "
+                 f"commands over the storm's {s['seconds']:.1f} s, by command, the cluster's own traffic "
+                 f"meanwhile included (appends, follower reads): "
+                 + ", ".join(f"{name.upper()} {n}" for name, n in s["redis_ops"].items())
+                 + ". Other counters of the instance: "
+                 + (", ".join(f"`{k2[len('ssegate_'):]}` +{v:.0f}" for k2, v in s["counters"].items()) or "none")
+                 + ".")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_benchmarks(text, block="results"):
+    """Replaces the text between `<!-- {block}:begin -->` and `<!-- {block}:end -->`."""
     path = os.path.join(ROOT, "BENCHMARKS.md")
-    begin, end = "<!-- results:begin -->", "<!-- results:end -->"
+    begin, end = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
     with open(path) as f:
         doc = f.read()
     if begin in doc and end in doc:
@@ -591,29 +1098,48 @@ def main():
     parser.add_argument("--loadgen", required=True)
     # The single stream, the most sensitive to noise, runs before the capacity steps load the
     # machine to its limit.
-    scenarios = ["idle", "fanout", "single", "capacity", "resume"]
+    scenarios = ["idle", "fanout", "single", "capacity", "resume", "cluster"]
     parser.add_argument("--only", nargs="*", choices=scenarios, default=scenarios)
     parser.add_argument("--idle-clients", type=int, default=15000)
     parser.add_argument("--capacity-clients", type=int, default=1000)
     parser.add_argument("--capacity-rates", type=int, nargs="*", default=[100, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 4000])
     parser.add_argument("--resume-clients", type=int, default=5000)
+    parser.add_argument("--cluster-clients", type=int, nargs=2, default=[300, 3000],
+                        help="cluster: the two client counts whose Redis calls per event are compared")
+    parser.add_argument("--storm-clients", type=int, default=5000, help="cluster: the resume storm's clients")
+    parser.add_argument("--cluster-lease", default=None,
+                        help="cluster: the instances' `lease` (default: ssegate's own, 10s)")
+    parser.add_argument("--storm-back", type=int, default=200,
+                        help="cluster: how many events before the newest the storm resumes from")
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3,
                         help="fan-out and single stream: rounds, reported as medians")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
+    args.cluster_clients.sort()
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     t0 = time.time()
+    took = {}
     for name in args.only:
+        began = time.time()
         globals()[f"scenario_{name}"](args)
+        took[name] = time.time() - began
+        print(f"{name}: {took[name]:.0f} s", flush=True)
         # Let the kernel finish with the sockets of the last scenario before the next.
         time.sleep(2)
-    text = render(args, started, time.time() - t0)
+    seconds = time.time() - t0
+    blocks = {}
+    if any(name != "cluster" for name in args.only):
+        blocks["results"] = render(args, started, seconds)
+    if "cluster" in args.only:
+        blocks["cluster-results"] = render_cluster(args, started, took["cluster"], seconds)
     with open(os.path.join(WORK, "results.json"), "w") as f:
         json.dump(RESULTS, f, indent=2)
-    print(text)
+    for block, text in blocks.items():
+        print(text)
+        if not args.no_write:
+            write_benchmarks(text, block)
     if not args.no_write:
-        write_benchmarks(text)
         print("BENCHMARKS.md updated; raw results in", os.path.join(WORK, "results.json"))
 
 

@@ -1,14 +1,27 @@
 #!/usr/bin/env bash
 # Benchmarks ssegate against the naive app served directly and against Nginx configured for SSE
-# the way its documentation recommends, in one run, and writes the table into BENCHMARKS.md.
-# Loopback only; about 7 minutes on 2 cores. Needs root (or sudo) only to install Nginx.
+# the way its documentation recommends, and ssegate as a cluster (three instances on Redis behind
+# HAProxy) against one embedded instance, in one run, and writes the tables into BENCHMARKS.md.
+# Loopback only; about 9 minutes on 2 cores (the cluster scenario alone, `--only cluster`, about
+# 2 minutes). Needs root (or sudo) only to install Nginx, HAProxy and Redis.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+apt_install() {
+  if [ "$(id -u)" -eq 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null; fi
+}
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
   echo "== installing nginx from Debian"
-  if [ "$(id -u)" -eq 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null
-  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null; fi
+  apt_install nginx-light
+fi
+if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
+  echo "== installing haproxy from Debian"
+  apt_install haproxy
+fi
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "== installing redis-server from Debian"
+  apt_install redis-server
 fi
 
 echo "== building release binaries"
