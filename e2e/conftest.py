@@ -1,12 +1,15 @@
 """The e2e harness: free ports, processes started and stopped by PID with their logs kept (and
-printed when a test fails), ssegate from a TOML string, the two naive apps, and the Node clients
-(Chromium through playwright-core, npm eventsource)."""
+printed when a test fails), ssegate from a TOML string, the two naive apps, the Node clients
+(Chromium through playwright-core, npm eventsource), and for a cluster a Redis and an HAProxy of
+the test's own."""
 
 import json
 import os
 import queue
+import shutil
 import signal
 import socket
+import string
 import subprocess
 import sys
 import threading
@@ -105,18 +108,22 @@ def pytest_runtest_makereport(item, call):
 
 
 class App:
-    """A naive SSE app (Starlette or Express) the test controls over HTTP."""
+    """A naive SSE app (Starlette or Express) the test controls over HTTP; with `ids` (Starlette
+    only) a well-behaved one that numbers its events and resumes from Last-Event-ID."""
 
-    def __init__(self, procs, kind, port=None, interval=0.0, lifetime=0.0, cors=None):
+    def __init__(self, procs, kind, port=None, interval=0.0, lifetime=0.0, cors=None, ids=False):
         self.procs, self.kind = procs, kind
         self.port = port or free_port()
-        self.interval, self.lifetime, self.cors = interval, lifetime, cors
+        self.interval, self.lifetime, self.cors, self.ids = interval, lifetime, cors, ids
         self.start()
 
     def start(self):
         args = ["--port", str(self.port), "--interval", str(self.interval), "--lifetime", str(self.lifetime)]
         if self.cors:
             args += ["--cors", self.cors]
+        if self.ids:
+            assert self.kind == "starlette", "only the Starlette app numbers its events"
+            args += ["--ids"]
         if self.kind == "starlette":
             argv = [sys.executable, os.path.join(HERE, "apps", "starlette_app.py"), *args]
         else:
@@ -146,20 +153,117 @@ class App:
 
 
 class Ssegate:
-    def __init__(self, procs, toml, scheme="http"):
-        self.scheme = scheme
+    """An ssegate process from a TOML string (`listen`, and `admin_listen` with `admin`, are added
+    on free ports). `terminate`, then `start` again: a restart with the same file and ports."""
+
+    def __init__(self, procs, toml, scheme="http", admin=False, name="ssegate"):
+        self.procs, self.scheme, self.name = procs, scheme, name
         self.port = free_port()
-        path = os.path.join(procs.dir, f"ssegate-{self.port}.toml")
-        with open(path, "w") as f:
-            f.write(f'listen = "127.0.0.1:{self.port}"\n{toml}')
-        env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "info"), NO_COLOR="1")
-        self.proc = Proc(procs, "ssegate", [SSEGATE, "--config", path])
-        self.proc.popen  # started
-        wait_port(self.port)
+        self.admin_port = free_port() if admin else None
+        self.config = os.path.join(procs.dir, f"ssegate-{self.port}.toml")
+        with open(self.config, "w") as f:
+            f.write(f'listen = "127.0.0.1:{self.port}"\n')
+            if admin:
+                f.write(f'admin_listen = "127.0.0.1:{self.admin_port}"\n')
+            f.write(toml)
+        self.start()
+
+    def start(self):
+        env = {"RUST_LOG": os.environ.get("RUST_LOG", "info"), "NO_COLOR": "1"}
+        self.proc = Proc(self.procs, self.name, [SSEGATE, "--config", self.config], env=env)
+        if self.admin_port:
+            eventually(f"{self.name} to be ready", self.ready)
+        else:
+            wait_port(self.port)
+
+    def ready(self):
+        """Whether /readyz answers 200 (the admin listener is required); fails if it exited."""
+        code = self.proc.popen.poll()
+        if code is not None:
+            raise AssertionError(f"{self.name} exited with {code}; its log: {self.proc.log_path}")
+        try:
+            with urllib.request.urlopen(self.admin_url("/readyz"), timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def terminate(self, within=TIMEOUT):
+        """SIGTERM, and the exit code once it has exited (fails if it takes over `within`)."""
+        self.proc.popen.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.popen.wait(within)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{self.name} did not exit within {within}s of SIGTERM") from None
 
     def url(self, path=""):
         host = "localhost" if self.scheme == "https" else "127.0.0.1"
         return f"{self.scheme}://{host}:{self.port}{path}"
+
+    def admin_url(self, path=""):
+        return f"http://127.0.0.1:{self.admin_port}{path}"
+
+
+def program(name):
+    """The path of `name` (also looked for in /usr/sbin, which is not on every PATH); fails the
+    test naming the package when it is missing."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if not found:
+        pytest.fail(f"{name} is not installed: this test needs Debian's {name} package "
+                    f"(apt-get install {name}; .ci/run installs it)", pytrace=False)
+    return found
+
+
+class Redis:
+    """A redis-server of the test's own on a free port, without persistence."""
+
+    def __init__(self, procs):
+        self.port = free_port()
+        self.proc = Proc(procs, "redis", [program("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+                                          "--save", "", "--appendonly", "no", "--dir", procs.dir])
+        eventually("redis-server to answer PING", self.ping)
+
+    def ping(self):
+        if self.proc.popen.poll() is not None:
+            raise AssertionError(f"redis-server exited; its log: {self.proc.log_path}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}"
+
+
+class Haproxy:
+    """HAProxy of the test's own in front of three ssegate instances (with admin listeners),
+    configured from haproxy.cfg.tmpl; its log (health checks, one line per request) is kept.
+    With `served_by`, every response also says which instance answered it (`X-Served-By: s1`),
+    for a test to tell where each of its clients was."""
+
+    def __init__(self, procs, instances, served_by=False):
+        assert len(instances) == 3 and all(i.admin_port for i in instances), "three instances with admin_listen"
+        self.port = free_port()
+        with open(os.path.join(HERE, "haproxy.cfg.tmpl")) as f:
+            template = string.Template(f.read())
+        addresses = {"listen": f"127.0.0.1:{self.port}"}
+        for n, instance in enumerate(instances, 1):
+            addresses[f"s{n}"] = f"127.0.0.1:{instance.port}"
+            addresses[f"s{n}_admin"] = str(instance.admin_port)
+        text = template.substitute(addresses)
+        if served_by:
+            backend = "backend ssegate\n"
+            assert backend in text, "haproxy.cfg.tmpl names its backend ssegate"
+            text = text.replace(backend, backend + "    http-response set-header X-Served-By %s\n")
+        self.config = os.path.join(procs.dir, "haproxy.cfg")
+        with open(self.config, "w") as f:
+            f.write(text)
+        self.proc = Proc(procs, "haproxy", [program("haproxy"), "-f", self.config, "-db"])
+        wait_port(self.port)
+
+    def url(self, path=""):
+        return f"http://127.0.0.1:{self.port}{path}"
 
 
 class Client:

@@ -2,12 +2,17 @@
 
 - GET /events: bare `data: {"seq": n}` lines (no id, no retry, no heartbeat); the response ends
   after --lifetime seconds when set (a worker timeout).
-- POST /emit?count=k: sends the next k events to every open stream.
+- POST /emit?count=k: sends the next k events to every open stream (--ids: advances the counter).
 - POST /close: ends every open stream now.
 - A ticker (--interval, 0 = off) sends an event while at least one stream is open; the sequence
   only advances when someone receives it.
 - GET /stats: open SSE streams. GET /: a page with an EventSource. /api/echo: JSON echo.
 - --cors ORIGIN: Starlette's own CORS middleware, allowing that origin with credentials.
+- --ids: a well-behaved app instead, numbering its events itself: a global counter ticks every
+  --interval whether anyone listens or not, events are `id: n` / `data: n`, and a stream starts
+  after its Last-Event-ID (or after the latest number without one), so it serves any
+  history again. /stats also tells the most streams ever open at once and the Last-Event-ID
+  of every stream request.
 """
 
 import argparse
@@ -26,13 +31,32 @@ PAGE = open(__file__.replace("starlette_app.py", "page.html")).read()
 
 
 class State:
-    def __init__(self, lifetime):
+    def __init__(self, lifetime, ids=False):
         self.lifetime = lifetime
+        self.ids = ids
+        # Open SSE streams: a queue each (naive), or a Numbered each (--ids).
         self.streams = set()
         self.seq = 0
         self.opened = 0
+        self.most_open = 0
+        self.last_event_ids = []
+        self.ticked = asyncio.Event()
+
+    def open(self, stream):
+        self.streams.add(stream)
+        self.opened += 1
+        self.most_open = max(self.most_open, len(self.streams))
+
+    def wake(self):
+        """--ids: every numbered stream looks at the counter (and its own `closed`) again."""
+        self.ticked.set()
+        self.ticked = asyncio.Event()
 
     def emit(self, count):
+        if self.ids:
+            self.seq += count
+            self.wake()
+            return
         for _ in range(count):
             if not self.streams:
                 return
@@ -42,15 +66,46 @@ class State:
                 queue.put_nowait(line)
 
     def close(self):
-        for queue in self.streams:
-            queue.put_nowait(None)
+        for stream in self.streams:
+            if self.ids:
+                stream.closed = True
+            else:
+                stream.put_nowait(None)
+        if self.ids:
+            self.wake()
+
+
+class Numbered:
+    """An open stream of the --ids mode."""
+
+    closed = False
 
 
 def build(state, cors=None):
+    async def numbered_events(request: Request):
+        last = request.headers.get("last-event-id")
+        state.last_event_ids.append(last)
+        stream = Numbered()
+        state.open(stream)
+        sent = int(last) if last is not None and last.isdigit() else state.seq
+
+        async def body():
+            nonlocal sent
+            try:
+                while not stream.closed:
+                    woken = state.ticked
+                    while sent < state.seq:
+                        sent += 1
+                        yield f"id: {sent}\ndata: {sent}\n\n"
+                    await woken.wait()
+            finally:
+                state.streams.discard(stream)
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
     async def events(request: Request):
         queue = asyncio.Queue()
-        state.streams.add(queue)
-        state.opened += 1
+        state.open(queue)
 
         async def body():
             loop = asyncio.get_running_loop()
@@ -79,7 +134,8 @@ def build(state, cors=None):
         return JSONResponse({"closed": True})
 
     async def stats(request: Request):
-        return JSONResponse({"open_streams": len(state.streams), "streams_opened": state.opened, "seq": state.seq})
+        return JSONResponse({"open_streams": len(state.streams), "streams_opened": state.opened, "seq": state.seq,
+                             "most_open": state.most_open, "last_event_ids": state.last_event_ids})
 
     async def page(request: Request):
         return HTMLResponse(PAGE)
@@ -93,7 +149,7 @@ def build(state, cors=None):
         middleware.append(Middleware(CORSMiddleware, allow_origins=[cors], allow_credentials=True,
                                      allow_methods=["*"], allow_headers=["*"]))
     return Starlette(middleware=middleware, routes=[
-        Route("/events", events),
+        Route("/events", numbered_events if state.ids else events),
         Route("/emit", emit, methods=["POST"]),
         Route("/close", close, methods=["POST"]),
         Route("/stats", stats),
@@ -108,8 +164,9 @@ async def main():
     parser.add_argument("--interval", type=float, default=0.0)
     parser.add_argument("--lifetime", type=float, default=0.0)
     parser.add_argument("--cors", default=None)
+    parser.add_argument("--ids", action="store_true")
     args = parser.parse_args()
-    state = State(args.lifetime)
+    state = State(args.lifetime, args.ids)
     if args.interval:
         async def tick():
             while True:
