@@ -706,3 +706,24 @@ async fn made_up_last_event_ids_get_a_gap_and_cost_redis_no_reads() {
         "no log reads for made-up ids:\n{stats}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_of_a_follower_get_every_event_once() {
+    let redis = RedisServer::start().await;
+    let app = Ticker::start(Duration::from_millis(10), true).await;
+    let cluster = Cluster::start(2, &config(&app, &redis, &secret_file(), "")).await;
+    let mut lead = subscribe(&cluster.instances[0].url("/events"), None).await;
+    assert_eq!(cluster.leader().await, 0);
+    let mut clients = Vec::new();
+    for _ in 0..200 {
+        clients.push(subscribe(&cluster.instances[1].url("/events"), None).await);
+    }
+    numbers(&mut lead, 5).await;
+    let mut tasks = Vec::new();
+    for mut client in clients {
+        tasks.push(tokio::spawn(async move { numbers(&mut client, 300).await }));
+    }
+    for task in tasks {
+        assert_consecutive(&task.await.unwrap());
+    }
+}

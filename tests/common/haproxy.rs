@@ -127,7 +127,7 @@ fn program() -> PathBuf {
 fn config_text(listen: SocketAddr, backends: &[SocketAddr]) -> String {
     let mut text = format!(
         "global\n    # maxconn: derived from the file limit\n\n\
-         defaults\n    mode http\n    timeout connect 2s\n    timeout client 1h\n    timeout server 1h\n    timeout tunnel 1h\n    timeout check 1s\n    option redispatch\n    retries 3\n\n\
+         defaults\n    mode http\n    option http-no-delay\n    timeout connect 2s\n    timeout client 1h\n    timeout server 1h\n    timeout tunnel 1h\n    timeout check 1s\n    option redispatch\n    retries 3\n\n\
          frontend in\n    bind {listen}\n    default_backend ssegate\n\n\
          backend ssegate\n    balance roundrobin\n"
     );

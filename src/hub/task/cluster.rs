@@ -423,16 +423,19 @@ impl<S: Source> Task<S> {
     /// Becomes the stream's leader at `position` of the log.
     fn take_over(&mut self, token: String, position: Position) {
         let was = self.clustered().link.role.clone();
-        let restarted = self.adopt(&position, true);
+        let continued = position.next > 1 && !position.fresh;
+        // Reading the upstream already (locally, or as the leader whose log changed under
+        // it): what it read meanwhile is not in the log, so every instance's clients get one
+        // gap, from the log (not a second one from the ring).
+        let reading = matches!(was, Role::Local | Role::Leader(_));
+        let log_gap = reading && continued && self.route.config.settings.on_gap == OnGap::Event;
+        self.adopt(&position, !log_gap);
         let lease = self.clustered().link.lease();
         self.set_role(Role::Leader(token));
         self.clustered().link.at(Instant::now() + lease / 3);
         tracing::info!(route = %self.stream.path, stream = %self.stream.digest, epoch = %position.epoch, next = position.next, was = %was, "cluster: this instance reads the stream's upstream (lease taken)");
-        let continued = position.next > 1 && !position.fresh;
-        if was == Role::Local {
-            // The upstream is already being read here; what it sent while Redis was away is
-            // not in the log, so the others' clients get a gap.
-            if continued && !restarted {
+        if reading {
+            if log_gap {
                 self.gap_in_log();
             }
         } else {
@@ -521,19 +524,18 @@ impl<S: Source> Task<S> {
     /// Takes the log's epoch and numbering (a `gap` for clients still connected when
     /// `announce`). Returns whether the ring started over.
     fn adopt(&mut self, position: &Position, announce: bool) -> bool {
-        let (same, ahead) = {
+        let same = {
             let mut state = self.stream.lock();
             state.app_ids |= position.upstream_id.is_some();
-            (
-                *state.ring.epoch() == *position.epoch,
-                state.ring.log_next() > position.next,
-            )
+            *state.ring.epoch() == *position.epoch
         };
-        if same && !ahead {
+        // In the same epoch a follower may well be ahead of a position Redis gave a moment
+        // ago (entries followed meanwhile); a leader's lost writes are handled in `on_won`.
+        if same {
             return false;
         }
-        // Another epoch (the stream is new here, was read locally, or its log vanished), or a
-        // log behind what this instance saw (Redis lost writes): start over at the log.
+        // Another epoch (the stream is new here, was read locally, or its log vanished):
+        // start over at the log.
         self.restart_ring(&position.epoch, position.next, announce);
         true
     }
@@ -801,6 +803,7 @@ impl<S: Source> Task<S> {
             for entry in entries {
                 let expected = state.ring.log_next();
                 if entry.seq < expected {
+                    tracing::debug!(route = %self.stream.path, stream = %self.stream.digest, seq = entry.seq, expected, "cluster: an entry already taken, skipped");
                     continue;
                 }
                 if entry.seq > expected && missed.is_none() {
