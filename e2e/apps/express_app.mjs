@@ -37,7 +37,9 @@ app.get("/events", (req, res) => {
   streams.add(res);
   opened += 1;
   const lifetime = Number(values.lifetime) * 1000;
-  const timer = lifetime ? setTimeout(() => res.end(), lifetime) : null;
+  // A worker timeout ends the stream: it leaves the set first, so no event is written to a
+  // response that is ending (and so lost by the app itself).
+  const timer = lifetime ? setTimeout(() => { streams.delete(res); res.end(); }, lifetime) : null;
   res.on("close", () => {
     streams.delete(res);
     if (timer) clearTimeout(timer);

@@ -116,6 +116,15 @@ def build(state, cors=None):
                     try:
                         line = await asyncio.wait_for(queue.get(), timeout)
                     except asyncio.TimeoutError:
+                        # A worker timeout ends the stream. It leaves the set first and sends
+                        # what it was given: an event put in as the timeout fired (wait_for may
+                        # cancel the get just after the put) is not lost by the app itself.
+                        state.streams.discard(queue)
+                        while not queue.empty():
+                            line = queue.get_nowait()
+                            if line is None:
+                                return
+                            yield line
                         return
                     if line is None:
                         return
