@@ -648,3 +648,21 @@ async fn the_startup_line_has_plain_fields() {
     let line = without.wait_for_log("ssegate listening").await;
     assert!(line.contains("admin=off"), "{line}");
 }
+
+#[test]
+fn the_nginx_replacement_example_passes_check() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/from-nginx.toml");
+    let out = ssegate(&["check", "--config", example]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("path = \"/events\""), "{stdout}");
+    assert!(
+        stdout.contains("Access-Control-Allow-Origin") || stdout.contains("access-control-allow-origin"),
+        "{stdout}"
+    );
+}
