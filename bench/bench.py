@@ -20,8 +20,8 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SSEGATE = os.path.join(ROOT, "target/release/ssegate")
-APP = os.path.join(ROOT, "target/release/examples/naive_app")
+SSEGATE = os.path.join(ROOT, "target/profiling/ssegate")
+APP = os.path.join(ROOT, "target/profiling/examples/naive_app")
 NGINX = "/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else "nginx"
 HAPROXY = "/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else "haproxy"
 REDIS = "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else "redis-server"
@@ -274,7 +274,7 @@ HELD = "ssegate, coalesce 80ms"
 # And the floor: bench/floor.c, a C loop that only formats each event and send()s it to each
 # client, the least any server writing each event at once can spend.
 FLOOR = "floor: one send() per event per client"
-FLOOR_BIN = os.path.join(ROOT, "target/release/floor")
+FLOOR_BIN = os.path.join(ROOT, "target/profiling/floor")
 
 
 FANOUT = ("direct", "nginx", "ssegate", HELD, FLOOR)

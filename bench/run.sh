@@ -24,10 +24,10 @@ if ! command -v redis-server >/dev/null 2>&1; then
   apt_install redis-server
 fi
 
-echo "== building release binaries"
-cargo build --release --bin ssegate --example naive_app
+echo "== building the binaries (profiling profile: release code with symbols, for perf)"
+cargo build --profile profiling --bin ssegate --example naive_app
 cargo bench --bench loadgen --no-run 2>&1 | tail -1
-cc -O2 -o target/release/floor bench/floor.c
+cc -O2 -o target/profiling/floor bench/floor.c
 loadgen=$(cargo bench --bench loadgen --no-run --message-format=json 2>/dev/null \
   | python3 -c 'import json,sys
 for line in sys.stdin:

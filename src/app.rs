@@ -27,14 +27,33 @@ pub enum AppError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     /// A listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {}", bind_advice(source, key))]
     Bind {
         /// The address.
         addr: SocketAddr,
+        /// The config key that set it (`listen` or `admin_listen`), named in the message.
+        key: &'static str,
         /// The underlying error.
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Why binding failed, in words a first-time user can act on, naming the key to change.
+fn bind_advice(error: &std::io::Error, key: &str) -> String {
+    use std::io::ErrorKind;
+    match error.kind() {
+        ErrorKind::AddrInUse => format!(
+            "the address is already in use by another process; stop that process or set `{key}` to a free port in the config"
+        ),
+        ErrorKind::PermissionDenied => format!(
+            "permission denied (a port below 1024 needs root or CAP_NET_BIND_SERVICE); set `{key}` to a port above 1023 or grant the capability"
+        ),
+        ErrorKind::AddrNotAvailable => {
+            format!("this machine has no such address; set `{key}` to one of its addresses (or 0.0.0.0)")
+        }
+        _ => format!("{error} (set by `{key}` in the config)"),
+    }
 }
 
 /// A bound, ready-to-run ssegate. Tests bind `127.0.0.1:0` and read [`App::local_addr`].
@@ -63,16 +82,16 @@ impl App {
             }
             None => None,
         };
-        let bind = |addr: SocketAddr| async move {
-            let bind_error = |source| AppError::Bind { addr, source };
+        let bind = |addr: SocketAddr, key: &'static str| async move {
+            let bind_error = |source| AppError::Bind { addr, key, source };
             let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
             let local = listener.local_addr().map_err(bind_error)?;
             Ok::<_, AppError>((listener, local))
         };
-        let (listener, local_addr) = bind(config.listen).await?;
+        let (listener, local_addr) = bind(config.listen, "listen").await?;
         let (admin, admin_addr) = match config.admin_listen {
             Some(addr) => {
-                let (listener, local) = bind(addr).await?;
+                let (listener, local) = bind(addr, "admin_listen").await?;
                 (Some(listener), Some(local))
             }
             None => (None, None),
@@ -123,7 +142,10 @@ impl App {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let control = self.control;
         let config = control.config();
-        tracing::info!(listen = %self.local_addr, admin = ?self.admin_addr, routes = config.routes.len(), "ssegate listening");
+        let admin = self
+            .admin_addr
+            .map_or_else(|| "off".to_owned(), |addr| addr.to_string());
+        tracing::info!(listen = %self.local_addr, admin = %admin, routes = config.routes.len(), "ssegate listening");
         for route in &config.routes {
             tracing::info!(path = %route.path, upstream = %route.upstream, "route");
         }

@@ -6,16 +6,17 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use ssegate::config::ConfigError;
 use ssegate::demo::{self, NaiveApp};
-use ssegate::{App, Config};
+use ssegate::{App, AppError, Config};
 
 /// A reverse-proxy sidecar that makes a naive Server-Sent Events endpoint production-ready.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// The config file.
-    #[arg(long, short, global = true, default_value = "ssegate.toml")]
-    config: PathBuf,
+    /// The config file [default: ssegate.toml in the current directory].
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
     /// Log format: human-readable text, or one JSON object per line.
     #[arg(long, global = true, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -58,20 +59,47 @@ fn main() -> ExitCode {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().flatten_event(true).init(),
     }
+    let given = cli.config.is_some();
+    let path = cli.config.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
     match cli.command {
-        Some(Command::Check { connect }) => check(&cli.config, connect),
+        Some(Command::Check { connect }) => check(&path, given, connect),
         Some(Command::Demo { listen }) => serve(None, Some(listen)),
-        None => serve(Some(&cli.config), None),
+        None => serve(Some((&path, given)), None),
     }
 }
 
-fn check(path: &std::path::Path, connect: bool) -> ExitCode {
-    let config = match Config::load(path) {
-        Ok(config) => config,
+/// The config file read when `--config` is not given, from the current directory.
+const DEFAULT_CONFIG: &str = "ssegate.toml";
+
+/// Loads the config at `path`, or says why not; `given` tells whether the user named the file
+/// (`--config`) or ssegate looked for its default, so a first run without one learns what to do.
+fn load(path: &std::path::Path, given: bool) -> Option<Config> {
+    match Config::load(path) {
+        Ok(config) => Some(config),
+        Err(ConfigError::Read { source, .. }) if !given && source.kind() == std::io::ErrorKind::NotFound => {
+            let dir =
+                std::env::current_dir().map_or_else(|_| ".".to_owned(), |dir| dir.display().to_string());
+            eprintln!(
+                "error: no config file: --config was not given and there is no {DEFAULT_CONFIG} in {dir}\n\
+                 \x20 run with --config FILE (config.example.toml documents every key),\n\
+                 \x20 or try `ssegate demo`, which needs no config and shows ssegate in front of a sample app"
+            );
+            None
+        }
+        Err(error @ ConfigError::Read { .. }) => {
+            eprintln!("error: {error}\n  (`ssegate demo` runs without a config file)");
+            None
+        }
         Err(error) => {
             eprintln!("error: {error}");
-            return ExitCode::from(2);
+            None
         }
+    }
+}
+
+fn check(path: &std::path::Path, given: bool, connect: bool) -> ExitCode {
+    let Some(config) = load(path, given) else {
+        return ExitCode::from(2);
     };
     let certificate = match config.tls.as_ref().map(ssegate::load_certificate) {
         Some(Err(error)) => {
@@ -145,13 +173,13 @@ fn check_connect(config: &Config) -> ExitCode {
 }
 
 /// Runs ssegate with the config at `path`, or (demo) with the naive app behind it.
-fn serve(path: Option<&std::path::Path>, demo_listen: Option<std::net::SocketAddr>) -> ExitCode {
-    let config = match path.map(Config::load) {
-        Some(Ok(config)) => Some(config),
-        Some(Err(error)) => {
-            eprintln!("error: {error}");
-            return ExitCode::from(2);
-        }
+fn serve(file: Option<(&std::path::Path, bool)>, demo_listen: Option<std::net::SocketAddr>) -> ExitCode {
+    let path = file.map(|(path, _)| path);
+    let config = match file {
+        Some((path, given)) => match load(path, given) {
+            Some(config) => Some(config),
+            None => return ExitCode::from(2),
+        },
         None => None,
     };
     let runtime = match tokio::runtime::Runtime::new() {
@@ -196,6 +224,9 @@ fn serve(path: Option<&std::path::Path>, demo_listen: Option<std::net::SocketAdd
             Ok(app) => app,
             Err(error) => {
                 eprintln!("error: {error}");
+                if let (Some(_), AppError::Bind { key: "listen", .. }) = (demo_app, &error) {
+                    eprintln!("  (the demo has no config file: choose its address with `ssegate demo --listen 127.0.0.1:8081`)");
+                }
                 return ExitCode::FAILURE;
             }
         };

@@ -469,3 +469,200 @@ fn check_connect_reports_the_redis_version_or_names_what_to_fix() {
         "{stderr}"
     );
 }
+
+/// Runs ssegate with `args` in `dir`, giving it 10 s to exit by itself (a test expecting a
+/// refusal must not hang if ssegate starts after all).
+fn run_in(dir: &std::path::Path, args: &[&str]) -> (i32, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ssegate"))
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run ssegate");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("ssegate {args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A first run in a directory without ssegate.toml used to say only "cannot read config file
+/// ssegate.toml: No such file or directory"; it now says what to do next.
+#[test]
+fn no_config_file_points_to_config_and_the_demo() {
+    let dir = std::env::temp_dir().join(format!("ssegate-noconfig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for args in [&[][..], &["check"][..]] {
+        let (code, stderr) = run_in(&dir, args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        for needle in ["no config file", "ssegate.toml", "--config FILE", "ssegate demo"] {
+            assert!(stderr.contains(needle), "{args:?}: {stderr:?} lacks {needle:?}");
+        }
+    }
+}
+
+#[test]
+fn a_port_in_use_names_the_address_and_the_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let route = "[[route]]\npath = \"/\"\nupstream = \"http://127.0.0.1:9\"\n";
+    for (key, config) in [
+        ("listen", format!("listen = \"{addr}\"\n{route}")),
+        (
+            "admin_listen",
+            format!("listen = \"127.0.0.1:0\"\nadmin_listen = \"{addr}\"\n{route}"),
+        ),
+    ] {
+        let path = config_file(&format!("taken-{key}.toml"), &config);
+        let dir = path.parent().expect("dir").to_path_buf();
+        let (code, stderr) = run_in(&dir, &["--config", path.to_str().expect("utf-8")]);
+        assert_ne!(code, 0, "{stderr}");
+        for needle in [addr.as_str(), "already in use", &format!("`{key}`")] {
+            assert!(stderr.contains(needle), "{key}: {stderr:?} lacks {needle:?}");
+        }
+    }
+}
+
+/// The TOML parser's own words (``expected newline, `#` ``) told a first-time user nothing.
+#[test]
+fn toml_mistakes_are_said_in_plain_words_with_the_line() {
+    let route = "[[route]]\npath = \"/\"\nupstream = \"http://127.0.0.1:3000\"\n";
+    let cases = [
+        (
+            "unquoted.toml",
+            format!("{route}heartbeat = 15s\n"),
+            &[":4:", "text values need quotes", "write heartbeat = \"15s\""][..],
+        ),
+        (
+            "unquoted-path.toml",
+            "[[route]]\npath = /events\nupstream = \"http://127.0.0.1:3000\"\n".to_owned(),
+            &[":2:", "write path = \"/events\""][..],
+        ),
+        (
+            "unclosed.toml",
+            format!("listen = \"127.0.0.1:8080\n{route}"),
+            &[":1:", "`listen`", "not closed"][..],
+        ),
+        (
+            "header.toml",
+            "[[route]\npath = \"/\"\n".to_owned(),
+            &[":1:", "section header is malformed"][..],
+        ),
+        (
+            "twice.toml",
+            format!("listen = \"127.0.0.1:1\"\nlisten = \"127.0.0.1:2\"\n{route}"),
+            &[":2:", "`listen` is set twice"][..],
+        ),
+        (
+            "quoted-number.toml",
+            format!("{route}buffer_events = \"100\"\n"),
+            &[":4:", "`buffer_events`", "a whole number, without quotes"][..],
+        ),
+        (
+            "duration-word.toml",
+            format!("{route}heartbeat = \"soon\"\n"),
+            &[
+                ":4:",
+                "invalid duration \"soon\"",
+                "must start with a number",
+                "\"1.5s\"",
+            ][..],
+        ),
+        (
+            "duration-bare.toml",
+            format!("{route}heartbeat = \"15\"\n"),
+            &[":4:", "needs a unit, such as \"15s\""][..],
+        ),
+    ];
+    for (name, text, needles) in cases {
+        check_refuses(name, &text, needles);
+        let (_, _, stderr) = check(name, &text);
+        for raw in [
+            "expected newline",
+            "`#`",
+            "expected number at",
+            "invalid basic string",
+        ] {
+            assert!(!stderr.contains(raw), "{name}: {stderr:?} still says {raw:?}");
+        }
+    }
+}
+
+#[test]
+fn a_known_key_in_the_wrong_place_says_where_it_belongs() {
+    let route = "[[route]]\npath = \"/\"\nupstream = \"http://127.0.0.1:3000\"\n";
+    let cases = [
+        (
+            "top-heartbeat.toml",
+            format!("heartbeat = \"5s\"\n{route}"),
+            &[
+                ":1:",
+                "`heartbeat`",
+                "put it in [defaults] (for every route) or in a [[route]]",
+            ][..],
+        ),
+        (
+            "route-listen.toml",
+            format!("{route}listen = \"127.0.0.1:8080\"\n"),
+            &[
+                ":4:",
+                "`listen` is a top-level key",
+                "above the first [section] header",
+            ][..],
+        ),
+        (
+            "cluster-retry.toml",
+            format!("{route}[cluster]\nretry = \"1s\"\n"),
+            &[":5:", "`retry` is a route setting"][..],
+        ),
+        (
+            "defaults-upstream.toml",
+            format!("[defaults]\nupstream = \"http://127.0.0.1:3000\"\n{route}"),
+            &[":2:", "`upstream` belongs in a [[route]]"][..],
+        ),
+    ];
+    for (name, text, needles) in cases {
+        check_refuses(name, &text, needles);
+    }
+}
+
+/// The "ssegate listening" line printed `admin=Some(127.0.0.1:9901)`, Rust's debug form.
+#[tokio::test]
+async fn the_startup_line_has_plain_fields() {
+    let route = "[[route]]\npath = \"/\"\nupstream = \"http://127.0.0.1:9\"\n";
+    let with_admin = Instance::start(route).await;
+    let line = with_admin.wait_for_log("ssegate listening").await;
+    assert!(line.contains(&format!("admin={}", with_admin.admin())), "{line}");
+    assert!(!line.contains("Some("), "{line}");
+    let path = config_file("no-admin.toml", &format!("listen = \"127.0.0.1:0\"\n{route}"));
+    let without = Instance::start_file(&path).await;
+    let line = without.wait_for_log("ssegate listening").await;
+    assert!(line.contains("admin=off"), "{line}");
+}
+
+#[test]
+fn the_nginx_replacement_example_passes_check() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/from-nginx.toml");
+    let out = ssegate(&["check", "--config", example]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("path = \"/events\""), "{stdout}");
+    assert!(
+        stdout.contains("Access-Control-Allow-Origin") || stdout.contains("access-control-allow-origin"),
+        "{stdout}"
+    );
+}

@@ -88,8 +88,32 @@ impl fmt::Display for Cidr {
 
 /// Parses a duration string; the error says what was expected.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("invalid duration {text:?} ({e}); write it like \"250ms\", \"15s\" or \"10m\""))
+    use humantime::DurationError;
+    let trimmed = text.trim();
+    humantime::parse_duration(trimmed).map_err(|error| {
+        // humantime's own words ("expected number at 0") name byte offsets; say it plainly.
+        let at = |offset: usize| trimmed.get(offset..).and_then(|rest| rest.chars().next());
+        let why = match error {
+            DurationError::Empty => "it is empty".to_owned(),
+            DurationError::NumberExpected(offset) => match at(offset) {
+                Some('-') => "a duration cannot be negative".to_owned(),
+                Some(c) if offset == 0 => format!("it must start with a number, not `{c}`"),
+                _ => "each unit needs a number before it".to_owned(),
+            },
+            DurationError::InvalidCharacter(offset) => match at(offset) {
+                Some(c) => format!("`{c}` is not allowed (use `.` for a fraction)"),
+                None => "it has a character that is not allowed".to_owned(),
+            },
+            DurationError::UnknownUnit { unit, value, .. } if unit.is_empty() => {
+                format!("the number needs a unit, such as \"{value}s\" or \"{value}ms\"")
+            }
+            DurationError::UnknownUnit { unit, .. } => {
+                format!("`{unit}` is not a unit (ms, s or sec, m or min, h, d)")
+            }
+            DurationError::NumberOverflow => "the number is too large or too precise".to_owned(),
+        };
+        format!("invalid duration {text:?}: {why}; write it like \"250ms\", \"1.5s\", \"15 sec\", \"10m\" or \"1h\"")
+    })
 }
 
 /// Parses a size string; the error says what was expected.

@@ -107,9 +107,8 @@ impl Instance {
         self.addr = field(&line, "listen=")
             .and_then(|addr| addr.parse().ok())
             .unwrap_or_else(|| panic!("no listen address in {line:?}"));
-        self.admin = field(&line, "admin=Some(")
-            .and_then(|rest| rest.strip_suffix(')'))
-            .and_then(|addr| addr.parse().ok());
+        // `admin=127.0.0.1:9901`, or `admin=off`, which parses as no address.
+        self.admin = field(&line, "admin=").and_then(|addr| addr.parse().ok());
     }
 
     /// Waits for the current process' "ssegate listening" line; fails at once if it exits.
