@@ -137,6 +137,8 @@ pub struct StreamInfo {
     pub upstream: &'static str,
     /// Times the upstream stream was reopened.
     pub reconnects: u64,
+    /// Heartbeats sent: times the stream was quiet for a heartbeat interval.
+    pub heartbeats: u64,
     /// In a cluster: `leader` (this instance reads the upstream), `follower` (it reads the
     /// stream from Redis), `local` (Redis is unavailable) or `claiming`.
     #[serde(skip_serializing_if = "Option::is_none")]

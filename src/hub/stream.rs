@@ -289,6 +289,7 @@ impl Stream {
             last_id: ring.newest_id(),
             upstream,
             reconnects: self.reconnects.load(Ordering::Relaxed),
+            heartbeats: state.heartbeat_gen,
             cluster_role: state.cluster.as_ref().map(|(role, _)| *role),
             lease_holder: state.cluster.as_ref().and_then(|(_, holder)| holder.clone()),
             redis: None,
