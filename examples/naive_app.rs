@@ -43,9 +43,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         interval: args.interval,
         lifetime,
         payload: args.payload,
+        quiet: None,
     };
     let addr = app.spawn(args.listen).await?;
-    println!("naive SSE app on http://{addr}: /events (SSE), /stats (JSON), / (a page)");
+    println!("naive SSE app on http://{addr}: /events (SSE), /stats (JSON)");
     tokio::signal::ctrl_c().await?;
     Ok(())
 }

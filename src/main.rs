@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use ssegate::config::ConfigError;
-use ssegate::demo::{self, NaiveApp};
+use ssegate::demo::{self, DemoError};
 use ssegate::{App, AppError, Config};
 
 /// A reverse-proxy sidecar that makes a naive Server-Sent Events endpoint production-ready.
@@ -197,41 +197,30 @@ fn serve(file: Option<(&std::path::Path, bool)>, demo_listen: Option<std::net::S
                 return ExitCode::FAILURE;
             }
         };
-        let (config, demo_app) = match (config, demo_listen) {
-            (Some(config), _) => (config, None),
+        let (app, banner) = match (config, demo_listen) {
+            (Some(config), _) => match App::bind_from(config, path).await {
+                Ok(app) => (app, None),
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return ExitCode::FAILURE;
+                }
+            },
             (None, listen) => {
                 let listen = listen.unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 8080)));
-                let app = match NaiveApp::default()
-                    .spawn(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
-                    .await
-                {
-                    Ok(addr) => addr,
-                    Err(error) => {
-                        eprintln!("error: cannot start the demo app: {error}");
-                        return ExitCode::FAILURE;
-                    }
-                };
-                match demo::config(listen, app) {
-                    Ok(config) => (config, Some(app)),
+                match demo::start(listen).await {
+                    Ok(demo) => (demo.app, Some(demo.banner)),
                     Err(error) => {
                         eprintln!("error: {error}");
+                        if let DemoError::App(AppError::Bind { key: "listen", .. }) = error {
+                            eprintln!("  (the demo has no config file: choose its address with `ssegate demo --listen 127.0.0.1:8081`)");
+                        }
                         return ExitCode::FAILURE;
                     }
                 }
             }
         };
-        let app = match App::bind_from(config, path).await {
-            Ok(app) => app,
-            Err(error) => {
-                eprintln!("error: {error}");
-                if let (Some(_), AppError::Bind { key: "listen", .. }) = (demo_app, &error) {
-                    eprintln!("  (the demo has no config file: choose its address with `ssegate demo --listen 127.0.0.1:8081`)");
-                }
-                return ExitCode::FAILURE;
-            }
-        };
-        if let Some(naive) = demo_app {
-            println!("{}", demo::banner(app.local_addr(), naive));
+        if let Some(banner) = banner {
+            println!("{banner}");
         }
         signals.reload_on_hangup(app.control());
         app.run(signals.shutdown()).await;
