@@ -264,6 +264,10 @@ pub struct Settings {
     /// Headers every SSE response and every passed-through response of the route carries,
     /// replacing the app's of the same name.
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Protocols a client may upgrade a request to (lower-case tokens, e.g. `websocket`).
+    pub upgrades: Vec<String>,
+    /// How long an upgraded connection stays open with no byte either way.
+    pub upgrade_idle_timeout: Duration,
 }
 
 impl Config {

@@ -3,6 +3,7 @@
 
 mod body;
 pub(crate) mod target;
+mod upgrade;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -224,6 +225,13 @@ impl Proxy {
             let log = log(&path, response.status(), Some(&route));
             return finish(response, log);
         };
+        if let Some(asked) = upgrade::requested(&request) {
+            if let Some(protocols) = upgrade::allowed(&route, asked, &path, peer) {
+                let response = upgrade::upgrade(&route, request, peer, protocols, admission).await;
+                let log = log(&path, response.status(), Some(&route));
+                return finish(response, log);
+            }
+        }
         if is_subscription(route.config.sse, &request) {
             if announces_body(&request) {
                 // EventSource never sends a body; a subscription that announces one is trying to
@@ -434,20 +442,60 @@ async fn pass_through<B: RequestBody>(
     remote: Peer,
     subscription: bool,
 ) -> Response<ProxyBody> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = match exchange(route, request, remote, |_| {}).await {
+        Ok(response) => response,
+        Err(answer) => return answer,
+    };
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // Never asked for (an upgrade goes through `upgrade`): following it would hand the
+        // client a raw connection to the app.
+        let source = "the app switched protocols (101) on a request that asked for no upgrade";
+        let context = routed(route, &method, &path, remote.addr);
+        return rescue(
+            ProxyError::Upstream {
+                timed_out: false,
+                source: source.into(),
+            },
+            &context,
+        );
+    }
+    if !subscription
+        && route.config.sse == SseMode::Auto
+        && method == Method::GET
+        && is_event_stream(response.headers())
+    {
+        route.sse_passed_through(&path);
+    }
+    answer(route, response)
+}
+
+/// Sends a client's request to the route's upstream: the head as every upstream request's
+/// (see `UpstreamClient::prepare`), then `adjust`ed; the body within `max_request_body`; the
+/// answer's head within `upstream_response_timeout`. The app's response, or ssegate's answer
+/// when there is none.
+async fn exchange<B: RequestBody>(
+    route: &RouteEntry,
+    request: Request<B>,
+    remote: Peer,
+    adjust: impl FnOnce(&mut HeaderMap),
+) -> Result<Response<Incoming>, Response<ProxyBody>> {
     let settings = &route.config.settings;
     let max_body = settings.max_request_body;
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let context = routed(route, &method, &path, remote.addr);
     if request.body().declared_len() > max_body {
-        return rescue(ProxyError::BodyTooLarge, &context);
+        return Err(rescue(ProxyError::BodyTooLarge, &context));
     }
     // A body without a declared length is counted as it streams; past the limit the upstream
     // request fails and the client gets 413.
     let limited = usize::try_from(max_body).unwrap_or(usize::MAX);
-    let request = route
+    let mut request = route
         .client
         .prepare(request.map(|body| body.upstream(limited)), remote);
+    adjust(request.headers_mut());
     let sent = route.client.send(request);
     let result = match settings.upstream_response_timeout {
         Some(limit) => tokio::time::timeout(limit, sent)
@@ -455,28 +503,22 @@ async fn pass_through<B: RequestBody>(
             .unwrap_or(Err(UpstreamError::ResponseTimeout(limit))),
         None => sent.await,
     };
-    match result {
-        Ok(response) => {
-            let (mut parts, body) = response.into_parts();
-            if !subscription
-                && route.config.sse == SseMode::Auto
-                && method == Method::GET
-                && is_event_stream(&parts.headers)
-            {
-                route.sse_passed_through(&path);
-            }
-            strip_hop_by_hop(&mut parts.headers);
-            add_response_headers(&mut parts.headers, route);
-            Response::from_parts(parts, ProxyBody::upstream(body))
+    result.map_err(|error| {
+        let error = ProxyError::from(error);
+        if matches!(error, ProxyError::ClientBody(_)) {
+            route.metrics.all().bad_requests.inc();
         }
-        Err(error) => {
-            let error = ProxyError::from(error);
-            if matches!(error, ProxyError::ClientBody(_)) {
-                route.metrics.all().bad_requests.inc();
-            }
-            rescue(error, &context)
-        }
-    }
+        rescue(error, &context)
+    })
+}
+
+/// The app's response as the client gets it: hop-by-hop headers out, the route's
+/// `response_headers` in, the body streamed.
+fn answer(route: &RouteEntry, response: Response<Incoming>) -> Response<ProxyBody> {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    add_response_headers(&mut parts.headers, route);
+    Response::from_parts(parts, ProxyBody::upstream(body))
 }
 
 /// Whether a request announces a body: a `Content-Length` other than 0 (any of them), or any

@@ -11,12 +11,14 @@ mod io;
 mod lean;
 mod limit;
 mod tracked;
+mod upgrade;
 
 pub(crate) use conn::{ConnState, Expiry, InFlight};
 pub(crate) use io::ConnIo;
 pub use lean::{sniff, Sniffed};
 pub(crate) use limit::ConnectionLimit;
 pub(crate) use tracked::Tracked;
+pub(crate) use upgrade::Upgrades;
 
 use lean::Prefixed;
 use limit::{Admission, Slot};
@@ -182,6 +184,10 @@ impl<S> Server<S> {
         // shutdown waits for its own: each holds a token of the tracker while it lives.
         let lean = TaskTracker::new();
         let stop = CancellationToken::new();
+        // Upgraded connections (WebSockets), which hyper no longer holds: the drain waits for
+        // them too, then closes them.
+        let tunnels = TaskTracker::new();
+        let tunnels_closed = CancellationToken::new();
         tokio::pin!(shutdown);
         loop {
             let admission = tokio::select! {
@@ -241,6 +247,8 @@ impl<S> Server<S> {
                 watcher: graceful.watcher(),
                 lean: lean.clone(),
                 stop: stop.clone(),
+                tunnels: tunnels.clone(),
+                tunnels_closed: tunnels_closed.clone(),
                 remote,
             };
             let state = ConnState::new();
@@ -295,9 +303,15 @@ impl<S> Server<S> {
             graceful.shutdown().await;
             lean.close();
             lean.wait().await;
+            tunnels.close();
+            tunnels.wait().await;
         };
         if tokio::time::timeout(grace, drained).await.is_err() {
-            tracing::warn!("grace period over; closing the connections still open");
+            tracing::warn!(
+                upgraded = tunnels.len(),
+                "grace period over; closing the connections still open"
+            );
+            tunnels_closed.cancel();
         }
     }
 }
@@ -311,6 +325,8 @@ struct Connection<S> {
     watcher: hyper_util::server::graceful::Watcher,
     lean: TaskTracker,
     stop: CancellationToken,
+    tunnels: TaskTracker,
+    tunnels_closed: CancellationToken,
     remote: SocketAddr,
 }
 
@@ -385,10 +401,15 @@ impl<S> Connection<S> {
         let remote = self.remote;
         let peer = self.peer;
         let inner = self.service;
+        let slot = Arc::new(std::sync::Mutex::new(guard));
+        let upgrades = Upgrades::new(slot.clone(), self.tunnels, self.tunnels_closed);
         let service = service_fn(move |request: Request<Incoming>| {
             let in_flight = state.begin();
             let mut request = request.map(B::from);
             request.extensions_mut().insert(peer);
+            if request.headers().contains_key(http::header::UPGRADE) {
+                request.extensions_mut().insert(upgrades.clone());
+            }
             let called = inner.clone().oneshot(request);
             async move {
                 let response = match called.await {
@@ -399,11 +420,13 @@ impl<S> Connection<S> {
             }
         });
         let io = TokioIo::new(Prefixed::new(prefix, io));
-        let connection = self
-            .watcher
-            .watch(self.builder.serve_connection(io, service).into_owned());
+        let connection = self.watcher.watch(
+            self.builder
+                .serve_connection_with_upgrades(io, service)
+                .into_owned(),
+        );
         Box::pin(async move {
-            let _open = guard;
+            let _open = slot;
             if let Err(error) = connection.await {
                 log_connection_error(remote, error.as_ref());
             }

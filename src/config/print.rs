@@ -180,6 +180,13 @@ impl fmt::Display for Config {
                 })
                 .collect();
             writeln!(f, "response_headers = {{ {} }}", headers.join(", "))?;
+            let upgrades: Vec<String> = s.upgrades.iter().map(|token| quote(token)).collect();
+            writeln!(f, "upgrades = [{}]", upgrades.join(", "))?;
+            writeln!(
+                f,
+                "upgrade_idle_timeout = \"{}\"",
+                format_duration(s.upgrade_idle_timeout)
+            )?;
         }
         Ok(())
     }

@@ -88,6 +88,8 @@ macro_rules! with_settings {
             pub(crate) merge_slashes: Option<Spanned<bool>>,
             pub(crate) allow_encoded_slashes: Option<Spanned<bool>>,
             pub(crate) response_headers: Option<Spanned<std::collections::BTreeMap<String, Spanned<String>>>>,
+            pub(crate) upgrades: Option<Spanned<Vec<Spanned<String>>>>,
+            pub(crate) upgrade_idle_timeout: Option<Spanned<DurationValue>>,
         }
     };
 }

@@ -167,6 +167,28 @@ pub(super) fn resolve_route(
     }
     // In name order, as `check` prints them.
     response_headers.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    let upgrades = match pick!(upgrades) {
+        Some(tokens) => tokens
+            .get_ref()
+            .iter()
+            .map(|token| parse_upgrade(token.get_ref()).map_err(|why| fail(token.span(), "upgrades", why)))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => DEFAULT_UPGRADES.iter().map(|&token| token.to_owned()).collect(),
+    };
+    let upgrade_idle_timeout = duration(
+        pick!(upgrade_idle_timeout),
+        "upgrade_idle_timeout",
+        DEFAULT_UPGRADE_IDLE_TIMEOUT,
+        MAX_TIMEOUT,
+    )?;
+    if upgrade_idle_timeout.is_zero() {
+        let span = pick!(upgrade_idle_timeout).map_or(0..0, Spanned::span);
+        return Err(fail(
+            span,
+            "upgrade_idle_timeout",
+            "must be above zero".to_owned(),
+        ));
+    }
     let settings = Settings {
         retry: toggle(pick!(retry), "retry", DEFAULT_RETRY, MAX_RECONNECT)?,
         heartbeat: toggle(pick!(heartbeat), "heartbeat", DEFAULT_HEARTBEAT, MAX_HEARTBEAT)?,
@@ -202,6 +224,8 @@ pub(super) fn resolve_route(
         merge_slashes: pick!(merge_slashes).is_none_or(|v| *v.get_ref()),
         allow_encoded_slashes: pick!(allow_encoded_slashes).is_some_and(|v| *v.get_ref()),
         response_headers,
+        upgrades,
+        upgrade_idle_timeout,
     };
     Ok(Route {
         path,
@@ -209,6 +233,34 @@ pub(super) fn resolve_route(
         sse: route.sse.as_ref().map_or(SseMode::Auto, |v| *v.get_ref()),
         settings,
     })
+}
+
+/// One protocol of `upgrades`: an HTTP token (RFC 9110 §5.6.2), optionally with a version
+/// (`name/version`), kept in lower case. `h2c` is refused: a connection upgraded to HTTP/2 would
+/// carry requests to the app that ssegate never routed nor checked.
+fn parse_upgrade(token: &str) -> Result<String, String> {
+    let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    let valid = !token.is_empty()
+        && token
+            .split_once('/')
+            .map_or(token.chars().all(is_tchar), |(name, version)| {
+                !name.is_empty()
+                    && !version.is_empty()
+                    && name.chars().all(is_tchar)
+                    && version.chars().all(is_tchar)
+            });
+    if !valid {
+        return Err(format!(
+            "{token:?} is not a protocol name (a token such as \"websocket\")"
+        ));
+    }
+    let token = token.to_ascii_lowercase();
+    if token == "h2c" || token.starts_with("h2c/") || token == "http" || token.starts_with("http/") {
+        return Err(format!(
+            "{token:?} would switch the connection to HTTP requests that reach the app without passing ssegate's routing and checks; it cannot be allowed"
+        ));
+    }
+    Ok(token)
 }
 
 /// Checks a route path and drops its trailing slash, so `/events/` and `/events` are one prefix.

@@ -253,6 +253,7 @@ fn every_duration_has_an_upper_bound() {
         ("upstream_connect_timeout", MAX_TIMEOUT, false, ""),
         ("upstream_down_grace", MAX_DURATION, false, ""),
         ("upstream_response_timeout", MAX_TIMEOUT, false, ""),
+        ("upgrade_idle_timeout", MAX_TIMEOUT, false, ""),
     ];
     for &(key, max, top_level, needs) in cases {
         let text = |value: &str| {
@@ -622,4 +623,35 @@ fn cluster_errors_name_the_key_and_line() {
             "case {name}: {message:?} shows the password"
         );
     }
+}
+
+#[test]
+fn upgrades_are_protocol_tokens_and_never_h2c() {
+    const ROUTE: &str = "[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\n";
+    let config = load(ROUTE).expect("valid");
+    assert_eq!(config.routes[0].settings.upgrades, ["websocket"]);
+    assert_eq!(
+        config.routes[0].settings.upgrade_idle_timeout,
+        Duration::from_secs(3600)
+    );
+    let config = load(&format!("{ROUTE}upgrades = [\"WebSocket\", \"mqtt/5\"]\n")).expect("valid");
+    assert_eq!(config.routes[0].settings.upgrades, ["websocket", "mqtt/5"]);
+    let config = load(&format!("{ROUTE}upgrades = []\n")).expect("valid");
+    assert!(config.routes[0].settings.upgrades.is_empty());
+    for (bad, says) in [
+        ("\"h2c\"", "reach the app without passing ssegate"),
+        ("\"HTTP/2.0\"", "reach the app without passing ssegate"),
+        ("\"web socket\"", "is not a protocol name"),
+        ("\"\"", "is not a protocol name"),
+        ("\"websocket/\"", "is not a protocol name"),
+    ] {
+        let (line, message) = error(&format!("{ROUTE}upgrades = [{bad}]\n"));
+        assert_eq!(line, 4, "{message}");
+        assert!(
+            message.contains("upgrades") && message.contains(says),
+            "{bad}: {message}"
+        );
+    }
+    let (_, message) = error(&format!("{ROUTE}upgrade_idle_timeout = \"0s\"\n"));
+    assert!(message.contains("must be above zero"), "{message}");
 }
