@@ -76,7 +76,7 @@ pub fn text<'a>(value: &'a Yaml, what: &str) -> &'a str {
 }
 
 /// A sequence's items; none for a missing field.
-pub fn list<'a>(value: &'a Yaml) -> &'a [Yaml] {
+pub fn list(value: &Yaml) -> &[Yaml] {
     value.as_vec().map_or(&[], Vec::as_slice)
 }
 
