@@ -9,8 +9,8 @@
 //!   subscriptions.
 //! - `server`: runs any such service: the accept loop, `max_connections`, HTTP/1.1 and HTTP/2
 //!   on one port, the lean HTTP/1.1 path for SSE subscriptions, graceful stop.
-//! - `peer`: what a request carries of its connection (client address, TLS), put in by the
-//!   server, read by the proxy.
+//! - `peer`: what a request carries of its connection (client address, TLS; for an upgrade,
+//!   its place and the drain), put in by the server, read by the proxy.
 //! - `hub`: shared SSE streams: one task per stream key reading an event source (the app over
 //!   HTTP), a ring buffer of encoded events, subscriber bodies that are cursors into it.
 //! - `upstream`: the pooled client to apps, the one builder of upstream requests, the header

@@ -227,8 +227,10 @@ impl Proxy {
         };
         if let Some(asked) = upgrade::requested(&request) {
             if let Some(protocols) = upgrade::allowed(&route, asked, &path, peer) {
-                let response = upgrade::upgrade(&route, request, peer, protocols, admission).await;
-                let log = log(&path, response.status(), Some(&route));
+                let (response, admission) =
+                    upgrade::upgrade(&route, request, peer, protocols, admission).await;
+                let mut log = log(&path, response.status(), Some(&route));
+                log.admission = admission;
                 return finish(response, log);
             }
         }

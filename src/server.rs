@@ -11,14 +11,12 @@ mod io;
 mod lean;
 mod limit;
 mod tracked;
-mod upgrade;
 
 pub(crate) use conn::{ConnState, Expiry, InFlight};
 pub(crate) use io::ConnIo;
 pub use lean::{sniff, Sniffed};
 pub(crate) use limit::ConnectionLimit;
 pub(crate) use tracked::Tracked;
-pub(crate) use upgrade::Upgrades;
 
 use lean::Prefixed;
 use limit::{Admission, Slot};
@@ -48,7 +46,7 @@ use tower::{Service, ServiceExt};
 use crate::config::Config;
 use crate::error::{chain, unavailable, Fault};
 use crate::metrics::Metrics;
-use crate::peer::Peer;
+use crate::peer::{Peer, Upgrades};
 use crate::tls::Acceptor;
 
 /// Boxed error with the standard bounds: what a response body's error becomes.
@@ -401,8 +399,9 @@ impl<S> Connection<S> {
         let remote = self.remote;
         let peer = self.peer;
         let inner = self.service;
-        let slot = Arc::new(std::sync::Mutex::new(guard));
-        let upgrades = Upgrades::new(slot.clone(), self.tunnels, self.tunnels_closed);
+        let hold = guard.map(|slot| Box::new(slot) as Box<dyn Send>);
+        let upgrades = Upgrades::new(hold, self.tunnels, self.tunnels_closed);
+        let open = upgrades.clone();
         let service = service_fn(move |request: Request<Incoming>| {
             let in_flight = state.begin();
             let mut request = request.map(B::from);
@@ -426,7 +425,7 @@ impl<S> Connection<S> {
                 .into_owned(),
         );
         Box::pin(async move {
-            let _open = slot;
+            let _open = open;
             if let Err(error) = connection.await {
                 log_connection_error(remote, error.as_ref());
             }

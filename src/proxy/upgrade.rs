@@ -25,9 +25,8 @@ use tokio::time::Instant;
 use super::{exchange, routed, ProxyBody, RequestBody};
 use crate::error::{rescue, ProxyError};
 use crate::metrics::RouteMetrics;
-use crate::peer::Peer;
-use crate::route::RouteEntry;
-use crate::server::Upgrades;
+use crate::peer::{Peer, Upgrades};
+use crate::route::{Admission, RouteEntry};
 use crate::upstream::headers::{list_items, strip_hop_by_hop};
 
 /// The protocols a request asks to upgrade to, in lower case: `Connection` names `upgrade` and
@@ -72,15 +71,15 @@ pub(super) async fn upgrade<B: RequestBody>(
     mut request: Request<B>,
     remote: Peer,
     protocols: Vec<String>,
-    admission: crate::route::Admission,
-) -> Response<ProxyBody> {
+    admission: Admission,
+) -> (Response<ProxyBody>, Option<Admission>) {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let context = routed(route, &method, &path, remote.addr);
     let Some(upgrades) = request.extensions_mut().remove::<Upgrades>() else {
         // Not from a connection that can be upgraded (the server inserts this for HTTP/1.1).
         let why = ProxyError::BadRequest("an upgrade on a connection that cannot be upgraded".to_owned());
-        return rescue(why, &context);
+        return (rescue(why, &context), None);
     };
     let client_side = hyper::upgrade::on(&mut request);
     let offer = protocols.join(", ");
@@ -93,10 +92,11 @@ pub(super) async fn upgrade<B: RequestBody>(
     .await
     {
         Ok(response) => response,
-        Err(answer) => return answer,
+        Err(answer) => return (answer, None),
     };
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return super::answer(route, response);
+        // Refused: an answer like any other, counted under max_clients while it streams.
+        return (super::answer(route, response), Some(admission));
     }
     let chosen = response
         .headers()
@@ -108,13 +108,11 @@ pub(super) async fn upgrade<B: RequestBody>(
             "the app switched protocols to {:?}, which was not asked for (asked: {offer})",
             chosen.unwrap_or_default()
         );
-        return rescue(
-            ProxyError::Upstream {
-                timed_out: false,
-                source: source.into(),
-            },
-            &context,
-        );
+        let error = ProxyError::Upstream {
+            timed_out: false,
+            source: source.into(),
+        };
+        return (rescue(error, &context), None);
     };
     let mut response = response;
     let upstream_side = hyper::upgrade::on(&mut response);
@@ -135,13 +133,16 @@ pub(super) async fn upgrade<B: RequestBody>(
         metrics: route.metrics.clone(),
     };
     upgrades.spawn(tunnel.run(client_side, upstream_side));
-    Response::from_parts(parts, ProxyBody::full(bytes::Bytes::new()))
+    (
+        Response::from_parts(parts, ProxyBody::full(bytes::Bytes::new())),
+        None,
+    )
 }
 
 /// One upgraded connection, once both sides have switched.
 struct Tunnel {
     /// Its place under the route's `max_clients`.
-    _admission: crate::route::Admission,
+    _admission: Admission,
     route: String,
     protocol: String,
     remote: Peer,
