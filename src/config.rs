@@ -30,7 +30,7 @@ pub use error::ConfigError;
 use error::Source;
 use raw::{RawConfig, RawDefaults, RawRoute};
 use resolve::resolve_route;
-pub use upstream::Upstream;
+pub use upstream::{Transport, Upstream};
 pub use value::{
     format_duration, format_limit, format_size, format_toggle, parse_duration, parse_size, Cidr,
 };
@@ -265,6 +265,9 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
         for route in &self.routes {
+            if let Some(warning) = route.upstream.warning() {
+                warnings.push(format!("[[route]] {:?}: {warning}", route.path));
+            }
             let settings = &route.settings;
             if settings.mode != StreamMode::Shared || route.sse == SseMode::Never {
                 continue;
@@ -311,8 +314,8 @@ impl Config {
     }
 
     /// Parses and validates `text`; `origin` names it in errors (usually the file path). Files
-    /// it names (`[cluster]`'s `secret_file`, `password_file`) are read relative to the current
-    /// directory.
+    /// it names (`[cluster]`'s `secret_file`, `password_file`, a `unix:` socket) are looked for
+    /// relative to the current directory.
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
         Config::parse(text, origin, Path::new(""))
     }
@@ -457,7 +460,7 @@ impl Config {
         };
         let mut routes: Vec<(Route, std::ops::Range<usize>)> = Vec::new();
         for raw_route in &raw.routes {
-            let route = resolve_route(&source, raw_route.get_ref(), &defaults)?;
+            let route = resolve_route(&source, raw_route.get_ref(), &defaults, dir)?;
             // Routing compares segments regardless of case (see `route::same_segment`), so
             // two prefixes that differ only in case would be one.
             if let Some((_, first)) = routes

@@ -13,8 +13,8 @@
 //!   server, read by the proxy.
 //! - `hub`: shared SSE streams: one task per stream key reading an event source (the app over
 //!   HTTP), a ring buffer of encoded events, subscriber bodies that are cursors into it.
-//! - `upstream`: the pooled client to apps, the one builder of upstream requests, the header
-//!   rules of a proxy, the reconnect backoff.
+//! - `upstream`: the pooled client to apps (over TCP or a Unix socket), the one builder of
+//!   upstream requests, the header rules of a proxy, the reconnect backoff.
 //! - `cluster`: instances sharing streams through Redis: the key names, the shared log of each
 //!   stream (lease, fenced appends, reads), the Redis client.
 //! - `error`: the answers ssegate makes itself: who was at fault, and `rescue`, which makes the

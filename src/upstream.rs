@@ -1,7 +1,9 @@
-//! The way to an app: a pooled HTTP/1.1 client per route, the rewriting of a client request into
-//! an upstream request, and the errors an upstream exchange can end in.
+//! The way to an app: a pooled HTTP/1.1 client per route (over TCP or a Unix socket), the
+//! rewriting of a client request into an upstream request, and the errors an upstream exchange
+//! can end in.
 
 pub(crate) mod backoff;
+mod connect;
 pub(crate) mod headers;
 
 use std::error::Error as StdError;
@@ -12,13 +14,13 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use http_body_util::{Either, Empty, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::Upstream;
+use crate::config::{Transport, Upstream};
 use crate::error::chain;
 use crate::error::ProxyError;
+use connect::Connector;
 use headers::{add_forwarded, drop_confusable, strip_hop_by_hop};
 
 /// A request body bound upstream: the client's streamed body (bounded by `max_request_body`),
@@ -81,7 +83,7 @@ use crate::peer::Peer;
 /// A pooled HTTP/1.1 client for one route's upstream.
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
-    client: Client<HttpConnector, UpstreamBody>,
+    client: Client<Connector, UpstreamBody>,
     upstream: Upstream,
     connect_timeout: Duration,
 }
@@ -152,11 +154,12 @@ impl From<UpstreamError> for ProxyError {
 }
 
 impl UpstreamClient {
-    /// A client for `upstream` with the given TCP connect timeout.
+    /// A client for `upstream` with the given connect timeout.
     pub fn new(upstream: Upstream, connect_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
+        let connector = match upstream.transport() {
+            Transport::Unix(path) => Connector::unix(path, connect_timeout),
+            Transport::Http(_) => Connector::tcp(upstream.uri_for("/").unwrap_or_default(), connect_timeout),
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(TokioTimer::new())

@@ -7,6 +7,7 @@ pub(super) fn resolve_route(
     source: &Source<'_>,
     route: &RawRoute,
     defaults: &RawDefaults,
+    dir: &Path,
 ) -> Result<Route, ConfigError> {
     let path = normalise_path(route.path.get_ref())
         .map_err(|why| source.error(route.path.span(), format!("key `path` in [[route]]: {why}")))?;
@@ -14,7 +15,7 @@ pub(super) fn resolve_route(
     let fail = |span: std::ops::Range<usize>, key: &str, why: String| {
         source.error(span, format!("key `{key}` in {here}: {why}"))
     };
-    let upstream = Upstream::parse(route.upstream.get_ref())
+    let upstream = Upstream::parse_in(route.upstream.get_ref(), dir)
         .map_err(|why| fail(route.upstream.span(), "upstream", why))?;
 
     // Route > [defaults] > built-in: `pick!(key)` is the spanned value in force, if set anywhere.

@@ -121,7 +121,7 @@ fn errors_name_the_key_and_line() {
         ("bad size", "[defaults]\nbuffer_bytes = \"8 megs\"\n", 2, &["`buffer_bytes`", "invalid size"]),
         ("bad enum", "[defaults]\nids = \"random\"\n", 2, &["`ids`", "random"]),
         ("bad url", "[[route]]\npath = \"/\"\nupstream = \"not a url\"\n", 3, &["`upstream`", "not a URL"]),
-        ("https upstream", "[[route]]\npath = \"/\"\nupstream = \"https://a:1\"\n", 3, &["`upstream`", "only http://"]),
+        ("unknown scheme", "[[route]]\npath = \"/\"\nupstream = \"ws://a:1\"\n", 3, &["`upstream`", "not one ssegate speaks"]),
         ("path without slash", "[[route]]\npath = \"events\"\nupstream = \"http://a:1\"\n", 2, &["`path`", "start with"]),
         ("missing upstream", "[[route]]\npath = \"/\"\n", 1, &["upstream"]),
         ("duplicate path", "[[route]]\npath = \"/a\"\nupstream = \"http://a:1\"\n[[route]]\npath = \"/a/\"\nupstream = \"http://b:1\"\n", 5, &["duplicate route path \"/a\"", "line 1"]),

@@ -1,27 +1,68 @@
-//! A route's `upstream`: the app's base URL.
+//! A route's `upstream`: the app over TCP (`http://`) or over a Unix socket (`unix:`). A
+//! socket's path is looked at when the config loads, so `check` names the line of one that is
+//! not a socket.
+
+use std::io;
 
 use super::*;
 
-/// An upstream base URL.
+/// How ssegate reaches a route's app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// `http://host:port`: HTTP/1.1 over TCP.
+    Http(Authority),
+    /// `unix:/path/to/app.sock`: HTTP/1.1 over a Unix domain socket.
+    Unix(PathBuf),
+}
+
+/// An upstream base URL: where the app is, and the path put before every request path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
-    scheme: Scheme,
-    authority: Authority,
+    transport: Transport,
     /// Path prefix put before every request path; empty or starting with `/`, no trailing `/`.
     base_path: String,
 }
 
+/// The longest path a Unix socket address holds (`sun_path` is 108 bytes on Linux, with the
+/// terminating NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// The authority of the URL of a request to a Unix socket upstream: the connection goes to the
+/// socket whatever it says, and a request without a Host header gets this one.
+const UNIX_AUTHORITY: &str = "localhost";
+
+/// The forms `upstream` accepts, as errors name them.
+const FORMS: &str =
+    "\"http://127.0.0.1:3000\" or \"unix:/run/app.sock\" (a base path after it: \"http://app:8000/api\", \"unix:/run/app.sock:/api\")";
+
 impl Upstream {
-    /// Parses a base URL such as `http://127.0.0.1:3000` or `http://app:8000/api`.
+    /// Parses a base URL such as `http://127.0.0.1:3000`, `http://app:8000/api` or
+    /// `unix:/run/app.sock:/api`; a relative socket path is relative to the current directory.
     pub fn parse(text: &str) -> Result<Upstream, String> {
-        let uri: Uri = text.parse().map_err(|e| format!("{text:?} is not a URL ({e})"))?;
+        Upstream::parse_in(text, Path::new(""))
+    }
+
+    /// [`Upstream::parse`], with a relative socket path relative to `dir` (the config file's).
+    pub(super) fn parse_in(text: &str, dir: &Path) -> Result<Upstream, String> {
+        if let Some(rest) = text.strip_prefix("unix:") {
+            return Upstream::parse_unix(text, rest, dir);
+        }
+        if text.starts_with("http://unix:") {
+            let rest = text.split_once("unix:").map_or("", |(_, rest)| rest);
+            return Err(format!(
+                "{text:?}: a Unix socket upstream is written \"unix:{rest}\" (Nginx's http://unix: form is not used)"
+            ));
+        }
+        let uri: Uri = text
+            .parse()
+            .map_err(|e| format!("{text:?} is not a URL ({e}); write it like {FORMS}"))?;
         let scheme = uri
             .scheme()
             .cloned()
-            .ok_or_else(|| format!("{text:?} has no scheme; write it like \"http://127.0.0.1:3000\""))?;
+            .ok_or_else(|| format!("{text:?} has no scheme; write it like {FORMS}"))?;
         if scheme != Scheme::HTTP {
             return Err(format!(
-                "{text:?}: only http:// upstreams are supported; ssegate speaks plain HTTP to an app on loopback or a private network"
+                "{text:?}: the scheme {scheme} is not one ssegate speaks; write it like {FORMS}"
             ));
         }
         let authority = uri
@@ -36,21 +77,77 @@ impl Upstream {
         }
         let base_path = uri.path().trim_end_matches('/').to_owned();
         Ok(Upstream {
-            scheme,
-            authority,
+            transport: Transport::Http(authority),
+            base_path,
+        })
+    }
+
+    /// `unix:PATH` or `unix:PATH:BASE`: the socket's path ends at the first `:`, so what
+    /// follows one is always the base path, which starts with `/`; a socket path cannot hold a
+    /// `:`.
+    fn parse_unix(text: &str, rest: &str, dir: &Path) -> Result<Upstream, String> {
+        let example = "\"unix:/run/app.sock\", or with a base path \"unix:/run/app.sock:/api\"";
+        if rest.starts_with("//") {
+            return Err(format!(
+                "{text:?}: the socket's path follows \"unix:\" directly, without \"//\": write {example}"
+            ));
+        }
+        let (path, base) = match rest.split_once(':') {
+            Some((path, base)) => (path, Some(base)),
+            None => (rest, None),
+        };
+        if path.is_empty() {
+            return Err(format!("{text:?}: the socket's path is missing; write {example}"));
+        }
+        if path.contains('\0') {
+            return Err(format!("{text:?}: the socket's path holds a NUL byte"));
+        }
+        let base_path = match base {
+            None => String::new(),
+            Some(base) if base.starts_with('/') => {
+                let parsed: http::uri::PathAndQuery = base
+                    .parse()
+                    .map_err(|_| format!("{text:?}: {base:?} is not a URL path"))?;
+                if parsed.query().is_some() || base.contains('#') {
+                    return Err(format!("{text:?}: an upstream base path cannot have a query"));
+                }
+                parsed.path().trim_end_matches('/').to_owned()
+            }
+            Some(base) => {
+                return Err(format!(
+                    "{text:?}: after the socket's path, a \":\" starts the base path, which begins with \"/\" (so a socket path cannot hold a \":\"); write {example}, not {base:?} after the colon"
+                ));
+            }
+        };
+        let path = dir.join(path);
+        if path.as_os_str().len() > MAX_SOCKET_PATH {
+            return Err(format!(
+                "{text:?}: the socket's path {} is {} bytes long; a Unix socket address holds at most {MAX_SOCKET_PATH}",
+                path.display(),
+                path.as_os_str().len()
+            ));
+        }
+        if !cfg!(unix) {
+            return Err(format!("{text:?}: Unix sockets are not available on this system"));
+        }
+        check_socket_path(&path, base.is_none()).map_err(|why| format!("{text:?}: {why}"))?;
+        Ok(Upstream {
+            transport: Transport::Unix(path),
             base_path,
         })
     }
 
     /// The upstream URL for a request: the base path, then the request's path and query. An
-    /// asterisk-form target (`OPTIONS *`) stays `*`: it names the server, not a path.
+    /// asterisk-form target (`OPTIONS *`) stays `*`: it names the server, not a path. For a
+    /// Unix socket the URL's authority is `localhost`: the connection goes to the socket.
     pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        let (scheme, authority) = match &self.transport {
+            Transport::Http(authority) => (Scheme::HTTP, authority.clone()),
+            Transport::Unix(_) => (Scheme::HTTP, Authority::from_static(UNIX_AUTHORITY)),
+        };
+        let builder = Uri::builder().scheme(scheme).authority(authority);
         if path_and_query == "*" {
-            return Uri::builder()
-                .scheme(self.scheme.clone())
-                .authority(self.authority.clone())
-                .path_and_query("*")
-                .build();
+            return builder.path_and_query("*").build();
         }
         let mut joined = String::with_capacity(self.base_path.len() + path_and_query.len());
         joined.push_str(&self.base_path);
@@ -58,21 +155,93 @@ impl Upstream {
         if !joined.starts_with('/') {
             joined.insert(0, '/');
         }
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(joined)
-            .build()
+        builder.path_and_query(joined).build()
     }
 
-    /// `host:port` of the upstream.
-    pub fn authority(&self) -> &Authority {
-        &self.authority
+    /// How the app is reached.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    /// What is likely a mistake but may be right later: a socket that does not exist yet (the
+    /// app may start after ssegate), or one whose path cannot be looked at.
+    pub(super) fn warning(&self) -> Option<String> {
+        let Transport::Unix(path) = &self.transport else {
+            return None;
+        };
+        match std::fs::metadata(path) {
+            Ok(_) => None,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Some(format!(
+                "the socket {} does not exist (yet): requests get 502 until the app creates it",
+                path.display()
+            )),
+            Err(e) => Some(format!("the socket {} cannot be looked at: {e}", path.display())),
+        }
     }
 }
 
 impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}{}", self.scheme, self.authority, self.base_path)
+        match &self.transport {
+            Transport::Http(authority) => write!(f, "http://{authority}{}", self.base_path),
+            Transport::Unix(path) if self.base_path.is_empty() => write!(f, "unix:{}", path.display()),
+            Transport::Unix(path) => write!(f, "unix:{}:{}", path.display(), self.base_path),
+        }
     }
 }
+
+/// Refuses a socket path that names something other than a socket, or that goes on past one
+/// (`unix:/run/app.sock/api`, with `/api` meant as the base path: `single` says the text had no
+/// base path, so the hint applies). A path that does not exist is fine: the app may create it
+/// later (`check` warns).
+fn check_socket_path(path: &Path, single: bool) -> Result<(), String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => Ok(()),
+            Ok(meta) => {
+                let what = if meta.is_dir() {
+                    "a directory"
+                } else if meta.is_file() {
+                    "a regular file"
+                } else {
+                    "not a socket"
+                };
+                Err(format!("{} is {what}, not a Unix socket", path.display()))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotADirectory => {
+                let socket = path
+                    .ancestors()
+                    .skip(1)
+                    .find(|prefix| std::fs::metadata(prefix).is_ok_and(|meta| meta.file_type().is_socket()));
+                match socket {
+                    Some(socket) if single => {
+                        let base = path
+                            .strip_prefix(socket)
+                            .map_or_else(|_| PathBuf::new(), Path::to_path_buf);
+                        Err(format!(
+                            "{} is a socket, and a socket's path cannot go on past it; for a base path write \"unix:{}:/{}\"",
+                            socket.display(),
+                            socket.display(),
+                            base.display()
+                        ))
+                    }
+                    _ => Err(format!(
+                        "{}: a part of the path is not a directory",
+                        path.display()
+                    )),
+                }
+            }
+            Err(_) => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, single);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
