@@ -30,7 +30,7 @@ pub use error::ConfigError;
 use error::Source;
 use raw::{RawConfig, RawDefaults, RawRoute};
 use resolve::resolve_route;
-pub use upstream::{Transport, Upstream};
+pub use upstream::{CaFile, Transport, Upstream, UpstreamTls};
 pub use value::{
     format_duration, format_limit, format_size, format_toggle, parse_duration, parse_size, Cidr,
 };
@@ -203,6 +203,8 @@ pub struct Route {
     pub path: String,
     /// Where requests go.
     pub upstream: Upstream,
+    /// How an `https://` upstream is trusted; `None` for the other transports.
+    pub upstream_tls: Option<UpstreamTls>,
     /// Which requests are SSE subscriptions.
     pub sse: SseMode,
     /// Effective SSE settings.
@@ -314,8 +316,8 @@ impl Config {
     }
 
     /// Parses and validates `text`; `origin` names it in errors (usually the file path). Files
-    /// it names (`[cluster]`'s `secret_file`, `password_file`, a `unix:` socket) are looked for
-    /// relative to the current directory.
+    /// it names (`[cluster]`'s `secret_file`, `password_file`, `upstream_ca`, a `unix:` socket)
+    /// are looked for relative to the current directory.
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
         Config::parse(text, origin, Path::new(""))
     }

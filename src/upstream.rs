@@ -1,15 +1,19 @@
-//! The way to an app: a pooled HTTP/1.1 client per route (over TCP or a Unix socket), the
-//! rewriting of a client request into an upstream request, and the errors an upstream exchange
-//! can end in.
+//! The way to an app: a pooled client per route (HTTP/1.1 over TCP or a Unix socket, HTTP/2 or
+//! HTTP/1.1 over TLS), the rewriting of a client request into an upstream request, and the
+//! errors an upstream exchange can end in.
 
 pub(crate) mod backoff;
 mod connect;
 pub(crate) mod headers;
+mod http2;
+pub(crate) mod tls;
 
 use std::error::Error as StdError;
 use std::time::Duration;
 
 use bytes::Bytes;
+use std::sync::{Arc, OnceLock};
+
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use http_body_util::{Either, Empty, LengthLimitError, Limited};
@@ -17,11 +21,12 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::{Transport, Upstream};
+use crate::config::{Transport, Upstream, UpstreamTls};
 use crate::error::chain;
 use crate::error::ProxyError;
 use connect::Connector;
 use headers::{add_forwarded, drop_confusable, strip_hop_by_hop};
+use http2::{Http2, Http2Error, Sent};
 
 /// A request body bound upstream: the client's streamed body (bounded by `max_request_body`),
 /// or nothing (SSE subscriptions).
@@ -34,6 +39,9 @@ pin_project_lite::pin_project! {
     pub struct ClientBody {
         #[pin]
         body: Limited<Incoming>,
+        // Its error, once it failed. Over HTTP/1.1 the exchange fails with it; over HTTP/2 with
+        // the stream reset hyper sends then, which does not carry it (see `UpstreamClient::send`).
+        failed: Arc<OnceLock<SharedError>>,
     }
 }
 
@@ -42,7 +50,32 @@ impl ClientBody {
     pub fn new(body: Incoming, limit: usize) -> ClientBody {
         ClientBody {
             body: Limited::new(body, limit),
+            failed: Arc::default(),
         }
+    }
+}
+
+/// An error told to more than one party (a failed connect to every request waiting for it; a
+/// client's body error to hyper and to the exchange): it reads as the error itself, which is
+/// its source, so the causes in its chain are found as in any other.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedError(Arc<dyn StdError + Send + Sync>);
+
+impl From<BoxError> for SharedError {
+    fn from(error: BoxError) -> SharedError {
+        SharedError(Arc::from(error))
+    }
+}
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl StdError for SharedError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(self.0.as_ref())
     }
 }
 
@@ -60,10 +93,12 @@ impl http_body::Body for ClientBody {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        self.project()
-            .body
-            .poll_frame(cx)
-            .map_err(|error| Box::new(ClientBodyError(error)) as BoxError)
+        let this = self.project();
+        this.body.poll_frame(cx).map_err(|error| {
+            let error = SharedError::from(error);
+            let _ = this.failed.set(error.clone());
+            Box::new(ClientBodyError(Box::new(error))) as BoxError
+        })
     }
 
     fn is_end_stream(&self) -> bool {
@@ -80,10 +115,14 @@ pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
 
 use crate::peer::Peer;
 
-/// A pooled HTTP/1.1 client for one route's upstream.
+/// A pooled client for one route's upstream.
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
+    /// HTTP/1.1, pooled (over TLS it offers only http/1.1).
     client: Client<Connector, UpstreamBody>,
+    /// For an `https://` upstream, the one HTTP/2 connection plain requests share when the app
+    /// chooses HTTP/2 (see [`UpstreamClient::send`]).
+    http2: Option<Arc<Http2>>,
     upstream: Upstream,
     connect_timeout: Duration,
 }
@@ -97,6 +136,10 @@ pub enum UpstreamError {
     /// The upstream refused the connection or could not be reached: 502.
     #[error("upstream unreachable: {}", chain(.0.as_ref()))]
     Unreachable(BoxError),
+    /// The TLS handshake with the upstream failed (its certificate did not pass a check, or
+    /// it does not speak TLS): 502.
+    #[error("upstream TLS handshake failed: {}", chain(.0.as_ref()))]
+    Handshake(BoxError),
     /// The upstream accepted the connection but sent no response head in time: 504.
     #[error("upstream sent no response head within {}", crate::config::format_duration(*.0))]
     ResponseTimeout(Duration),
@@ -121,14 +164,7 @@ impl UpstreamError {
         let UpstreamError::Failed(error) = self else {
             return false;
         };
-        let mut next: Option<&(dyn StdError + 'static)> = Some(error.as_ref());
-        while let Some(e) = next {
-            if e.is::<E>() {
-                return true;
-            }
-            next = e.source();
-        }
-        false
+        caused_by::<E>(error.as_ref())
     }
 }
 
@@ -154,18 +190,41 @@ impl From<UpstreamError> for ProxyError {
 }
 
 impl UpstreamClient {
-    /// A client for `upstream` with the given connect timeout.
-    pub fn new(upstream: Upstream, connect_timeout: Duration) -> Self {
-        let connector = match upstream.transport() {
-            Transport::Unix(path) => Connector::unix(path, connect_timeout),
-            Transport::Http(_) => Connector::tcp(upstream.uri_for("/").unwrap_or_default(), connect_timeout),
+    /// A client for `upstream` (trusted per `tls` when it is `https://`) with the given connect
+    /// timeout (for TLS, the handshake included).
+    pub fn new(upstream: Upstream, tls: Option<&UpstreamTls>, connect_timeout: Duration) -> Self {
+        let pooled = |connector: Connector| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_timer(TokioTimer::new())
+                .build(connector)
         };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+        let base = upstream.uri_for("/").unwrap_or_default();
+        let (client, http2) = match (upstream.transport(), tls) {
+            (Transport::Https(_), Some(tls)) => {
+                let connector = |alpn| {
+                    let config = tls::client_config(tls, alpn);
+                    Connector::tls(base.clone(), config, tls.server_name.clone(), connect_timeout)
+                };
+                (
+                    pooled(connector(tls::ALPN_H1)),
+                    Some(Arc::new(Http2::new(connector(tls::ALPN_H2_AND_H1)))),
+                )
+            }
+            // The config gives every `https://` upstream its TLS settings; without them it
+            // is not spoken to at all, rather than in plain text.
+            (Transport::Https(_), None) => (
+                pooled(Connector::unusable(
+                    "an https:// upstream without its TLS settings",
+                )),
+                None,
+            ),
+            (Transport::Unix(path), _) => (pooled(Connector::unix(path, connect_timeout)), None),
+            (Transport::Http(_), _) => (pooled(Connector::tcp(base, connect_timeout)), None),
+        };
         UpstreamClient {
             client,
+            http2,
             upstream,
             connect_timeout,
         }
@@ -177,23 +236,69 @@ impl UpstreamClient {
     }
 
     /// Sends `request` (already addressed by [`UpstreamClient::prepare`]) and returns the
-    /// response head with its streaming body.
+    /// response head with its streaming body. To an `https://` app that chooses HTTP/2, on the
+    /// route's one HTTP/2 connection; else on a pooled HTTP/1.1 connection.
     pub async fn send(&self, request: Request<UpstreamBody>) -> Result<Response<Incoming>, UpstreamError> {
+        let request = match &self.http2 {
+            Some(http2) => {
+                let body_failed = match request.body() {
+                    Either::Left(body) => Some(body.failed.clone()),
+                    Either::Right(_) => None,
+                };
+                match http2.send(request).await {
+                    Ok(Sent::Response(response)) => return Ok(response),
+                    Ok(Sent::Http1(request)) => request,
+                    Err(Http2Error::Connect(error)) => return Err(self.connect_error(error)),
+                    // The client's body failed first (cut short, over its limit): its fault.
+                    Err(Http2Error::Send(error)) => {
+                        let cause = body_failed.as_ref().and_then(|failed| failed.get());
+                        return Err(UpstreamError::Failed(match cause {
+                            Some(cause) => Box::new(ClientBodyError(Box::new(cause.clone()))),
+                            None => Box::new(error),
+                        }));
+                    }
+                }
+            }
+            None => request,
+        };
+        self.send_http1(request).await
+    }
+
+    /// Sends a stream's request ([`subscription_request`]), always on a pooled HTTP/1.1
+    /// connection of its own: an SSE stream lasts, and on one HTTP/2 connection, past the app's
+    /// limit of concurrent streams (often 100 to 250), new ones would wait for old ones to end.
+    pub async fn send_stream(
+        &self,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        self.send_http1(request).await
+    }
+
+    async fn send_http1(&self, request: Request<UpstreamBody>) -> Result<Response<Incoming>, UpstreamError> {
         self.client.request(request).await.map_err(|e| {
             if e.is_connect() {
-                if is_timeout(&e) {
-                    UpstreamError::ConnectTimeout(self.connect_timeout)
-                } else {
-                    UpstreamError::Unreachable(Box::new(e))
-                }
+                self.connect_error(Box::new(e))
             } else {
                 UpstreamError::Failed(Box::new(e))
             }
         })
     }
 
+    /// A connection that could not be made: the connect timeout, a failed TLS handshake, or an
+    /// app that cannot be reached.
+    fn connect_error(&self, error: BoxError) -> UpstreamError {
+        if is_timeout(error.as_ref()) {
+            UpstreamError::ConnectTimeout(self.connect_timeout)
+        } else if caused_by::<tls::HandshakeError>(error.as_ref()) {
+            UpstreamError::Handshake(error)
+        } else {
+            UpstreamError::Unreachable(error)
+        }
+    }
+
     /// Rewrites a client request into the upstream request (see [`UpstreamClient::head`]),
-    /// sent as HTTP/1.1 whatever the client spoke.
+    /// sent as HTTP/1.1 whatever the client spoke, or as HTTP/2 on a connection to an
+    /// `https://` app that chose it: the connection decides, whatever the request's version.
     pub fn prepare<B>(&self, request: Request<B>, client: Peer) -> Request<B> {
         let (mut parts, body) = request.into_parts();
         let path_and_query = parts
@@ -273,6 +378,18 @@ pub(crate) fn subscription_request(
     request
 }
 
+/// Whether an error of type `E` is somewhere in `error`'s chain.
+fn caused_by<E: StdError + 'static>(error: &(dyn StdError + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.is::<E>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// Whether a connect error was the connect timeout: somewhere in its chain is an I/O error of
 /// kind `TimedOut` (the connector's own timeout, or the kernel's).
 fn is_timeout(error: &(dyn StdError + 'static)) -> bool {
@@ -297,7 +414,7 @@ mod tests {
     #[test]
     fn one_head_for_every_upstream_request() {
         let upstream = Upstream::parse("http://127.0.0.1:3000/base/").expect("upstream");
-        let client = UpstreamClient::new(upstream, Duration::from_secs(1));
+        let client = UpstreamClient::new(upstream, None, Duration::from_secs(1));
         let peer = Peer {
             addr: "192.0.2.7:5000".parse().expect("addr"),
             secure: true,

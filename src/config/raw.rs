@@ -88,6 +88,8 @@ macro_rules! with_settings {
             pub(crate) merge_slashes: Option<Spanned<bool>>,
             pub(crate) allow_encoded_slashes: Option<Spanned<bool>>,
             pub(crate) response_headers: Option<Spanned<std::collections::BTreeMap<String, Spanned<String>>>>,
+            pub(crate) upstream_ca: Option<Spanned<String>>,
+            pub(crate) upstream_server_name: Option<Spanned<String>>,
         }
     };
 }

@@ -24,6 +24,32 @@ pub(super) fn resolve_route(
             route.$key.as_ref().or(defaults.$key.as_ref())
         };
     }
+    let upstream_tls = match upstream.transport() {
+        Transport::Https(authority) => Some(super::upstream::resolve_tls(
+            (authority, &route.upstream),
+            pick!(upstream_ca),
+            pick!(upstream_server_name),
+            dir,
+            &fail,
+        )?),
+        // Set in [defaults] for the https:// routes, these mean nothing to the others; set on
+        // a route of another kind, they are a mistake.
+        _ => {
+            for (key, value) in [
+                ("upstream_ca", &route.upstream_ca),
+                ("upstream_server_name", &route.upstream_server_name),
+            ] {
+                if let Some(value) = value {
+                    return Err(fail(
+                        value.span(),
+                        key,
+                        format!("only an https:// upstream has TLS to set; this route's is {upstream}"),
+                    ));
+                }
+            }
+            None
+        }
+    };
     let ids = pick!(ids).map(|v| *v.get_ref());
     let mode = pick!(mode).map_or(StreamMode::Shared, |v| *v.get_ref());
     let ids = match (ids, mode) {
@@ -207,6 +233,7 @@ pub(super) fn resolve_route(
     Ok(Route {
         path,
         upstream,
+        upstream_tls,
         sse: route.sse.as_ref().map_or(SseMode::Auto, |v| *v.get_ref()),
         settings,
     })

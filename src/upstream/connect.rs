@@ -1,7 +1,10 @@
-//! The connector of one route's client: TCP, or a Unix socket.
+//! The connector of one route's client: TCP, TLS over TCP (HTTP/2 or HTTP/1.1, as the app's
+//! ALPN answer says), or a Unix socket.
 //!
 //! It connects to its route's upstream whatever the request's URL names (a request to a socket
-//! says `localhost`).
+//! says `localhost`). Over TLS it says whether the app chose HTTP/2, for hyper-util's pool (the
+//! HTTP/1.1 client of an `https://` route offers only http/1.1) and for the route's own HTTP/2
+//! connection (`http2.rs`).
 
 use std::future::Future;
 use std::io;
@@ -15,15 +18,19 @@ use http::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 
+use super::tls::HandshakeError;
 use super::BoxError;
 
 /// Connects to one upstream (see the module's docs).
 #[derive(Clone)]
 pub(crate) struct Connector {
     target: Target,
-    /// Bounds the connect (TCP, or the socket's).
+    /// Bounds the whole connect: TCP and the TLS handshake, or the socket's connect.
     timeout: Duration,
 }
 
@@ -31,15 +38,28 @@ pub(crate) struct Connector {
 enum Target {
     /// Plain TCP to `uri`'s host and port.
     Tcp { http: HttpConnector, uri: Uri },
+    /// TLS over TCP to `uri`'s host and port, checked for `name`.
+    Tls {
+        http: HttpConnector,
+        uri: Uri,
+        tls: TlsConnector,
+        name: ServerName<'static>,
+    },
     /// A Unix domain socket.
     Unix { path: Arc<Path> },
+    /// No connection can be made (the TLS setup failed, which the build's crypto provider
+    /// rules out, or an `https://` app came without its TLS settings): every connect fails with
+    /// this.
+    Unusable(Arc<str>),
 }
 
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let target = match &self.target {
             Target::Tcp { uri, .. } => format!("tcp {uri}"),
+            Target::Tls { uri, name, .. } => format!("tls {uri} ({name:?})"),
             Target::Unix { path } => format!("unix {}", path.display()),
+            Target::Unusable(why) => format!("unusable: {why}"),
         };
         f.debug_struct("Connector")
             .field("target", &target)
@@ -54,6 +74,8 @@ fn tcp(timeout: Duration) -> HttpConnector {
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(timeout));
     http.set_nodelay(true);
+    // `https://` URLs too: the TLS is ours, on top of the TCP stream it gives.
+    http.enforce_http(false);
     http
 }
 
@@ -66,6 +88,34 @@ impl Connector {
                 uri,
             },
             timeout,
+        }
+    }
+
+    /// TLS to the host and port of `uri` (an `https://` URL: port 443 when it names none),
+    /// with `config`, checking the certificate for `name`.
+    pub(crate) fn tls(
+        uri: Uri,
+        config: Result<Arc<rustls::ClientConfig>, rustls::Error>,
+        name: ServerName<'static>,
+        timeout: Duration,
+    ) -> Connector {
+        let target = match config {
+            Ok(config) => Target::Tls {
+                http: tcp(timeout),
+                uri,
+                tls: TlsConnector::from(config),
+                name,
+            },
+            Err(error) => Target::Unusable(format!("TLS setup failed: {error}").into()),
+        };
+        Connector { target, timeout }
+    }
+
+    /// A connector that never connects, saying `why`.
+    pub(crate) fn unusable(why: &str) -> Connector {
+        Connector {
+            target: Target::Unusable(why.into()),
+            timeout: Duration::ZERO,
         }
     }
 
@@ -85,6 +135,10 @@ pub(crate) struct SocketError {
     path: String,
     #[source]
     source: io::Error,
+}
+
+fn timed_out(what: String) -> BoxError {
+    Box::new(io::Error::new(io::ErrorKind::TimedOut, what))
 }
 
 /// A connection being made.
@@ -114,6 +168,31 @@ impl Connector {
             let deadline = tokio::time::Instant::now() + limit;
             match target {
                 Target::Tcp { mut http, uri } => Ok(Io::Tcp(tower::Service::call(&mut http, uri).await?)),
+                Target::Tls {
+                    mut http,
+                    uri,
+                    tls,
+                    name,
+                } => {
+                    let tcp = tower::Service::call(&mut http, uri).await?.into_inner();
+                    let handshake = tls.connect(name.clone(), tcp);
+                    let stream = match tokio::time::timeout_at(deadline, handshake).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => return Err(Box::new(HandshakeError::new(&name, error)) as BoxError),
+                        Err(_) => {
+                            return Err(timed_out(format!(
+                                "TLS handshake with {} not done within {}",
+                                name.to_str(),
+                                crate::config::format_duration(limit)
+                            )))
+                        }
+                    };
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+                    Ok(Io::Tls {
+                        io: Box::new(TokioIo::new(stream)),
+                        h2,
+                    })
+                }
                 Target::Unix { path } => {
                     let error = |source| SocketError {
                         path: path.display().to_string(),
@@ -128,6 +207,7 @@ impl Connector {
                         ))) as BoxError),
                     }
                 }
+                Target::Unusable(why) => Err(why.to_string().into()),
             }
         })
     }
@@ -152,15 +232,35 @@ async fn connect_unix(_: &Path) -> io::Result<Io> {
 pub(crate) enum Io {
     /// Plain TCP.
     Tcp(TokioIo<TcpStream>),
+    /// TLS over TCP (boxed: its buffers are a kilobyte); `h2`: the app chose HTTP/2 by ALPN.
+    Tls {
+        io: Box<TokioIo<TlsStream<TcpStream>>>,
+        h2: bool,
+    },
     /// A Unix domain socket.
     #[cfg(unix)]
     Unix(TokioIo<tokio::net::UnixStream>),
+}
+
+impl Io {
+    /// Whether the app chose HTTP/2 (by ALPN, over TLS).
+    pub(crate) fn negotiated_h2(&self) -> bool {
+        matches!(self, Io::Tls { h2: true, .. })
+    }
 }
 
 impl Connection for Io {
     fn connected(&self) -> Connected {
         match self {
             Io::Tcp(io) => io.connected(),
+            Io::Tls { io, h2 } => {
+                let connected = io.inner().get_ref().0.connected();
+                if *h2 {
+                    connected.negotiated_h2()
+                } else {
+                    connected
+                }
+            }
             #[cfg(unix)]
             Io::Unix(_) => Connected::new(),
         }
@@ -172,6 +272,7 @@ macro_rules! each {
     ($io:expr, $stream:ident => $call:expr) => {
         match $io.get_mut() {
             Io::Tcp($stream) => $call,
+            Io::Tls { io: $stream, .. } => $call,
             #[cfg(unix)]
             Io::Unix($stream) => $call,
         }
@@ -200,6 +301,7 @@ impl Write for Io {
     fn is_write_vectored(&self) -> bool {
         match self {
             Io::Tcp(io) => io.is_write_vectored(),
+            Io::Tls { io, .. } => io.is_write_vectored(),
             #[cfg(unix)]
             Io::Unix(io) => io.is_write_vectored(),
         }

@@ -1,4 +1,5 @@
-//! `upstream` in its forms: what each accepts, and what each refuses with the key and the line.
+//! `upstream` in its three forms, and the TLS keys: what each accepts, and what each refuses
+//! with the key and the line.
 
 use super::*;
 
@@ -43,6 +44,16 @@ fn three_forms_and_where_each_goes() {
             "http://app:8000/api/a?b",
             "http://app:8000/api",
         ),
+        (
+            "https://app.internal",
+            "https://app.internal/a?b",
+            "https://app.internal",
+        ),
+        (
+            "https://[::1]:8443/x",
+            "https://[::1]:8443/x/a?b",
+            "https://[::1]:8443/x",
+        ),
         ("unix:/run/app.sock", "http://localhost/a?b", "unix:/run/app.sock"),
         (
             "unix:/run/app.sock:/api/",
@@ -68,6 +79,10 @@ fn three_forms_and_where_each_goes() {
         &Transport::Unix(PathBuf::from("/run/app.sock"))
     );
     assert_eq!(socket.uri_for("*").expect("uri").to_string(), "http://localhost*");
+    assert!(matches!(
+        Upstream::parse("https://a").expect("https").transport(),
+        Transport::Https(_)
+    ));
 }
 
 #[test]
@@ -152,5 +167,170 @@ fn a_socket_path_must_name_a_socket_or_nothing_yet() {
         for part in *says {
             assert!(message.contains(part), "{upstream}: {message:?} lacks {part:?}");
         }
+    }
+}
+
+/// A CA certificate, as PEM.
+fn ca_pem() -> String {
+    let made = rcgen::generate_simple_self_signed(vec!["app.internal".to_owned()]).expect("certificate");
+    made.cert.pem()
+}
+
+#[test]
+fn https_takes_a_ca_file_and_a_server_name() {
+    let dir = temp_dir("ca");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, format!("{}{}", ca_pem(), ca_pem())).expect("write");
+    let text = format!(
+        "[defaults]\nupstream_ca = \"{}\"\n\
+         [[route]]\npath = \"/a\"\nupstream = \"https://10.0.0.5:8443\"\nupstream_server_name = \"app.internal\"\n\
+         [[route]]\npath = \"/b\"\nupstream = \"https://app.internal\"\n\
+         [[route]]\npath = \"/c\"\nupstream = \"http://127.0.0.1:3000\"\n",
+        ca.display()
+    );
+    let config = load(&text).expect("valid");
+    let a = config.routes[0].upstream_tls.as_ref().expect("tls");
+    assert_eq!(a.ca.as_ref().map(|ca| ca.certs.len()), Some(2));
+    assert_eq!(a.server_name.to_str(), "app.internal");
+    let b = config.routes[1].upstream_tls.as_ref().expect("tls");
+    assert_eq!(b.server_name.to_str(), "app.internal", "the URL's host");
+    assert!(!b.named);
+    // [defaults]' upstream_ca means nothing to an http:// route.
+    assert!(config.routes[2].upstream_tls.is_none());
+
+    let printed = config.to_string();
+    assert!(
+        printed.contains(&format!("upstream_ca = \"{}\"\n", ca.display()))
+            && printed.contains("upstream_server_name = \"app.internal\"\n"),
+        "{printed}"
+    );
+    assert_eq!(
+        printed.matches("upstream_server_name").count(),
+        1,
+        "only where it was set"
+    );
+    let again = load(&printed).unwrap_or_else(|e| panic!("{e}\n{printed}"));
+    assert_eq!(again.to_string(), printed);
+    assert_eq!(again.routes[0].upstream_tls, config.routes[0].upstream_tls);
+
+    // An IP address is a name a certificate can be checked for; without a CA, system roots.
+    let ip = load(&route("https://[::1]:8443", "")).expect("valid");
+    let tls = ip.routes[0].upstream_tls.as_ref().expect("tls");
+    assert_eq!(tls.server_name.to_str(), "::1");
+    assert!(tls.ca.is_none());
+}
+
+#[test]
+fn a_ca_file_that_is_not_pem_or_a_bad_server_name_is_refused_at_its_line() {
+    let dir = temp_dir("bad-ca");
+    let der = rcgen::generate_simple_self_signed(vec!["a".to_owned()])
+        .expect("certificate")
+        .cert
+        .der()
+        .to_vec();
+    let files: &[(&str, Vec<u8>, &[&str])] = &[
+        (
+            "der",
+            der,
+            &["holds no PEM certificate", "openssl x509 -inform der"],
+        ),
+        (
+            "text",
+            b"not a certificate\n".to_vec(),
+            &["holds no PEM certificate"],
+        ),
+        ("empty", Vec::new(), &["holds no PEM certificate"]),
+        (
+            "key-only",
+            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".to_vec(),
+            &["holds no PEM certificate"],
+        ),
+        (
+            "broken",
+            b"-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n".to_vec(),
+            &["is not a PEM file"],
+        ),
+        (
+            "not-x509",
+            b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_vec(),
+            &["certificate 1 of", "cannot be used as a trusted root"],
+        ),
+    ];
+    for (name, contents, says) in files {
+        let path = dir.join(name);
+        std::fs::write(&path, contents).expect("write");
+        let (line, message) = error(&route(
+            "https://app:8443",
+            &format!("upstream_ca = \"{}\"\n", path.display()),
+        ));
+        assert_eq!(line, 4, "{name}: {message}");
+        assert!(
+            message.contains("key `upstream_ca` in [[route]] \"/\""),
+            "{name}: {message}"
+        );
+        for part in *says {
+            assert!(message.contains(part), "{name}: {message:?} lacks {part:?}");
+        }
+    }
+    let in_defaults = format!(
+        "[defaults]\nupstream_ca = \"{}\"\n{}",
+        dir.join("text").display(),
+        route("https://a", "")
+    );
+    assert_eq!(error(&in_defaults).0, 2, "the line of [defaults]' value");
+    let (line, message) = error(&route(
+        "https://app:8443",
+        &format!("upstream_ca = \"{}\"\n", dir.join("none").display()),
+    ));
+    assert_eq!(line, 4);
+    assert!(message.contains("cannot read"), "{message}");
+    let (_, message) = error(&route(
+        "https://app:8443",
+        &format!("upstream_ca = \"{}\"\n", dir.display()),
+    ));
+    assert!(message.contains("not a regular file"), "{message}");
+
+    for name in ["app.internal:8443", "https://app.internal", "bad name", ""] {
+        let (line, message) = error(&route(
+            "https://10.0.0.5",
+            &format!("upstream_server_name = \"{name}\"\n"),
+        ));
+        assert_eq!(line, 4, "{name}: {message}");
+        assert!(
+            message.contains("key `upstream_server_name`")
+                && message.contains("not a host name or an IP address"),
+            "{name}: {message}"
+        );
+    }
+}
+
+#[test]
+fn an_https_host_no_certificate_can_name_needs_a_server_name() {
+    let (line, message) = error(&route("https://10.1:8443", ""));
+    assert_eq!(line, 3, "{message}");
+    assert!(
+        message.contains("key `upstream`") && message.contains("set upstream_server_name"),
+        "{message}"
+    );
+    load(&route(
+        "https://10.1:8443",
+        "upstream_server_name = \"app.internal\"\n",
+    ))
+    .expect("named");
+}
+
+#[test]
+fn tls_keys_on_a_route_without_tls_are_refused() {
+    for (upstream, key) in [
+        ("http://127.0.0.1:3000", "upstream_server_name = \"app\"\n"),
+        ("unix:/run/app.sock", "upstream_server_name = \"app\"\n"),
+        ("http://127.0.0.1:3000", "upstream_ca = \"ca.pem\"\n"),
+    ] {
+        let (line, message) = error(&route(upstream, key));
+        assert_eq!(line, 4, "{message}");
+        assert!(
+            message.contains("only an https:// upstream has TLS to set"),
+            "{message}"
+        );
     }
 }
