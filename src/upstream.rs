@@ -237,9 +237,14 @@ impl UpstreamClient {
 
     /// Sends `request` (already addressed by [`UpstreamClient::prepare`]) and returns the
     /// response head with its streaming body. To an `https://` app that chooses HTTP/2, on the
-    /// route's one HTTP/2 connection; else on a pooled HTTP/1.1 connection.
+    /// route's one HTTP/2 connection; else, and for a request that asks for an upgrade (HTTP/2
+    /// has none, RFC 9113 §8.2.2), on a pooled HTTP/1.1 connection.
     pub async fn send(&self, request: Request<UpstreamBody>) -> Result<Response<Incoming>, UpstreamError> {
-        let request = match &self.http2 {
+        let http2 = self
+            .http2
+            .as_ref()
+            .filter(|_| !request.headers().contains_key(header::UPGRADE));
+        let request = match http2 {
             Some(http2) => {
                 let body_failed = match request.body() {
                     Either::Left(body) => Some(body.failed.clone()),
