@@ -471,4 +471,75 @@ mod tests {
         let over = UpstreamError::Failed(Box::new(ClientBodyError(over)));
         assert_eq!(status(over), (413, Fault::Client));
     }
+
+    /// An app over TLS offering h2 and http/1.1, answering each request with its HTTP version.
+    async fn versions_app() -> (std::net::SocketAddr, UpstreamTls) {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+        let der: CertificateDer<'static> = made.cert.der().clone();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.key_pair.serialize_der()));
+        let mut config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_no_client_auth()
+                .with_single_cert(vec![der.clone()], key)
+                .expect("certificate and key");
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
+                        let version = format!("{:?}", request.version());
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(version))))
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        let tls = UpstreamTls {
+            ca: Some(crate::config::CaFile {
+                path: "test".into(),
+                certs: vec![der],
+            }),
+            server_name: ServerName::try_from("localhost").expect("name"),
+            named: true,
+        };
+        (addr, tls)
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_goes_on_http1_to_an_app_that_speaks_http2() {
+        let (addr, tls) = versions_app().await;
+        let upstream = Upstream::parse(&format!("https://localhost:{}", addr.port())).expect("upstream");
+        let client = UpstreamClient::new(upstream, Some(&tls), Duration::from_secs(5));
+        let ask = |upgrade: bool| {
+            let mut request = Request::new(Either::Right(Empty::new()));
+            *request.uri_mut() = client.upstream().uri_for("/").expect("uri");
+            if upgrade {
+                request
+                    .headers_mut()
+                    .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            }
+            request
+        };
+        for (upgrade, version) in [(false, "HTTP/2.0"), (true, "HTTP/1.1"), (false, "HTTP/2.0")] {
+            let response = client.send(ask(upgrade)).await.expect("answer");
+            let body = response.into_body().collect().await.expect("body").to_bytes();
+            assert_eq!(String::from_utf8_lossy(&body), version, "upgrade: {upgrade}");
+        }
+        // Streams go on HTTP/1.1 too.
+        let response = client.send_stream(ask(false)).await.expect("answer");
+        let body = response.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(String::from_utf8_lossy(&body), "HTTP/1.1");
+    }
 }
