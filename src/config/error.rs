@@ -147,6 +147,8 @@ const ROUTE_SETTINGS: &[&str] = &[
     "response_headers",
     "upgrades",
     "upgrade_idle_timeout",
+    "upstream_ca",
+    "upstream_server_name",
 ];
 /// The keys only a `[[route]]` has.
 const ROUTE_ONLY_KEYS: &[&str] = &["path", "upstream", "sse"];

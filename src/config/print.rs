@@ -121,6 +121,15 @@ impl fmt::Display for Config {
             writeln!(f, "\n[[route]]")?;
             writeln!(f, "path = {}", quote(&route.path))?;
             writeln!(f, "upstream = {}", quote(&route.upstream.to_string()))?;
+            if let Some(tls) = &route.upstream_tls {
+                if let Some(ca) = &tls.ca {
+                    writeln!(f, "upstream_ca = {}", quote(&ca.path.display().to_string()))?;
+                }
+                if tls.named {
+                    let name = tls.server_name.to_str();
+                    writeln!(f, "upstream_server_name = {}", quote(&name))?;
+                }
+            }
             writeln!(f, "sse = \"{}\"", name_of(route.sse))?;
             writeln!(f, "retry = \"{}\"", format_toggle(s.retry))?;
             writeln!(f, "heartbeat = \"{}\"", format_toggle(s.heartbeat))?;

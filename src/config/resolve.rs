@@ -7,6 +7,7 @@ pub(super) fn resolve_route(
     source: &Source<'_>,
     route: &RawRoute,
     defaults: &RawDefaults,
+    dir: &Path,
 ) -> Result<Route, ConfigError> {
     let path = normalise_path(route.path.get_ref())
         .map_err(|why| source.error(route.path.span(), format!("key `path` in [[route]]: {why}")))?;
@@ -14,7 +15,7 @@ pub(super) fn resolve_route(
     let fail = |span: std::ops::Range<usize>, key: &str, why: String| {
         source.error(span, format!("key `{key}` in {here}: {why}"))
     };
-    let upstream = Upstream::parse(route.upstream.get_ref())
+    let upstream = Upstream::parse_in(route.upstream.get_ref(), dir)
         .map_err(|why| fail(route.upstream.span(), "upstream", why))?;
 
     // Route > [defaults] > built-in: `pick!(key)` is the spanned value in force, if set anywhere.
@@ -23,6 +24,32 @@ pub(super) fn resolve_route(
             route.$key.as_ref().or(defaults.$key.as_ref())
         };
     }
+    let upstream_tls = match upstream.transport() {
+        Transport::Https(authority) => Some(super::upstream::resolve_tls(
+            (authority, &route.upstream),
+            pick!(upstream_ca),
+            pick!(upstream_server_name),
+            dir,
+            &fail,
+        )?),
+        // Set in [defaults] for the https:// routes, these mean nothing to the others; set on
+        // a route of another kind, they are a mistake.
+        _ => {
+            for (key, value) in [
+                ("upstream_ca", &route.upstream_ca),
+                ("upstream_server_name", &route.upstream_server_name),
+            ] {
+                if let Some(value) = value {
+                    return Err(fail(
+                        value.span(),
+                        key,
+                        format!("only an https:// upstream has TLS to set; this route's is {upstream}"),
+                    ));
+                }
+            }
+            None
+        }
+    };
     let ids = pick!(ids).map(|v| *v.get_ref());
     let mode = pick!(mode).map_or(StreamMode::Shared, |v| *v.get_ref());
     let ids = match (ids, mode) {
@@ -230,6 +257,7 @@ pub(super) fn resolve_route(
     Ok(Route {
         path,
         upstream,
+        upstream_tls,
         sse: route.sse.as_ref().map_or(SseMode::Auto, |v| *v.get_ref()),
         settings,
     })
