@@ -372,3 +372,60 @@ async fn an_upgraded_connection_keeps_its_place_under_max_connections() {
     })
     .await;
 }
+
+/// A WebSocket echo on any stream (an app behind TLS or on a Unix socket).
+async fn echo_on<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(stream: S) {
+    let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else {
+        return;
+    };
+    while let Some(Ok(message)) = socket.next().await {
+        if matches!(message, Message::Text(_) | Message::Binary(_)) && socket.send(message).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_reaches_an_app_over_https_and_on_a_unix_socket() {
+    let dir = temp_dir("ws-upstreams");
+    let cert = TestCert::for_names(&["localhost"]);
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &cert.cert_pem).expect("write the CA");
+    // The HTTPS app offers HTTP/2 too: the upgrade must still go on HTTP/1.1.
+    let acceptor = tls_acceptor(&cert, &[b"h2", b"http/1.1"]);
+    let tls = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = tls.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = tls.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(stream) = acceptor.accept(stream).await {
+                    echo_on(stream).await;
+                }
+            });
+        }
+    });
+    let socket_path = dir.join("ws.sock");
+    let unix = tokio::net::UnixListener::bind(&socket_path).expect("bind the socket");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = unix.accept().await {
+            tokio::spawn(echo_on(stream));
+        }
+    });
+    let sidecar = Sidecar::start(&format!(
+        "[[route]]\npath = \"/tls\"\nupstream = \"https://localhost:{port}\"\nupstream_ca = \"{}\"\n\
+         [[route]]\npath = \"/unix\"\nupstream = \"unix:{}\"\n",
+        ca.display(),
+        socket_path.display()
+    ))
+    .await;
+    for path in ["/tls", "/unix"] {
+        let mut socket = ws_connect(&format!("ws://{}{path}", sidecar.addr)).await;
+        socket.send(Message::text(path)).await.expect("send");
+        let back = within("the echo", socket.next())
+            .await
+            .expect("a message")
+            .expect("ok");
+        assert_eq!(back, Message::text(path), "through the {path} route");
+    }
+}
