@@ -145,6 +145,8 @@ const ROUTE_SETTINGS: &[&str] = &[
     "merge_slashes",
     "allow_encoded_slashes",
     "response_headers",
+    "compress",
+    "client_headers",
 ];
 /// The keys only a `[[route]]` has.
 const ROUTE_ONLY_KEYS: &[&str] = &["path", "upstream", "sse"];

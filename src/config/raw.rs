@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::value::{DurationValue, LimitValue, SizeValue, Toggle};
+use super::value::{DurationValue, LimitValue, NameList, SizeValue, Toggle};
 use super::{IdMode, OnGap, SseMode, StreamMode};
 
 /// The whole file.
@@ -88,6 +88,8 @@ macro_rules! with_settings {
             pub(crate) merge_slashes: Option<Spanned<bool>>,
             pub(crate) allow_encoded_slashes: Option<Spanned<bool>>,
             pub(crate) response_headers: Option<Spanned<std::collections::BTreeMap<String, Spanned<String>>>>,
+            pub(crate) compress: Option<Spanned<NameList>>,
+            pub(crate) client_headers: Option<Spanned<NameList>>,
         }
     };
 }

@@ -167,6 +167,18 @@ pub(super) fn resolve_route(
     }
     // In name order, as `check` prints them.
     response_headers.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    let compressions =
+        names(pick!(compress), &["br", "gzip"]).map_err(|(span, why)| fail(span, "compress", why))?;
+    let compress = Compress {
+        br: compressions.contains(&"br"),
+        gzip: compressions.contains(&"gzip"),
+    };
+    let client = names(pick!(client_headers), &["x-real-ip", "forwarded"])
+        .map_err(|(span, why)| fail(span, "client_headers", why))?;
+    let client_headers = ClientHeaders {
+        x_real_ip: client.contains(&"x-real-ip"),
+        forwarded: client.contains(&"forwarded"),
+    };
     let settings = Settings {
         retry: toggle(pick!(retry), "retry", DEFAULT_RETRY, MAX_RECONNECT)?,
         heartbeat: toggle(pick!(heartbeat), "heartbeat", DEFAULT_HEARTBEAT, MAX_HEARTBEAT)?,
@@ -202,6 +214,8 @@ pub(super) fn resolve_route(
         merge_slashes: pick!(merge_slashes).is_none_or(|v| *v.get_ref()),
         allow_encoded_slashes: pick!(allow_encoded_slashes).is_some_and(|v| *v.get_ref()),
         response_headers,
+        compress,
+        client_headers,
     };
     Ok(Route {
         path,
@@ -258,6 +272,36 @@ fn normalise_path(path: &str) -> Result<String, String> {
     } else {
         trimmed.to_owned()
     })
+}
+
+/// The names of a list key (`compress`, `client_headers`), each one of `known` (ASCII case
+/// aside), none twice; else the span of the offending name and why.
+fn names(
+    list: Option<&Spanned<value::NameList>>,
+    known: &[&'static str],
+) -> Result<Vec<&'static str>, (std::ops::Range<usize>, String)> {
+    let mut found = Vec::new();
+    for name in list.iter().flat_map(|list| &list.get_ref().0) {
+        let Some(known) = known
+            .iter()
+            .find(|k| k.eq_ignore_ascii_case(name.get_ref().trim()))
+        else {
+            let choices: Vec<String> = known.iter().map(|k| format!("{k:?}")).collect();
+            return Err((
+                name.span(),
+                format!(
+                    "{:?} is not one of {} (or write \"off\" for none)",
+                    name.get_ref(),
+                    choices.join(", ")
+                ),
+            ));
+        };
+        if found.contains(known) {
+            return Err((name.span(), format!("{known:?} is listed twice")));
+        }
+        found.push(*known);
+    }
+    Ok(found)
 }
 
 fn parse_key_part(part: &str) -> Result<KeyPart, String> {
