@@ -2,6 +2,7 @@
 //! subscribes it to an SSE stream of the hub.
 
 mod body;
+mod compress;
 pub(crate) mod target;
 
 use std::convert::Infallible;
@@ -439,6 +440,10 @@ async fn pass_through<B: RequestBody>(
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let context = routed(route, &method, &path, remote.addr);
+    // What the client accepts, if the answer may be compressed: a plain request's, never a
+    // subscription's, nor a HEAD's (no body, and headers as the app gave them).
+    let accepted = (!subscription && method != Method::HEAD && !settings.compress.is_off())
+        .then(|| compress::accepted(request.headers()));
     if request.body().declared_len() > max_body {
         return rescue(ProxyError::BodyTooLarge, &context);
     }
@@ -467,7 +472,12 @@ async fn pass_through<B: RequestBody>(
             }
             strip_hop_by_hop(&mut parts.headers);
             add_response_headers(&mut parts.headers, route);
-            Response::from_parts(parts, ProxyBody::upstream(body))
+            match accepted {
+                Some(accepted) => {
+                    compress::compress(settings.compress, accepted, Response::from_parts(parts, body)).await
+                }
+                None => Response::from_parts(parts, ProxyBody::upstream(body)),
+            }
         }
         Err(error) => {
             let error = ProxyError::from(error);
