@@ -5,11 +5,11 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 /// The client a request came from, as the upstream is told in `X-Forwarded-*`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Peer {
+pub(crate) struct Peer {
     /// The client's address.
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// Whether it came over TLS.
-    pub secure: bool,
+    pub(crate) secure: bool,
 }
 
 impl Default for Peer {

@@ -30,7 +30,7 @@ use crate::hub::{HeldBody, Hub, Joined, Outcome};
 use crate::metrics::Metrics;
 use crate::peer::Peer;
 use crate::route::{RouteEntry, Router};
-use crate::upstream::headers::{client_address, is_event_stream, list_items, strip_hop_by_hop};
+use crate::upstream::headers::{client_address, is_event_stream, list_items, strip_hop_by_hop, Forwarding};
 use crate::upstream::{ClientBody, UpstreamBody, UpstreamError, UpstreamHead};
 use target::Target;
 
@@ -141,15 +141,13 @@ impl Proxy {
         self.inner.hub.reconfigure(&router, config);
     }
 
-    /// The client a request came from, for its stream budget.
-    fn client(&self, peer: std::net::IpAddr, request: &Request<impl Sized>) -> ClientId {
-        let trusted = self
-            .inner
+    /// The peers trusted to name the client behind them.
+    fn trusted_proxies(&self) -> Arc<[Cidr]> {
+        self.inner
             .trusted_proxies
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        ClientId::from(client_address(peer, request.headers(), &trusted))
+            .clone()
     }
 
     /// Whether `request` (a head, with no body) would be an SSE subscription: the server serves
@@ -244,7 +242,8 @@ impl Proxy {
             };
         }
         let mut entry = log(&path, StatusCode::OK, Some(&route));
-        let response = pass_through(&route, request, peer, false).await;
+        let trusted = self.trusted_proxies();
+        let response = pass_through(&route, request, peer, &trusted, false).await;
         entry.status = response.status();
         entry.admission = Some(admission);
         finish(response, entry)
@@ -280,7 +279,13 @@ impl Proxy {
         let settings = &route.config.settings;
         let resume_from = last_event_id(request.headers(), request.uri().query());
         let shared = settings.mode == StreamMode::Shared;
-        let template = upstream_template(route, &request, remote, shared, resume_from.as_deref());
+        let trusted = self.trusted_proxies();
+        let from = Forwarding {
+            peer: remote,
+            trusted: &trusted,
+            send: settings.client_headers,
+        };
+        let template = upstream_template(route, &request, from, shared, resume_from.as_deref());
         // The key is made of what the upstream receives: the path as normalised, the headers
         // as forwarded (a credential a client names in `Connection` is in neither).
         let key = shared.then(|| {
@@ -292,7 +297,7 @@ impl Proxy {
                 &template.headers,
             )
         });
-        let client = self.client(remote.addr.ip(), &request);
+        let client = ClientId::from(client_address(remote.addr.ip(), request.headers(), &trusted));
         let origin = request.headers().get(header::ORIGIN).cloned();
         let pending = match hub.join(route, key, template, client) {
             Joined::Pending(pending) => pending,
@@ -336,7 +341,10 @@ impl Proxy {
                 ))
             }
             // Answered by the app alone: whatever it is (even a stream), it is this client's.
-            Outcome::AskUpstream => Err((pass_through(route, request, remote, true).await, Some(admission))),
+            Outcome::AskUpstream => Err((
+                pass_through(route, request, remote, &trusted, true).await,
+                Some(admission),
+            )),
         }
     }
 }
@@ -393,7 +401,7 @@ impl<B: RequestBody> tower::Service<Request<B>> for Proxy {
 fn upstream_template<B>(
     route: &RouteEntry,
     request: &Request<B>,
-    remote: Peer,
+    from: Forwarding<'_>,
     shared: bool,
     resume_from: Option<&str>,
 ) -> Template {
@@ -412,7 +420,7 @@ fn upstream_template<B>(
         mut headers,
     } = route
         .client
-        .head(uri, request.headers().clone(), &path_and_query, remote);
+        .head(uri, request.headers().clone(), &path_and_query, from);
     // A subscription's upstream request has no body, so it announces none: a Content-Length
     // kept here would make the app read the next request on the connection as this one's body.
     headers.remove(header::CONTENT_LENGTH);
@@ -433,6 +441,7 @@ async fn pass_through<B: RequestBody>(
     route: &RouteEntry,
     request: Request<B>,
     remote: Peer,
+    trusted: &[Cidr],
     subscription: bool,
 ) -> Response<ProxyBody> {
     let settings = &route.config.settings;
@@ -450,9 +459,14 @@ async fn pass_through<B: RequestBody>(
     // A body without a declared length is counted as it streams; past the limit the upstream
     // request fails and the client gets 413.
     let limited = usize::try_from(max_body).unwrap_or(usize::MAX);
+    let from = Forwarding {
+        peer: remote,
+        trusted,
+        send: settings.client_headers,
+    };
     let request = route
         .client
-        .prepare(request.map(|body| body.upstream(limited)), remote);
+        .prepare(request.map(|body| body.upstream(limited)), from);
     let sent = route.client.send(request);
     let result = match settings.upstream_response_timeout {
         Some(limit) => tokio::time::timeout(limit, sent)
