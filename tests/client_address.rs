@@ -178,3 +178,31 @@ async fn a_streams_upstream_request_names_the_client_that_opened_it() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_stream_keyed_by_x_real_ip_is_one_per_client_address() {
+    let app = SseApp::start().await;
+    let proxy = Sidecar::start(&format!(
+        "[[route]]\npath = \"/events\"\nupstream = \"http://{}\"\nclient_headers = [\"x-real-ip\"]\n\
+         stream_key = [\"path\", \"header:x-real-ip\"]\n",
+        app.addr()
+    ))
+    .await;
+    let sse = "Accept: text/event-stream\r\n";
+    let (_a, _) = request_from(&proxy, "127.0.0.8", "/events", sse).await;
+    let (_b, _) = request_from(&proxy, "127.0.0.8", "/events", sse).await;
+    // A client claiming the first one's address is still itself.
+    let (_c, _) = request_from(
+        &proxy,
+        "127.0.0.9",
+        "/events",
+        &format!("{sse}X-Real-IP: 127.0.0.8\r\n"),
+    )
+    .await;
+    let requests = app.wait_requests(2).await;
+    app.stays_at_requests(2, std::time::Duration::from_millis(100))
+        .await;
+    let mut addresses: Vec<_> = requests.iter().filter_map(|r| r.header("x-real-ip")).collect();
+    addresses.sort_unstable();
+    assert_eq!(addresses, ["127.0.0.8", "127.0.0.9"]);
+}
