@@ -36,7 +36,7 @@ fn decode(encoding: Option<&str>, body: &[u8]) -> Vec<u8> {
 /// A decoder fed piece by piece, as a browser decodes a response while it arrives.
 enum Decoder {
     Identity(Vec<u8>),
-    Gzip(flate2::write::GzDecoder<Vec<u8>>),
+    Gzip(Box<flate2::write::GzDecoder<Vec<u8>>>),
     Brotli(Box<brotli::DecompressorWriter<Vec<u8>>>),
 }
 
@@ -44,7 +44,7 @@ impl Decoder {
     fn new(encoding: Option<&str>) -> Decoder {
         match encoding {
             None => Decoder::Identity(Vec::new()),
-            Some("gzip") => Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new())),
+            Some("gzip") => Decoder::Gzip(Box::new(flate2::write::GzDecoder::new(Vec::new()))),
             Some("br") => Decoder::Brotli(Box::new(brotli::DecompressorWriter::new(Vec::new(), 4096))),
             Some(other) => panic!("unexpected Content-Encoding {other}"),
         }
