@@ -126,8 +126,8 @@ pub(crate) const MAX_STREAM_HEADER_BYTES: usize = 16 * 1024;
 /// The headers of an app's event-stream response that every subscriber's response carries:
 /// the end-to-end ones (hop-by-hop removed), without those ssegate sets itself or that describe
 /// one response body rather than the stream (`Content-Type`, `Cache-Control`,
-/// `X-Accel-Buffering`, `Content-Length`, `Content-Encoding`: ssegate never compresses;
-/// `Content-Range`, `ETag`, `Last-Modified`, `Accept-Ranges`, `Trailer`), the `Date` of a
+/// `X-Accel-Buffering`, `Content-Length`, `Content-Encoding`: an event stream is never
+/// compressed; `Content-Range`, `ETag`, `Last-Modified`, `Accept-Ranges`, `Trailer`), the `Date` of a
 /// response that may be hours old, and those meant for one client: `Set-Cookie` and
 /// `Clear-Site-Data`. At most [`MAX_STREAM_HEADER_BYTES`] of them, in the app's order; returns
 /// how many more there were.
