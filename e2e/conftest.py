@@ -9,6 +9,7 @@ import queue
 import shutil
 import signal
 import socket
+import ssl
 import string
 import subprocess
 import sys
@@ -111,10 +112,14 @@ class App:
     """A naive SSE app (Starlette or Express) the test controls over HTTP; with `ids` (Starlette
     only) a well-behaved one that numbers its events and resumes from Last-Event-ID."""
 
-    def __init__(self, procs, kind, port=None, interval=0.0, lifetime=0.0, cors=None, ids=False):
+    def __init__(self, procs, kind, port=None, interval=0.0, lifetime=0.0, cors=None, ids=False, uds=None,
+                 tls=None):
+        """`uds`: a Unix socket path the app serves on too; `tls`: (cert, key, ca) files, to
+        serve HTTPS on its port, its certificate checked against `ca` (Starlette only, both)."""
         self.procs, self.kind = procs, kind
         self.port = port or free_port()
         self.interval, self.lifetime, self.cors, self.ids = interval, lifetime, cors, ids
+        self.uds, self.tls = uds, tls
         self.start()
 
     def start(self):
@@ -124,6 +129,12 @@ class App:
         if self.ids:
             assert self.kind == "starlette", "only the Starlette app numbers its events"
             args += ["--ids"]
+        if self.uds or self.tls:
+            assert self.kind == "starlette", "only the Starlette app serves a socket or TLS"
+        if self.uds:
+            args += ["--uds", self.uds]
+        if self.tls:
+            args += ["--tls-cert", self.tls[0], "--tls-key", self.tls[1]]
         if self.kind == "starlette":
             argv = [sys.executable, os.path.join(HERE, "apps", "starlette_app.py"), *args]
         else:
@@ -135,8 +146,12 @@ class App:
         self.proc.stop(signal.SIGKILL)
 
     def call(self, method, path):
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method=method, data=b"" if method == "POST" else None)
-        with urllib.request.urlopen(req, timeout=5) as r:
+        if self.tls:
+            url, context = f"https://localhost:{self.port}{path}", ssl.create_default_context(cafile=self.tls[2])
+        else:
+            url, context = f"http://127.0.0.1:{self.port}{path}", None
+        req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+        with urllib.request.urlopen(req, timeout=5, context=context) as r:
             return json.loads(r.read())
 
     def emit(self, count=1):

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from conftest import App, Ssegate, browser, eventsource, eventually, seqs
+from conftest import HERE, App, Proc, Ssegate, browser, eventsource, eventually, free_port, seqs, wait_port
 from relay import Relay
 
 
@@ -248,3 +248,31 @@ def test_cross_origin_eventsource_fails_without_the_apps_cors_headers(procs):
     chrome = browser(procs, f"http://127.0.0.1:{page.port}/?stream={proxy.url('/events')}")
     chrome.wait("the EventSource to fail", lambda s: s.get("errors", 0) >= 1)
     assert chrome.final()["events"] == []
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_browser_websocket_echoes_through_ssegate(procs, scheme):
+    """Chromium's WebSocket through ssegate to an app on the `ws` package: a text message, a 2 MiB
+    binary one, and a close with code 4001, each answered as sent. Over HTTPS the page itself
+    comes over HTTP/2, and the browser opens its WebSocket over HTTP/1.1 by itself."""
+    port = free_port()
+    app = Proc(procs, "ws-app", ["node", os.path.join(HERE, "apps", "ws_app.mjs"), str(port)])
+    wait_port(port)
+    upstream = f'[[route]]\npath = "/"\nupstream = "http://127.0.0.1:{port}"\n'
+    if scheme == "https":
+        cert, key = self_signed(procs.dir)
+        proxy = Ssegate(procs, f'[tls]\ncert = "{cert}"\nkey = "{key}"\n' + upstream, scheme="https")
+    else:
+        proxy = Ssegate(procs, upstream)
+    run = subprocess.run(["node", os.path.join(HERE, "clients", "websocket.mjs"), proxy.url("/")],
+                         cwd=HERE, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen["status"] == 200 and seen["opened"] and seen["errors"] == 0, seen
+    assert seen["protocol"] == ("h2" if scheme == "https" else "http/1.1"), seen
+    assert seen["text"] == "hello through ssegate", seen
+    assert seen["binary"] is True, seen
+    assert seen["close"] == {"code": 4001, "reason": "bye", "clean": True}, seen
+    with open(app.log_path) as f:
+        accepted = [json.loads(line) for line in f if line.startswith("{")]
+    assert accepted == [{"connection": "/socket", "forwarded_for": "127.0.0.1"}], accepted

@@ -11,6 +11,7 @@ mod error;
 mod print;
 mod raw;
 mod resolve;
+mod upstream;
 mod value;
 
 use std::fmt;
@@ -29,6 +30,7 @@ pub use error::ConfigError;
 use error::Source;
 use raw::{RawConfig, RawDefaults, RawRoute};
 use resolve::resolve_route;
+pub use upstream::{CaFile, Transport, Upstream, UpstreamTls};
 pub use value::{
     format_duration, format_limit, format_size, format_toggle, parse_duration, parse_size, Cidr,
 };
@@ -228,19 +230,12 @@ pub struct Route {
     pub path: String,
     /// Where requests go.
     pub upstream: Upstream,
+    /// How an `https://` upstream is trusted; `None` for the other transports.
+    pub upstream_tls: Option<UpstreamTls>,
     /// Which requests are SSE subscriptions.
     pub sse: SseMode,
     /// Effective SSE settings.
     pub settings: Settings,
-}
-
-/// An upstream base URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Upstream {
-    scheme: Scheme,
-    authority: Authority,
-    /// Path prefix put before every request path; empty or starting with `/`, no trailing `/`.
-    base_path: String,
 }
 
 /// Effective per-route SSE settings (route > `[defaults]` > built-in default).
@@ -291,6 +286,10 @@ pub struct Settings {
     /// Headers every SSE response and every passed-through response of the route carries,
     /// replacing the app's of the same name.
     pub response_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Protocols a client may upgrade a request to (lower-case tokens, e.g. `websocket`).
+    pub upgrades: Vec<String>,
+    /// How long an upgraded connection stays open with no byte either way.
+    pub upgrade_idle_timeout: Duration,
     /// The content codings passed-through responses may be given, by the client's
     /// `Accept-Encoding`.
     pub compress: Compress,
@@ -304,6 +303,9 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
         for route in &self.routes {
+            if let Some(warning) = route.upstream.warning() {
+                warnings.push(format!("[[route]] {:?}: {warning}", route.path));
+            }
             let settings = &route.settings;
             if settings.mode != StreamMode::Shared || route.sse == SseMode::Never {
                 continue;
@@ -350,8 +352,8 @@ impl Config {
     }
 
     /// Parses and validates `text`; `origin` names it in errors (usually the file path). Files
-    /// it names (`[cluster]`'s `secret_file`, `password_file`) are read relative to the current
-    /// directory.
+    /// it names (`[cluster]`'s `secret_file`, `password_file`, `upstream_ca`, a `unix:` socket)
+    /// are looked for relative to the current directory.
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
         Config::parse(text, origin, Path::new(""))
     }
@@ -496,7 +498,7 @@ impl Config {
         };
         let mut routes: Vec<(Route, std::ops::Range<usize>)> = Vec::new();
         for raw_route in &raw.routes {
-            let route = resolve_route(&source, raw_route.get_ref(), &defaults)?;
+            let route = resolve_route(&source, raw_route.get_ref(), &defaults, dir)?;
             // Routing compares segments regardless of case (see `route::same_segment`), so
             // two prefixes that differ only in case would be one.
             if let Some((_, first)) = routes
@@ -563,72 +565,6 @@ fn parse_addr(source: &Source<'_>, addr: &Spanned<String>, key: &str) -> Result<
             ),
         )
     })
-}
-
-impl Upstream {
-    /// Parses a base URL such as `http://127.0.0.1:3000` or `http://app:8000/api`.
-    pub fn parse(text: &str) -> Result<Upstream, String> {
-        let uri: Uri = text.parse().map_err(|e| format!("{text:?} is not a URL ({e})"))?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .ok_or_else(|| format!("{text:?} has no scheme; write it like \"http://127.0.0.1:3000\""))?;
-        if scheme != Scheme::HTTP {
-            return Err(format!(
-                "{text:?}: only http:// upstreams are supported; ssegate speaks plain HTTP to an app on loopback or a private network"
-            ));
-        }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| format!("{text:?} has no host"))?;
-        if authority.as_str().contains('@') {
-            return Err(format!("{text:?}: credentials in the URL are not supported"));
-        }
-        if uri.query().is_some() {
-            return Err(format!("{text:?}: an upstream base URL cannot have a query"));
-        }
-        let base_path = uri.path().trim_end_matches('/').to_owned();
-        Ok(Upstream {
-            scheme,
-            authority,
-            base_path,
-        })
-    }
-
-    /// The upstream URL for a request: the base path, then the request's path and query. An
-    /// asterisk-form target (`OPTIONS *`) stays `*`: it names the server, not a path.
-    pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        if path_and_query == "*" {
-            return Uri::builder()
-                .scheme(self.scheme.clone())
-                .authority(self.authority.clone())
-                .path_and_query("*")
-                .build();
-        }
-        let mut joined = String::with_capacity(self.base_path.len() + path_and_query.len());
-        joined.push_str(&self.base_path);
-        joined.push_str(path_and_query);
-        if !joined.starts_with('/') {
-            joined.insert(0, '/');
-        }
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(joined)
-            .build()
-    }
-
-    /// `host:port` of the upstream.
-    pub fn authority(&self) -> &Authority {
-        &self.authority
-    }
-}
-
-impl fmt::Display for Upstream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}{}", self.scheme, self.authority, self.base_path)
-    }
 }
 
 impl fmt::Display for KeyPart {

@@ -9,12 +9,12 @@
 //!   subscriptions.
 //! - `server`: runs any such service: the accept loop, `max_connections`, HTTP/1.1 and HTTP/2
 //!   on one port, the lean HTTP/1.1 path for SSE subscriptions, graceful stop.
-//! - `peer`: what a request carries of its connection (client address, TLS), put in by the
-//!   server, read by the proxy.
+//! - `peer`: what a request carries of its connection (client address, TLS; for an upgrade,
+//!   its place and the drain), put in by the server, read by the proxy.
 //! - `hub`: shared SSE streams: one task per stream key reading an event source (the app over
 //!   HTTP), a ring buffer of encoded events, subscriber bodies that are cursors into it.
-//! - `upstream`: the pooled client to apps, the one builder of upstream requests, the header
-//!   rules of a proxy, the reconnect backoff.
+//! - `upstream`: the pooled client to apps (over TCP, TLS or a Unix socket), the one builder of
+//!   upstream requests, the header rules of a proxy, the reconnect backoff.
 //! - `cluster`: instances sharing streams through Redis: the key names, the shared log of each
 //!   stream (lease, fenced appends, reads), the Redis client.
 //! - `error`: the answers ssegate makes itself: who was at fault, and `rescue`, which makes the
@@ -35,8 +35,8 @@
 //!
 //! The public surface is what the binary, the tests and the examples use: [`App`],
 //! [`Control`], [`Config`] and its [`config`] module, the [`sse`] wire format, the [`demo`] app,
-//! [`load_certificate`] and [`check_redis`] (for `ssegate check`). Everything else is the
-//! crate's own.
+//! [`load_certificate`], [`system_roots`] and [`check_redis`] (for `ssegate check`). Everything
+//! else is the crate's own.
 #![deny(unsafe_code)]
 #![warn(
     rust_2018_idioms,
@@ -71,6 +71,7 @@ pub use cluster::{
 pub use config::Config;
 pub use control::{Control, ReloadError};
 pub use tls::{load as load_certificate, Loaded as LoadedCertificate, TlsError};
+pub use upstream::tls::{system_roots, SystemRoots};
 
 /// What the fuzz targets (`fuzz/`) and their seed test drive directly: the lean path's head
 /// reader, the request-target checks, and a proxy to ask them. Not an API.

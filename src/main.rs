@@ -113,6 +113,22 @@ fn check(path: &std::path::Path, given: bool, connect: bool) -> ExitCode {
     for warning in config.warnings() {
         eprintln!("warning: {warning}");
     }
+    // https:// upstreams without upstream_ca are checked against the system's roots.
+    let system_roots = config
+        .routes
+        .iter()
+        .any(|route| route.upstream_tls.as_ref().is_some_and(|tls| tls.ca.is_none()))
+        .then(ssegate::system_roots);
+    if let Some(roots) = system_roots.filter(|roots| roots.count == 0) {
+        eprintln!(
+            "warning: no system root certificates found{}: the https:// upstreams without upstream_ca will fail every handshake; install the ca-certificates package, or set upstream_ca",
+            if roots.errors.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", roots.errors.join("; "))
+            }
+        );
+    }
     // A closed stdout (`| head`) is not an error of the config.
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "# {}: valid. Effective settings:", path.display());
@@ -121,6 +137,13 @@ fn check(path: &std::path::Path, given: bool, connect: bool) -> ExitCode {
             out,
             "# TLS certificate: {}, valid until {}",
             loaded.subject, loaded.not_after
+        );
+    }
+    if let Some(roots) = system_roots.filter(|roots| roots.count > 0) {
+        let _ = writeln!(
+            out,
+            "# System root certificates: {}, for the https:// upstreams without upstream_ca",
+            roots.count
         );
     }
     let _ = write!(out, "\n{config}");

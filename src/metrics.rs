@@ -78,6 +78,9 @@ pub struct Metrics {
     held: Family<RouteLabel, Gauge>,
     unsendable_ids: Family<RouteLabel, Counter>,
     held_total: Family<RouteLabel, Counter>,
+    upgraded: Family<RouteLabel, Gauge>,
+    upgrades: Family<RouteLabel, Counter>,
+    upgrades_refused: Family<RouteLabel, Counter>,
     /// Requests refused before routing (bad target, Host or path): the client's fault.
     pub bad_requests: Counter,
     requests: Family<RequestLabels, Counter>,
@@ -152,6 +155,12 @@ pub struct RouteMetrics {
     pub held_total: Counter,
     /// App ids a client could not send back, replaced or left out.
     pub unsendable_ids: Counter,
+    /// Upgraded connections (WebSockets) open.
+    pub upgraded: Gauge,
+    /// Connections upgraded.
+    pub upgrades: Counter,
+    /// Upgrade requests to a protocol the route does not allow, passed as plain requests.
+    pub upgrades_refused: Counter,
     /// Pass-through requests by status class, 1xx to 5xx.
     requests: [Counter; 5],
     /// Pass-through request durations.
@@ -209,6 +218,9 @@ impl Metrics {
             held: Family::default(),
             held_total: Family::default(),
             unsendable_ids: Family::default(),
+            upgraded: Family::default(),
+            upgrades: Family::default(),
+            upgrades_refused: Family::default(),
             bad_requests: Counter::default(),
             requests: Family::default(),
             request_duration: Family::new_with_constructor(duration_histogram),
@@ -389,6 +401,21 @@ impl Metrics {
             metrics.unsendable_ids.clone(),
         );
         r.register(
+            "upgraded_connections",
+            "Upgraded connections (WebSockets) open, by route",
+            metrics.upgraded.clone(),
+        );
+        r.register(
+            "upgrades",
+            "Connections upgraded (WebSockets) after the app's 101, by route",
+            metrics.upgrades.clone(),
+        );
+        r.register(
+            "upgrades_refused",
+            "Upgrade requests to a protocol the route does not allow, passed as plain requests, by route",
+            metrics.upgrades_refused.clone(),
+        );
+        r.register(
             "bad_requests",
             "Requests refused with 400 before routing: malformed target, Host or path",
             metrics.bad_requests.clone(),
@@ -432,6 +459,9 @@ impl Metrics {
             held: self.held.get_or_create_owned(&label),
             held_total: self.held_total.get_or_create_owned(&label),
             unsendable_ids: self.unsendable_ids.get_or_create_owned(&label),
+            upgraded: self.upgraded.get_or_create_owned(&label),
+            upgrades: self.upgrades.get_or_create_owned(&label),
+            upgrades_refused: self.upgrades_refused.get_or_create_owned(&label),
             // Resolved now, like the rest: a request that ends after its route was removed by
             // a reload must not bring the route's series back.
             requests: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
@@ -456,6 +486,7 @@ impl Metrics {
             &self.streams,
             &self.upstream_streams,
             &self.held,
+            &self.upgraded,
         ] {
             family.remove(&label);
         }
@@ -475,6 +506,8 @@ impl Metrics {
             &self.refused,
             &self.held_total,
             &self.unsendable_ids,
+            &self.upgrades,
+            &self.upgrades_refused,
         ] {
             family.remove(&label);
         }

@@ -4,6 +4,7 @@
 mod body;
 mod compress;
 pub(crate) mod target;
+mod upgrade;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -223,6 +224,21 @@ impl Proxy {
             let log = log(&path, response.status(), Some(&route));
             return finish(response, log);
         };
+        if let Some(asked) = upgrade::requested(&request) {
+            if let Some(protocols) = upgrade::allowed(&route, asked, &path, peer) {
+                let trusted = self.trusted_proxies();
+                let from = Forwarding {
+                    peer,
+                    trusted: &trusted,
+                    send: route.config.settings.client_headers,
+                };
+                let (response, admission) =
+                    upgrade::upgrade(&route, request, from, protocols, admission).await;
+                let mut log = log(&path, response.status(), Some(&route));
+                log.admission = admission;
+                return finish(response, log);
+            }
+        }
         if is_subscription(route.config.sse, &request) {
             if announces_body(&request) {
                 // EventSource never sends a body; a subscription that announces one is trying to
@@ -435,7 +451,8 @@ fn upstream_template<B>(
     }
 }
 
-/// Passes a request through to the route's upstream and streams the answer back.
+/// Passes a request through to the route's upstream and streams the answer back, compressed
+/// when the route's `compress` and the client's `Accept-Encoding` allow.
 /// `subscription`: it is one, whose stream's app answered it alone (never shared).
 async fn pass_through<B: RequestBody>(
     route: &RouteEntry,
@@ -445,28 +462,73 @@ async fn pass_through<B: RequestBody>(
     subscription: bool,
 ) -> Response<ProxyBody> {
     let settings = &route.config.settings;
-    let max_body = settings.max_request_body;
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let context = routed(route, &method, &path, remote.addr);
     // What the client accepts, if the answer may be compressed: a plain request's, never a
     // subscription's, nor a HEAD's (no body, and headers as the app gave them).
     let accepted = (!subscription && method != Method::HEAD && !settings.compress.is_off())
         .then(|| compress::accepted(request.headers()));
-    if request.body().declared_len() > max_body {
-        return rescue(ProxyError::BodyTooLarge, &context);
-    }
-    // A body without a declared length is counted as it streams; past the limit the upstream
-    // request fails and the client gets 413.
-    let limited = usize::try_from(max_body).unwrap_or(usize::MAX);
     let from = Forwarding {
         peer: remote,
         trusted,
         send: settings.client_headers,
     };
-    let request = route
+    let response = match exchange(route, request, from, |_| {}).await {
+        Ok(response) => response,
+        Err(answer) => return answer,
+    };
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // Never asked for (an upgrade goes through `upgrade`): following it would hand the
+        // client a raw connection to the app.
+        let source = "the app switched protocols (101) on a request that asked for no upgrade";
+        let context = routed(route, &method, &path, remote.addr);
+        return rescue(
+            ProxyError::Upstream {
+                timed_out: false,
+                source: source.into(),
+            },
+            &context,
+        );
+    }
+    if !subscription
+        && route.config.sse == SseMode::Auto
+        && method == Method::GET
+        && is_event_stream(response.headers())
+    {
+        route.sse_passed_through(&path);
+    }
+    let response = answer_head(route, response);
+    match accepted {
+        Some(accepted) => compress::compress(settings.compress, accepted, response).await,
+        None => response.map(ProxyBody::upstream),
+    }
+}
+
+/// Sends a client's request to the route's upstream: the head as every upstream request's
+/// (see `UpstreamClient::prepare`), then `adjust`ed; the body within `max_request_body`; the
+/// answer's head within `upstream_response_timeout`. The app's response, or ssegate's answer
+/// when there is none.
+async fn exchange<B: RequestBody>(
+    route: &RouteEntry,
+    request: Request<B>,
+    from: Forwarding<'_>,
+    adjust: impl FnOnce(&mut HeaderMap),
+) -> Result<Response<Incoming>, Response<ProxyBody>> {
+    let settings = &route.config.settings;
+    let max_body = settings.max_request_body;
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let context = routed(route, &method, &path, from.peer.addr);
+    if request.body().declared_len() > max_body {
+        return Err(rescue(ProxyError::BodyTooLarge, &context));
+    }
+    // A body without a declared length is counted as it streams; past the limit the upstream
+    // request fails and the client gets 413.
+    let limited = usize::try_from(max_body).unwrap_or(usize::MAX);
+    let mut request = route
         .client
         .prepare(request.map(|body| body.upstream(limited)), from);
+    adjust(request.headers_mut());
     let sent = route.client.send(request);
     let result = match settings.upstream_response_timeout {
         Some(limit) => tokio::time::timeout(limit, sent)
@@ -474,33 +536,28 @@ async fn pass_through<B: RequestBody>(
             .unwrap_or(Err(UpstreamError::ResponseTimeout(limit))),
         None => sent.await,
     };
-    match result {
-        Ok(response) => {
-            let (mut parts, body) = response.into_parts();
-            if !subscription
-                && route.config.sse == SseMode::Auto
-                && method == Method::GET
-                && is_event_stream(&parts.headers)
-            {
-                route.sse_passed_through(&path);
-            }
-            strip_hop_by_hop(&mut parts.headers);
-            add_response_headers(&mut parts.headers, route);
-            match accepted {
-                Some(accepted) => {
-                    compress::compress(settings.compress, accepted, Response::from_parts(parts, body)).await
-                }
-                None => Response::from_parts(parts, ProxyBody::upstream(body)),
-            }
+    result.map_err(|error| {
+        let error = ProxyError::from(error);
+        if matches!(error, ProxyError::ClientBody(_)) {
+            route.metrics.all().bad_requests.inc();
         }
-        Err(error) => {
-            let error = ProxyError::from(error);
-            if matches!(error, ProxyError::ClientBody(_)) {
-                route.metrics.all().bad_requests.inc();
-            }
-            rescue(error, &context)
-        }
-    }
+        rescue(error, &context)
+    })
+}
+
+/// The app's response as the client gets it: hop-by-hop headers out, the route's
+/// `response_headers` in, the body streamed.
+fn answer(route: &RouteEntry, response: Response<Incoming>) -> Response<ProxyBody> {
+    answer_head(route, response).map(ProxyBody::upstream)
+}
+
+/// The app's response with the head the client gets: hop-by-hop headers out, the route's
+/// `response_headers` in.
+fn answer_head(route: &RouteEntry, response: Response<Incoming>) -> Response<Incoming> {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    add_response_headers(&mut parts.headers, route);
+    Response::from_parts(parts, body)
 }
 
 /// Whether a request announces a body: a `Content-Length` other than 0 (any of them), or any

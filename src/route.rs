@@ -48,7 +48,11 @@ impl RouteEntry {
     /// config being replaced, whose active count carries over.
     pub fn new(config: Route, metrics: &Arc<Metrics>, previous: Option<&RouteEntry>) -> RouteEntry {
         RouteEntry {
-            client: UpstreamClient::new(config.upstream.clone(), config.settings.upstream_connect_timeout),
+            client: UpstreamClient::new(
+                config.upstream.clone(),
+                config.upstream_tls.as_ref(),
+                config.settings.upstream_connect_timeout,
+            ),
             metrics: metrics.route(&config.path),
             active: previous.map_or_else(Arc::default, |p| p.active.clone()),
             told_passed_through: AtomicBool::new(false),

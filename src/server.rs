@@ -46,7 +46,7 @@ use tower::{Service, ServiceExt};
 use crate::config::Config;
 use crate::error::{chain, unavailable, Fault};
 use crate::metrics::Metrics;
-use crate::peer::Peer;
+use crate::peer::{Peer, Upgrades};
 use crate::tls::Acceptor;
 
 /// Boxed error with the standard bounds: what a response body's error becomes.
@@ -182,6 +182,10 @@ impl<S> Server<S> {
         // shutdown waits for its own: each holds a token of the tracker while it lives.
         let lean = TaskTracker::new();
         let stop = CancellationToken::new();
+        // Upgraded connections (WebSockets), which hyper no longer holds: the drain waits for
+        // them too, then closes them.
+        let tunnels = TaskTracker::new();
+        let tunnels_closed = CancellationToken::new();
         tokio::pin!(shutdown);
         loop {
             let admission = tokio::select! {
@@ -241,6 +245,8 @@ impl<S> Server<S> {
                 watcher: graceful.watcher(),
                 lean: lean.clone(),
                 stop: stop.clone(),
+                tunnels: tunnels.clone(),
+                tunnels_closed: tunnels_closed.clone(),
                 remote,
             };
             let state = ConnState::new();
@@ -295,9 +301,15 @@ impl<S> Server<S> {
             graceful.shutdown().await;
             lean.close();
             lean.wait().await;
+            tunnels.close();
+            tunnels.wait().await;
         };
         if tokio::time::timeout(grace, drained).await.is_err() {
-            tracing::warn!("grace period over; closing the connections still open");
+            tracing::warn!(
+                upgraded = tunnels.len(),
+                "grace period over; closing the connections still open"
+            );
+            tunnels_closed.cancel();
         }
     }
 }
@@ -311,6 +323,8 @@ struct Connection<S> {
     watcher: hyper_util::server::graceful::Watcher,
     lean: TaskTracker,
     stop: CancellationToken,
+    tunnels: TaskTracker,
+    tunnels_closed: CancellationToken,
     remote: SocketAddr,
 }
 
@@ -385,10 +399,16 @@ impl<S> Connection<S> {
         let remote = self.remote;
         let peer = self.peer;
         let inner = self.service;
+        let hold = guard.map(|slot| Box::new(slot) as Box<dyn Send>);
+        let upgrades = Upgrades::new(hold, self.tunnels, self.tunnels_closed);
+        let open = upgrades.clone();
         let service = service_fn(move |request: Request<Incoming>| {
             let in_flight = state.begin();
             let mut request = request.map(B::from);
             request.extensions_mut().insert(peer);
+            if request.headers().contains_key(http::header::UPGRADE) {
+                request.extensions_mut().insert(upgrades.clone());
+            }
             let called = inner.clone().oneshot(request);
             async move {
                 let response = match called.await {
@@ -399,11 +419,13 @@ impl<S> Connection<S> {
             }
         });
         let io = TokioIo::new(Prefixed::new(prefix, io));
-        let connection = self
-            .watcher
-            .watch(self.builder.serve_connection(io, service).into_owned());
+        let connection = self.watcher.watch(
+            self.builder
+                .serve_connection_with_upgrades(io, service)
+                .into_owned(),
+        );
         Box::pin(async move {
-            let _open = guard;
+            let _open = open;
             if let Err(error) = connection.await {
                 log_connection_error(remote, error.as_ref());
             }

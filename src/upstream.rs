@@ -1,25 +1,32 @@
-//! The way to an app: a pooled HTTP/1.1 client per route, the rewriting of a client request into
-//! an upstream request, and the errors an upstream exchange can end in.
+//! The way to an app: a pooled client per route (HTTP/1.1 over TCP or a Unix socket, HTTP/2 or
+//! HTTP/1.1 over TLS), the rewriting of a client request into an upstream request, and the
+//! errors an upstream exchange can end in.
 
 pub(crate) mod backoff;
+mod connect;
 pub(crate) mod headers;
+mod http2;
+pub(crate) mod tls;
 
 use std::error::Error as StdError;
 use std::time::Duration;
 
 use bytes::Bytes;
+use std::sync::{Arc, OnceLock};
+
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, Uri, Version};
 use http_body_util::{Either, Empty, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::Upstream;
+use crate::config::{Transport, Upstream, UpstreamTls};
 use crate::error::chain;
 use crate::error::ProxyError;
+use connect::Connector;
 use headers::{add_forwarded, drop_confusable, strip_hop_by_hop, Forwarding};
+use http2::{Http2, Http2Error, Sent};
 
 /// A request body bound upstream: the client's streamed body (bounded by `max_request_body`),
 /// or nothing (SSE subscriptions).
@@ -32,6 +39,9 @@ pin_project_lite::pin_project! {
     pub struct ClientBody {
         #[pin]
         body: Limited<Incoming>,
+        // Its error, once it failed. Over HTTP/1.1 the exchange fails with it; over HTTP/2 with
+        // the stream reset hyper sends then, which does not carry it (see `UpstreamClient::send`).
+        failed: Arc<OnceLock<SharedError>>,
     }
 }
 
@@ -40,7 +50,32 @@ impl ClientBody {
     pub fn new(body: Incoming, limit: usize) -> ClientBody {
         ClientBody {
             body: Limited::new(body, limit),
+            failed: Arc::default(),
         }
+    }
+}
+
+/// An error told to more than one party (a failed connect to every request waiting for it; a
+/// client's body error to hyper and to the exchange): it reads as the error itself, which is
+/// its source, so the causes in its chain are found as in any other.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedError(Arc<dyn StdError + Send + Sync>);
+
+impl From<BoxError> for SharedError {
+    fn from(error: BoxError) -> SharedError {
+        SharedError(Arc::from(error))
+    }
+}
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl StdError for SharedError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(self.0.as_ref())
     }
 }
 
@@ -58,10 +93,12 @@ impl http_body::Body for ClientBody {
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        self.project()
-            .body
-            .poll_frame(cx)
-            .map_err(|error| Box::new(ClientBodyError(error)) as BoxError)
+        let this = self.project();
+        this.body.poll_frame(cx).map_err(|error| {
+            let error = SharedError::from(error);
+            let _ = this.failed.set(error.clone());
+            Box::new(ClientBodyError(Box::new(error))) as BoxError
+        })
     }
 
     fn is_end_stream(&self) -> bool {
@@ -76,10 +113,14 @@ impl http_body::Body for ClientBody {
 /// Boxed error with the standard bounds.
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
 
-/// A pooled HTTP/1.1 client for one route's upstream.
+/// A pooled client for one route's upstream.
 #[derive(Clone, Debug)]
 pub struct UpstreamClient {
-    client: Client<HttpConnector, UpstreamBody>,
+    /// HTTP/1.1, pooled (over TLS it offers only http/1.1).
+    client: Client<Connector, UpstreamBody>,
+    /// For an `https://` upstream, the one HTTP/2 connection plain requests share when the app
+    /// chooses HTTP/2 (see [`UpstreamClient::send`]).
+    http2: Option<Arc<Http2>>,
     upstream: Upstream,
     connect_timeout: Duration,
 }
@@ -93,6 +134,10 @@ pub enum UpstreamError {
     /// The upstream refused the connection or could not be reached: 502.
     #[error("upstream unreachable: {}", chain(.0.as_ref()))]
     Unreachable(BoxError),
+    /// The TLS handshake with the upstream failed (its certificate did not pass a check, or
+    /// it does not speak TLS): 502.
+    #[error("upstream TLS handshake failed: {}", chain(.0.as_ref()))]
+    Handshake(BoxError),
     /// The upstream accepted the connection but sent no response head in time: 504.
     #[error("upstream sent no response head within {}", crate::config::format_duration(*.0))]
     ResponseTimeout(Duration),
@@ -117,14 +162,7 @@ impl UpstreamError {
         let UpstreamError::Failed(error) = self else {
             return false;
         };
-        let mut next: Option<&(dyn StdError + 'static)> = Some(error.as_ref());
-        while let Some(e) = next {
-            if e.is::<E>() {
-                return true;
-            }
-            next = e.source();
-        }
-        false
+        caused_by::<E>(error.as_ref())
     }
 }
 
@@ -150,17 +188,41 @@ impl From<UpstreamError> for ProxyError {
 }
 
 impl UpstreamClient {
-    /// A client for `upstream` with the given TCP connect timeout.
-    pub fn new(upstream: Upstream, connect_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+    /// A client for `upstream` (trusted per `tls` when it is `https://`) with the given connect
+    /// timeout (for TLS, the handshake included).
+    pub fn new(upstream: Upstream, tls: Option<&UpstreamTls>, connect_timeout: Duration) -> Self {
+        let pooled = |connector: Connector| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_timer(TokioTimer::new())
+                .build(connector)
+        };
+        let base = upstream.uri_for("/").unwrap_or_default();
+        let (client, http2) = match (upstream.transport(), tls) {
+            (Transport::Https(_), Some(tls)) => {
+                let connector = |alpn| {
+                    let config = tls::client_config(tls, alpn);
+                    Connector::tls(base.clone(), config, tls.server_name.clone(), connect_timeout)
+                };
+                (
+                    pooled(connector(tls::ALPN_H1)),
+                    Some(Arc::new(Http2::new(connector(tls::ALPN_H2_AND_H1)))),
+                )
+            }
+            // The config gives every `https://` upstream its TLS settings; without them it
+            // is not spoken to at all, rather than in plain text.
+            (Transport::Https(_), None) => (
+                pooled(Connector::unusable(
+                    "an https:// upstream without its TLS settings",
+                )),
+                None,
+            ),
+            (Transport::Unix(path), _) => (pooled(Connector::unix(path, connect_timeout)), None),
+            (Transport::Http(_), _) => (pooled(Connector::tcp(base, connect_timeout)), None),
+        };
         UpstreamClient {
             client,
+            http2,
             upstream,
             connect_timeout,
         }
@@ -172,23 +234,74 @@ impl UpstreamClient {
     }
 
     /// Sends `request` (already addressed by [`UpstreamClient::prepare`]) and returns the
-    /// response head with its streaming body.
+    /// response head with its streaming body. To an `https://` app that chooses HTTP/2, on the
+    /// route's one HTTP/2 connection; else, and for a request that asks for an upgrade (HTTP/2
+    /// has none, RFC 9113 §8.2.2), on a pooled HTTP/1.1 connection.
     pub async fn send(&self, request: Request<UpstreamBody>) -> Result<Response<Incoming>, UpstreamError> {
+        let http2 = self
+            .http2
+            .as_ref()
+            .filter(|_| !request.headers().contains_key(header::UPGRADE));
+        let request = match http2 {
+            Some(http2) => {
+                let body_failed = match request.body() {
+                    Either::Left(body) => Some(body.failed.clone()),
+                    Either::Right(_) => None,
+                };
+                match http2.send(request).await {
+                    Ok(Sent::Response(response)) => return Ok(response),
+                    Ok(Sent::Http1(request)) => request,
+                    Err(Http2Error::Connect(error)) => return Err(self.connect_error(error)),
+                    // The client's body failed first (cut short, over its limit): its fault.
+                    Err(Http2Error::Send(error)) => {
+                        let cause = body_failed.as_ref().and_then(|failed| failed.get());
+                        return Err(UpstreamError::Failed(match cause {
+                            Some(cause) => Box::new(ClientBodyError(Box::new(cause.clone()))),
+                            None => Box::new(error),
+                        }));
+                    }
+                }
+            }
+            None => request,
+        };
+        self.send_http1(request).await
+    }
+
+    /// Sends a stream's request ([`subscription_request`]), always on a pooled HTTP/1.1
+    /// connection of its own: an SSE stream lasts, and on one HTTP/2 connection, past the app's
+    /// limit of concurrent streams (often 100 to 250), new ones would wait for old ones to end.
+    pub async fn send_stream(
+        &self,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        self.send_http1(request).await
+    }
+
+    async fn send_http1(&self, request: Request<UpstreamBody>) -> Result<Response<Incoming>, UpstreamError> {
         self.client.request(request).await.map_err(|e| {
             if e.is_connect() {
-                if is_timeout(&e) {
-                    UpstreamError::ConnectTimeout(self.connect_timeout)
-                } else {
-                    UpstreamError::Unreachable(Box::new(e))
-                }
+                self.connect_error(Box::new(e))
             } else {
                 UpstreamError::Failed(Box::new(e))
             }
         })
     }
 
+    /// A connection that could not be made: the connect timeout, a failed TLS handshake, or an
+    /// app that cannot be reached.
+    fn connect_error(&self, error: BoxError) -> UpstreamError {
+        if is_timeout(error.as_ref()) {
+            UpstreamError::ConnectTimeout(self.connect_timeout)
+        } else if caused_by::<tls::HandshakeError>(error.as_ref()) {
+            UpstreamError::Handshake(error)
+        } else {
+            UpstreamError::Unreachable(error)
+        }
+    }
+
     /// Rewrites a client request into the upstream request (see [`UpstreamClient::head`]),
-    /// sent as HTTP/1.1 whatever the client spoke.
+    /// sent as HTTP/1.1 whatever the client spoke, or as HTTP/2 on a connection to an
+    /// `https://` app that chose it: the connection decides, whatever the request's version.
     pub(crate) fn prepare<B>(&self, request: Request<B>, from: Forwarding<'_>) -> Request<B> {
         let (mut parts, body) = request.into_parts();
         let path_and_query = parts
@@ -267,6 +380,18 @@ pub(crate) fn subscription_request(
     request
 }
 
+/// Whether an error of type `E` is somewhere in `error`'s chain.
+fn caused_by<E: StdError + 'static>(error: &(dyn StdError + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.is::<E>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// Whether a connect error was the connect timeout: somewhere in its chain is an I/O error of
 /// kind `TimedOut` (the connector's own timeout, or the kernel's).
 fn is_timeout(error: &(dyn StdError + 'static)) -> bool {
@@ -293,7 +418,7 @@ mod tests {
     #[test]
     fn one_head_for_every_upstream_request() {
         let upstream = Upstream::parse("http://127.0.0.1:3000/base/").expect("upstream");
-        let client = UpstreamClient::new(upstream, Duration::from_secs(1));
+        let client = UpstreamClient::new(upstream, None, Duration::from_secs(1));
         let peer = Peer {
             addr: "192.0.2.7:5000".parse().expect("addr"),
             secure: true,
@@ -349,5 +474,76 @@ mod tests {
             .expect_err("over the limit");
         let over = UpstreamError::Failed(Box::new(ClientBodyError(over)));
         assert_eq!(status(over), (413, Fault::Client));
+    }
+
+    /// An app over TLS offering h2 and http/1.1, answering each request with its HTTP version.
+    async fn versions_app() -> (std::net::SocketAddr, UpstreamTls) {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+        let der: CertificateDer<'static> = made.cert.der().clone();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.key_pair.serialize_der()));
+        let mut config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_no_client_auth()
+                .with_single_cert(vec![der.clone()], key)
+                .expect("certificate and key");
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
+                        let version = format!("{:?}", request.version());
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(version))))
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        let tls = UpstreamTls {
+            ca: Some(crate::config::CaFile {
+                path: "test".into(),
+                certs: vec![der],
+            }),
+            server_name: ServerName::try_from("localhost").expect("name"),
+            named: true,
+        };
+        (addr, tls)
+    }
+
+    #[tokio::test]
+    async fn an_upgrade_goes_on_http1_to_an_app_that_speaks_http2() {
+        let (addr, tls) = versions_app().await;
+        let upstream = Upstream::parse(&format!("https://localhost:{}", addr.port())).expect("upstream");
+        let client = UpstreamClient::new(upstream, Some(&tls), Duration::from_secs(5));
+        let ask = |upgrade: bool| {
+            let mut request = Request::new(Either::Right(Empty::new()));
+            *request.uri_mut() = client.upstream().uri_for("/").expect("uri");
+            if upgrade {
+                request
+                    .headers_mut()
+                    .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            }
+            request
+        };
+        for (upgrade, version) in [(false, "HTTP/2.0"), (true, "HTTP/1.1"), (false, "HTTP/2.0")] {
+            let response = client.send(ask(upgrade)).await.expect("answer");
+            let body = response.into_body().collect().await.expect("body").to_bytes();
+            assert_eq!(String::from_utf8_lossy(&body), version, "upgrade: {upgrade}");
+        }
+        // Streams go on HTTP/1.1 too.
+        let response = client.send_stream(ask(false)).await.expect("answer");
+        let body = response.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(String::from_utf8_lossy(&body), "HTTP/1.1");
     }
 }

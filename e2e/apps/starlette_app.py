@@ -8,6 +8,10 @@
   only advances when someone receives it.
 - GET /stats: open SSE streams. GET /: a page with an EventSource. /api/echo: JSON echo.
 - --cors ORIGIN: Starlette's own CORS middleware, allowing that origin with credentials.
+- --uds PATH: serves on that Unix socket too (the TCP port stays, for the test's own calls).
+- --tls-cert FILE --tls-key FILE: serves HTTPS on the port instead of HTTP.
+- GET /api/where: where the request came in: the listener (a socket's path), scheme, HTTP
+  version and Host.
 - --ids: a well-behaved app instead, numbering its events itself: a global counter ticks every
   --interval whether anyone listens or not, events are `id: n` / `data: n`, and a stream starts
   after its Last-Event-ID (or after the latest number without one), so it serves any
@@ -18,6 +22,7 @@
 import argparse
 import asyncio
 import json
+import socket
 
 import uvicorn
 from starlette.applications import Starlette
@@ -149,6 +154,11 @@ def build(state, cors=None):
     async def page(request: Request):
         return HTMLResponse(PAGE)
 
+    async def where(request: Request):
+        return JSONResponse({"server": request.scope.get("server"), "scheme": request.url.scheme,
+                             "http_version": request.scope.get("http_version"),
+                             "host": request.headers.get("host")})
+
     async def echo(request: Request):
         body = await request.body()
         return JSONResponse({"method": request.method, "body": body.decode(), "app": "starlette"})
@@ -164,6 +174,7 @@ def build(state, cors=None):
         Route("/stats", stats),
         Route("/", page),
         Route("/api/echo", echo, methods=["GET", "POST"]),
+        Route("/api/where", where),
     ])
 
 
@@ -174,6 +185,9 @@ async def main():
     parser.add_argument("--lifetime", type=float, default=0.0)
     parser.add_argument("--cors", default=None)
     parser.add_argument("--ids", action="store_true")
+    parser.add_argument("--uds", default=None)
+    parser.add_argument("--tls-cert", default=None)
+    parser.add_argument("--tls-key", default=None)
     args = parser.parse_args()
     state = State(args.lifetime, args.ids)
     if args.interval:
@@ -182,8 +196,18 @@ async def main():
                 await asyncio.sleep(args.interval)
                 state.emit(1)
         asyncio.get_running_loop().create_task(tick())
-    config = uvicorn.Config(build(state, args.cors), host="127.0.0.1", port=args.port, log_level="warning")
-    await uvicorn.Server(config).serve()
+    tls = {"ssl_certfile": args.tls_cert, "ssl_keyfile": args.tls_key} if args.tls_cert else {}
+    config = uvicorn.Config(build(state, args.cors), host="127.0.0.1", port=args.port, log_level="warning", **tls)
+    if not args.uds:
+        await uvicorn.Server(config).serve()
+        return
+    # One server on two listeners: the TCP port and the Unix socket (as `uvicorn --uds` binds it).
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    tcp.bind(("127.0.0.1", args.port))
+    uds = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    uds.bind(args.uds)
+    await uvicorn.Server(config).serve(sockets=[tcp, uds])
 
 
 if __name__ == "__main__":

@@ -77,6 +77,10 @@ pub const MAX_RECONNECT: Duration = Duration::from_secs(3600);
 pub const MAX_HEARTBEAT: Duration = Duration::from_secs(3600);
 /// The longest `coalesce`: a minute; an event held longer is no longer live.
 pub const MAX_COALESCE: Duration = Duration::from_secs(60);
+/// The protocols a route lets a client upgrade to, when it names none.
+pub const DEFAULT_UPGRADES: &[&str] = &["websocket"];
+/// How long an upgraded connection (a WebSocket) stays open with no byte either way.
+pub const DEFAULT_UPGRADE_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// The largest request body passed through.
 pub const DEFAULT_MAX_REQUEST_BODY: u64 = 64 << 20;
 /// Streams one client may have opened, live or lingering, at once.

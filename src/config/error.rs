@@ -145,6 +145,10 @@ const ROUTE_SETTINGS: &[&str] = &[
     "merge_slashes",
     "allow_encoded_slashes",
     "response_headers",
+    "upgrades",
+    "upgrade_idle_timeout",
+    "upstream_ca",
+    "upstream_server_name",
     "compress",
     "client_headers",
 ];

@@ -130,6 +130,15 @@ impl fmt::Display for Config {
             writeln!(f, "\n[[route]]")?;
             writeln!(f, "path = {}", quote(&route.path))?;
             writeln!(f, "upstream = {}", quote(&route.upstream.to_string()))?;
+            if let Some(tls) = &route.upstream_tls {
+                if let Some(ca) = &tls.ca {
+                    writeln!(f, "upstream_ca = {}", quote(&ca.path.display().to_string()))?;
+                }
+                if tls.named {
+                    let name = tls.server_name.to_str();
+                    writeln!(f, "upstream_server_name = {}", quote(&name))?;
+                }
+            }
             writeln!(f, "sse = \"{}\"", name_of(route.sse))?;
             writeln!(f, "retry = \"{}\"", format_toggle(s.retry))?;
             writeln!(f, "heartbeat = \"{}\"", format_toggle(s.heartbeat))?;
@@ -189,6 +198,13 @@ impl fmt::Display for Config {
                 })
                 .collect();
             writeln!(f, "response_headers = {{ {} }}", headers.join(", "))?;
+            let upgrades: Vec<String> = s.upgrades.iter().map(|token| quote(token)).collect();
+            writeln!(f, "upgrades = [{}]", upgrades.join(", "))?;
+            writeln!(
+                f,
+                "upgrade_idle_timeout = \"{}\"",
+                format_duration(s.upgrade_idle_timeout)
+            )?;
             let codings: Vec<&str> = [("br", s.compress.br), ("gzip", s.compress.gzip)]
                 .into_iter()
                 .filter_map(|(name, on)| on.then_some(name))

@@ -88,6 +88,10 @@ macro_rules! with_settings {
             pub(crate) merge_slashes: Option<Spanned<bool>>,
             pub(crate) allow_encoded_slashes: Option<Spanned<bool>>,
             pub(crate) response_headers: Option<Spanned<std::collections::BTreeMap<String, Spanned<String>>>>,
+            pub(crate) upgrades: Option<Spanned<Vec<Spanned<String>>>>,
+            pub(crate) upgrade_idle_timeout: Option<Spanned<DurationValue>>,
+            pub(crate) upstream_ca: Option<Spanned<String>>,
+            pub(crate) upstream_server_name: Option<Spanned<String>>,
             pub(crate) compress: Option<Spanned<NameList>>,
             pub(crate) client_headers: Option<Spanned<NameList>>,
         }

@@ -7,6 +7,7 @@ pub(super) fn resolve_route(
     source: &Source<'_>,
     route: &RawRoute,
     defaults: &RawDefaults,
+    dir: &Path,
 ) -> Result<Route, ConfigError> {
     let path = normalise_path(route.path.get_ref())
         .map_err(|why| source.error(route.path.span(), format!("key `path` in [[route]]: {why}")))?;
@@ -14,7 +15,7 @@ pub(super) fn resolve_route(
     let fail = |span: std::ops::Range<usize>, key: &str, why: String| {
         source.error(span, format!("key `{key}` in {here}: {why}"))
     };
-    let upstream = Upstream::parse(route.upstream.get_ref())
+    let upstream = Upstream::parse_in(route.upstream.get_ref(), dir)
         .map_err(|why| fail(route.upstream.span(), "upstream", why))?;
 
     // Route > [defaults] > built-in: `pick!(key)` is the spanned value in force, if set anywhere.
@@ -23,6 +24,32 @@ pub(super) fn resolve_route(
             route.$key.as_ref().or(defaults.$key.as_ref())
         };
     }
+    let upstream_tls = match upstream.transport() {
+        Transport::Https(authority) => Some(super::upstream::resolve_tls(
+            (authority, &route.upstream),
+            pick!(upstream_ca),
+            pick!(upstream_server_name),
+            dir,
+            &fail,
+        )?),
+        // Set in [defaults] for the https:// routes, these mean nothing to the others; set on
+        // a route of another kind, they are a mistake.
+        _ => {
+            for (key, value) in [
+                ("upstream_ca", &route.upstream_ca),
+                ("upstream_server_name", &route.upstream_server_name),
+            ] {
+                if let Some(value) = value {
+                    return Err(fail(
+                        value.span(),
+                        key,
+                        format!("only an https:// upstream has TLS to set; this route's is {upstream}"),
+                    ));
+                }
+            }
+            None
+        }
+    };
     let ids = pick!(ids).map(|v| *v.get_ref());
     let mode = pick!(mode).map_or(StreamMode::Shared, |v| *v.get_ref());
     let ids = match (ids, mode) {
@@ -167,6 +194,28 @@ pub(super) fn resolve_route(
     }
     // In name order, as `check` prints them.
     response_headers.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+    let upgrades = match pick!(upgrades) {
+        Some(tokens) => tokens
+            .get_ref()
+            .iter()
+            .map(|token| parse_upgrade(token.get_ref()).map_err(|why| fail(token.span(), "upgrades", why)))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => DEFAULT_UPGRADES.iter().map(|&token| token.to_owned()).collect(),
+    };
+    let upgrade_idle_timeout = duration(
+        pick!(upgrade_idle_timeout),
+        "upgrade_idle_timeout",
+        DEFAULT_UPGRADE_IDLE_TIMEOUT,
+        MAX_TIMEOUT,
+    )?;
+    if upgrade_idle_timeout.is_zero() {
+        let span = pick!(upgrade_idle_timeout).map_or(0..0, Spanned::span);
+        return Err(fail(
+            span,
+            "upgrade_idle_timeout",
+            "must be above zero".to_owned(),
+        ));
+    }
     let compressions =
         names(pick!(compress), &["br", "gzip"]).map_err(|(span, why)| fail(span, "compress", why))?;
     let compress = Compress {
@@ -214,15 +263,46 @@ pub(super) fn resolve_route(
         merge_slashes: pick!(merge_slashes).is_none_or(|v| *v.get_ref()),
         allow_encoded_slashes: pick!(allow_encoded_slashes).is_some_and(|v| *v.get_ref()),
         response_headers,
+        upgrades,
+        upgrade_idle_timeout,
         compress,
         client_headers,
     };
     Ok(Route {
         path,
         upstream,
+        upstream_tls,
         sse: route.sse.as_ref().map_or(SseMode::Auto, |v| *v.get_ref()),
         settings,
     })
+}
+
+/// One protocol of `upgrades`: an HTTP token (RFC 9110 §5.6.2), optionally with a version
+/// (`name/version`), kept in lower case. `h2c` is refused: a connection upgraded to HTTP/2 would
+/// carry requests to the app that ssegate never routed nor checked.
+fn parse_upgrade(token: &str) -> Result<String, String> {
+    let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    let valid = !token.is_empty()
+        && token
+            .split_once('/')
+            .map_or(token.chars().all(is_tchar), |(name, version)| {
+                !name.is_empty()
+                    && !version.is_empty()
+                    && name.chars().all(is_tchar)
+                    && version.chars().all(is_tchar)
+            });
+    if !valid {
+        return Err(format!(
+            "{token:?} is not a protocol name (a token such as \"websocket\")"
+        ));
+    }
+    let token = token.to_ascii_lowercase();
+    if token == "h2c" || token.starts_with("h2c/") || token == "http" || token.starts_with("http/") {
+        return Err(format!(
+            "{token:?} would switch the connection to HTTP requests that reach the app without passing ssegate's routing and checks; it cannot be allowed"
+        ));
+    }
+    Ok(token)
 }
 
 /// Checks a route path and drops its trailing slash, so `/events/` and `/events` are one prefix.

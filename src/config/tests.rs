@@ -21,11 +21,27 @@ fn example_file_parses_and_documents_every_key() {
     let config = load(text).expect("config.example.toml is valid");
     assert_eq!(config.routes.len(), 2);
     assert_eq!(config.routes[0].settings.heartbeat, Some(Duration::from_secs(10)));
-    // Every key the effective config prints is mentioned in the example.
-    for line in config.to_string().lines() {
+    // Every key the effective config prints is mentioned in the example; keys without a
+    // default (printed only when set) as a commented-out line. The keys of an https:// route
+    // are printed only for one, so one is added to the example's routes.
+    let ca = temp_file(
+        "example-ca.pem",
+        rcgen::generate_simple_self_signed(vec!["app.internal".to_owned()])
+            .expect("certificate")
+            .cert
+            .pem()
+            .as_bytes(),
+    );
+    let with_https = format!(
+        "{text}\n[[route]]\npath = \"/internal\"\nupstream = \"https://10.0.0.5:8443\"\nupstream_ca = \"{}\"\nupstream_server_name = \"app.internal\"\n",
+        ca.display()
+    );
+    let printed = load(&with_https).expect("valid").to_string();
+    assert!(printed.contains("\nupstream_ca = "), "{printed}");
+    for line in printed.lines() {
         if let Some((key, _)) = line.split_once(" = ") {
             assert!(
-                text.contains(&format!("\n{key} = ")),
+                text.contains(&format!("\n{key} = ")) || text.contains(&format!("\n# {key} = ")),
                 "config.example.toml does not document `{key}`"
             );
         }
@@ -121,7 +137,7 @@ fn errors_name_the_key_and_line() {
         ("bad size", "[defaults]\nbuffer_bytes = \"8 megs\"\n", 2, &["`buffer_bytes`", "invalid size"]),
         ("bad enum", "[defaults]\nids = \"random\"\n", 2, &["`ids`", "random"]),
         ("bad url", "[[route]]\npath = \"/\"\nupstream = \"not a url\"\n", 3, &["`upstream`", "not a URL"]),
-        ("https upstream", "[[route]]\npath = \"/\"\nupstream = \"https://a:1\"\n", 3, &["`upstream`", "only http://"]),
+        ("unknown scheme", "[[route]]\npath = \"/\"\nupstream = \"ws://a:1\"\n", 3, &["`upstream`", "not one ssegate speaks"]),
         ("path without slash", "[[route]]\npath = \"events\"\nupstream = \"http://a:1\"\n", 2, &["`path`", "start with"]),
         ("missing upstream", "[[route]]\npath = \"/\"\n", 1, &["upstream"]),
         ("duplicate path", "[[route]]\npath = \"/a\"\nupstream = \"http://a:1\"\n[[route]]\npath = \"/a/\"\nupstream = \"http://b:1\"\n", 5, &["duplicate route path \"/a\"", "line 1"]),
@@ -309,6 +325,7 @@ fn every_duration_has_an_upper_bound() {
         ("upstream_connect_timeout", MAX_TIMEOUT, false, ""),
         ("upstream_down_grace", MAX_DURATION, false, ""),
         ("upstream_response_timeout", MAX_TIMEOUT, false, ""),
+        ("upgrade_idle_timeout", MAX_TIMEOUT, false, ""),
     ];
     for &(key, max, top_level, needs) in cases {
         let text = |value: &str| {
@@ -678,4 +695,35 @@ fn cluster_errors_name_the_key_and_line() {
             "case {name}: {message:?} shows the password"
         );
     }
+}
+
+#[test]
+fn upgrades_are_protocol_tokens_and_never_h2c() {
+    const ROUTE: &str = "[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\n";
+    let config = load(ROUTE).expect("valid");
+    assert_eq!(config.routes[0].settings.upgrades, ["websocket"]);
+    assert_eq!(
+        config.routes[0].settings.upgrade_idle_timeout,
+        Duration::from_secs(3600)
+    );
+    let config = load(&format!("{ROUTE}upgrades = [\"WebSocket\", \"mqtt/5\"]\n")).expect("valid");
+    assert_eq!(config.routes[0].settings.upgrades, ["websocket", "mqtt/5"]);
+    let config = load(&format!("{ROUTE}upgrades = []\n")).expect("valid");
+    assert!(config.routes[0].settings.upgrades.is_empty());
+    for (bad, says) in [
+        ("\"h2c\"", "reach the app without passing ssegate"),
+        ("\"HTTP/2.0\"", "reach the app without passing ssegate"),
+        ("\"web socket\"", "is not a protocol name"),
+        ("\"\"", "is not a protocol name"),
+        ("\"websocket/\"", "is not a protocol name"),
+    ] {
+        let (line, message) = error(&format!("{ROUTE}upgrades = [{bad}]\n"));
+        assert_eq!(line, 4, "{message}");
+        assert!(
+            message.contains("upgrades") && message.contains(says),
+            "{bad}: {message}"
+        );
+    }
+    let (_, message) = error(&format!("{ROUTE}upgrade_idle_timeout = \"0s\"\n"));
+    assert!(message.contains("must be above zero"), "{message}");
 }

@@ -29,6 +29,31 @@ impl TestCert {
         }
     }
 
+    /// A self-signed certificate for `names` (host names or IP addresses), valid now, of an
+    /// authority of its own: its subject is a name no other certificate has (a system's roots
+    /// may hold one named `localhost`).
+    pub fn for_names(names: &[&str]) -> TestCert {
+        TestCert::named(&format!("ssegate test {:016x}", fastrand::u64(..)), names)
+    }
+
+    /// A self-signed certificate for `names`, valid now, whose subject (and so issuer) is
+    /// `common_name`: two made with one name are two keys of the same-named authority.
+    pub fn named(common_name: &str, names: &[&str]) -> TestCert {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        let mut params = rcgen::CertificateParams::new(names).expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        let cert = params.self_signed(&key).expect("certificate");
+        TestCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
     /// A certificate that expired in 2021.
     pub fn expired() -> TestCert {
         let key = rcgen::KeyPair::generate().expect("key");
@@ -85,4 +110,19 @@ pub async fn tls_connect(addr: SocketAddr, roots: &[&TestCert], alpn: &[&[u8]]) 
     within("TLS handshake", connector.connect(name, tcp))
         .await
         .expect("handshake")
+}
+
+/// A server-side TLS acceptor with `cert`, offering `alpn` (`[b"h2", b"http/1.1"]` for both).
+pub fn tls_acceptor(cert: &TestCert, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).expect("key");
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der.clone()], key)
+            .expect("certificate and key");
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }

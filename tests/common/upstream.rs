@@ -16,9 +16,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 /// A response body for test upstreams.
 pub type TestBody = UnsyncBoxBody<Bytes, Infallible>;
@@ -77,6 +79,30 @@ pub struct Upstream {
     serving: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
+/// Where a test upstream listens.
+pub enum Listen {
+    /// Plain TCP.
+    Tcp(TcpListener),
+    /// A Unix domain socket.
+    Unix(UnixListener),
+    /// TLS over TCP, with the acceptor's certificate and ALPN (see `tls::tls_acceptor`).
+    Tls(TcpListener, TlsAcceptor),
+}
+
+/// A connection's stream, of whichever listener.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+impl Listen {
+    /// The next connection; for TLS, before its handshake.
+    async fn accept(&self) -> std::io::Result<Box<dyn Io>> {
+        Ok(match self {
+            Listen::Tcp(listener) | Listen::Tls(listener, _) => Box::new(listener.accept().await?.0),
+            Listen::Unix(listener) => Box::new(listener.accept().await?.0),
+        })
+    }
+}
+
 impl Upstream {
     /// Serves every request with `handler`, over HTTP/1.1 and HTTP/2.
     pub async fn start<F, Fut>(handler: F) -> Upstream
@@ -94,7 +120,21 @@ impl Upstream {
         F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<TestBody>> + Send + 'static,
     {
-        let addr = listener.local_addr().expect("addr");
+        Upstream::serve_on(Listen::Tcp(listener), handler)
+    }
+
+    /// Serves on a TCP, Unix socket or TLS listener. `addr` is the TCP listener's (for a Unix
+    /// socket, 0.0.0.0:0: the test knows the socket's path). A connection counts as accepted
+    /// before its TLS handshake, and as open until it closes.
+    pub fn serve_on<F, Fut>(listen: Listen, handler: F) -> Upstream
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<TestBody>> + Send + 'static,
+    {
+        let addr = match &listen {
+            Listen::Tcp(listener) | Listen::Tls(listener, _) => listener.local_addr().expect("addr"),
+            Listen::Unix(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        };
         let connections = watch::Sender::new(Connections::default());
         let handler = Arc::new(handler);
         let counter = connections.clone();
@@ -102,7 +142,7 @@ impl Upstream {
         let tasks = serving.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else {
+                let Ok(stream) = listen.accept().await else {
                     continue;
                 };
                 counter.send_modify(|c| {
@@ -111,8 +151,19 @@ impl Upstream {
                 });
                 let open = OpenConnection(counter.clone());
                 let handler = handler.clone();
+                let acceptor = match &listen {
+                    Listen::Tls(_, acceptor) => Some(acceptor.clone()),
+                    _ => None,
+                };
                 let connection = tokio::spawn(async move {
                     let _open = open;
+                    let stream: Box<dyn Io> = match acceptor {
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(tls) => Box::new(tls),
+                            Err(_) => return,
+                        },
+                        None => stream,
+                    };
                     let service = service_fn(move |request| {
                         let handler = handler.clone();
                         async move { Ok::<_, Infallible>(handler(request).await) }
@@ -189,6 +240,8 @@ pub async fn dead_addr() -> SocketAddr {
 pub struct Seen {
     pub uri: http::Uri,
     pub headers: http::HeaderMap,
+    /// HTTP/1.1, or HTTP/2 (over TLS, as ALPN chose).
+    pub version: http::Version,
 }
 
 impl Seen {
@@ -223,14 +276,20 @@ impl SseApp {
 
     /// Serves on `listener`: a test that starts the app late binds the port first.
     pub fn serve(listener: TcpListener) -> SseApp {
+        SseApp::serve_on(Listen::Tcp(listener))
+    }
+
+    /// Serves on a TCP, Unix socket or TLS listener.
+    pub fn serve_on(listen: Listen) -> SseApp {
         let state = Arc::new(AppState::default());
         let shared = state.clone();
-        let upstream = Upstream::serve(listener, move |request: Request<Incoming>| {
+        let upstream = Upstream::serve_on(listen, move |request: Request<Incoming>| {
             let state = shared.clone();
             async move {
                 let seen = Seen {
                     uri: request.uri().clone(),
                     headers: request.headers().clone(),
+                    version: request.version(),
                 };
                 state.seen.lock().expect("lock").push(seen);
                 let answer = state.answer.lock().expect("lock").clone();

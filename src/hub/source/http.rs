@@ -86,7 +86,7 @@ impl Source for HttpSource {
         // answers at once, and a subscription must not hang on one that does not.
         let limit = self.route.config.settings.upstream_connect_timeout;
         self.exchange = Exchange::Asking(Box::pin(async move {
-            match tokio::time::timeout(limit, client.send(request)).await {
+            match tokio::time::timeout(limit, client.send_stream(request)).await {
                 Ok(result) => result,
                 Err(_) => Err(UpstreamError::ResponseTimeout(limit)),
             }
