@@ -206,3 +206,50 @@ async fn a_stream_keyed_by_x_real_ip_is_one_per_client_address() {
     addresses.sort_unstable();
     assert_eq!(addresses, ["127.0.0.8", "127.0.0.9"]);
 }
+
+#[tokio::test]
+async fn an_upgrades_request_to_the_app_says_the_same_of_the_client() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::handshake::server::{Request as WsRequest, Response as WsResponse};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let app = listener.local_addr().expect("addr");
+    let (tx, mut handshakes) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            #[allow(clippy::result_large_err)] // the callback's type is the library's
+            let record = move |request: &WsRequest, response: WsResponse| {
+                let _ = tx.send(request.headers().clone());
+                Ok(response)
+            };
+            tokio::spawn(tokio_tungstenite::accept_hdr_async(stream, record));
+        }
+    });
+    let proxy = Sidecar::route("/", app, "client_headers = [\"x-real-ip\", \"forwarded\"]").await;
+    let mut request = format!("ws://{}/chat", proxy.addr)
+        .into_client_request()
+        .expect("request");
+    request
+        .headers_mut()
+        .insert("x-real-ip", "6.6.6.6".parse().expect("value"));
+    request
+        .headers_mut()
+        .insert("forwarded", "for=6.6.6.6".parse().expect("value"));
+    let (_socket, response) = within(
+        "the WebSocket handshake",
+        tokio_tungstenite::connect_async(request),
+    )
+    .await
+    .expect("handshake");
+    assert_eq!(response.status(), 101);
+    let seen = within("the app's handshake", handshakes.recv())
+        .await
+        .expect("headers");
+    assert_eq!(seen["x-real-ip"], "127.0.0.1");
+    assert_eq!(
+        seen["forwarded"],
+        format!("for=127.0.0.1;host=\"{}\";proto=http", proxy.addr).as_str()
+    );
+    assert_eq!(seen.get_all("x-real-ip").iter().count(), 1);
+}
