@@ -509,6 +509,185 @@ backend ssegate
 """
 
 
+WRK = "/usr/bin/wrk" if os.path.exists("/usr/bin/wrk") else "wrk"
+
+# Nginx as the app of the plain-request scenario: it serves two files, fast and without
+# compressing them, so that what the scenario measures is the proxy.
+NGINX_STATIC_CONF = """
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    types {{ text/html html; application/json json; }}
+    keepalive_requests 10000000;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        root {dir}/www;
+    }}
+}}
+"""
+
+# wrk's report: one JSON line when the run is done.
+WRK_REPORT = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('{"requests": %d, "bytes": %d, "duration_us": %d, "errors": %d, "non_2xx": %d, "p50_us": %d, "p99_us": %d}\\n',
+    summary.requests, summary.bytes, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def plain_bodies():
+    """A JSON answer and an HTML page of the sizes an app commonly serves (16 KiB, 40 KiB)."""
+    items = [{"id": n, "name": f"item {n}", "owner": f"user{n % 37}", "tags": ["new", "sale"][: 1 + n % 2],
+              "price": round(n * 1.37 % 100, 2), "updated": f"2026-11-{1 + n % 28:02d}T10:{n % 60:02d}:00Z"}
+             for n in range(160)]
+    rows = "".join(f'<tr class="r{n % 2}"><td>{n}</td><td><a href="/items/{n}">item {n}</a></td>'
+                   f"<td>user{n % 37}</td><td>{n * 1.37 % 100:.2f}</td></tr>\n" for n in range(380))
+    html = (f"<!doctype html>\n<html><head><title>Items</title><link rel=stylesheet href=/app.css></head>"
+            f"<body><h1>Items</h1><table>\n{rows}</table></body></html>\n")
+    return {"json": ("items.json", json.dumps(items).encode()), "html": ("items.html", html.encode())}
+
+
+def start_static(bodies):
+    port = free_port()
+    directory = os.path.join(WORK, f"static-{port}")
+    os.makedirs(os.path.join(directory, "www"), exist_ok=True)
+    for name, body in bodies.values():
+        with open(os.path.join(directory, "www", name), "wb") as f:
+            f.write(body)
+    # Nginx's worker (not root) must reach the files through the private work directory.
+    for path in (WORK, directory, os.path.join(directory, "www")):
+        os.chmod(path, 0o755)
+    conf = os.path.join(directory, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_STATIC_CONF.format(dir=directory, port=port))
+    return Proc("static", [NGINX, "-p", directory, "-c", conf, "-g", "daemon off;"], port)
+
+
+def start_plain_ssegate(app_port, compress):
+    port = free_port()
+    path = os.path.join(WORK, f"ssegate-plain-{port}.toml")
+    with open(path, "w") as f:
+        f.write(f'listen = "127.0.0.1:{port}"\n[[route]]\npath = "/"\nupstream = "http://127.0.0.1:{app_port}"\n'
+                f"compress = {compress}\n")
+    return Proc("ssegate", [SSEGATE, "--config", path], port, dict(os.environ, RUST_LOG="warn"))
+
+
+# (row, ssegate's compress, the client's Accept-Encoding, the Content-Encoding it must get)
+PLAIN = (
+    ("off", '"off"', "gzip, br", None),
+    ("on, client asks none", '["br", "gzip"]', None, None),
+    ("gzip", '["br", "gzip"]', "gzip", "gzip"),
+    ("br", '["br", "gzip"]', "gzip, br", "br"),
+)
+
+
+def scenario_plain(args):
+    """Plain GETs through ssegate at wrk's pace (keep-alive, 8 connections), compression off and
+    on, for a JSON answer and an HTML page served by Nginx: requests/s, ssegate's CPU per
+    request, bytes per response, latency. Both ssegate processes run throughout; each round
+    measures every row once, in order."""
+    bodies = plain_bodies()
+    report = os.path.join(WORK, "wrk-report.lua")
+    with open(report, "w") as f:
+        f.write(WRK_REPORT)
+    load = os.getloadavg()
+    static = start_static(bodies)
+    proxies = {compress: start_plain_ssegate(static.port, compress) for compress in {row[1] for row in PLAIN}}
+    out = {"load_before": load, "bodies": {kind: len(body) for kind, (_, body) in bodies.items()}, "rows": {}}
+    try:
+        for kind, (name, body) in bodies.items():
+            for row, compress, accept, coding in PLAIN:
+                url = f"http://127.0.0.1:{proxies[compress].port}/{name}"
+                request = urllib.request.Request(url, headers={"accept-encoding": accept} if accept else {})
+                with urllib.request.urlopen(request, timeout=5) as r:
+                    got = r.headers.get("content-encoding")
+                    if got != coding:
+                        raise RuntimeError(f"{row} {kind}: Content-Encoding {got!r}, expected {coding!r}")
+        for n in range(args.rounds):
+            for kind, (name, body) in bodies.items():
+                for row, compress, accept, coding in PLAIN:
+                    proxy = proxies[compress]
+                    argv = [WRK, "-t1", "-c8", f"-d{args.plain_window}s", "-s", report,
+                            f"http://127.0.0.1:{proxy.port}/{name}"]
+                    if accept:
+                        argv[1:1] = ["-H", f"Accept-Encoding: {accept}"]
+                    cpu0 = cpu_seconds(proxy.pid)
+                    done = subprocess.run(argv, capture_output=True, text=True, check=True)
+                    cpu = cpu_seconds(proxy.pid) - cpu0
+                    w = json.loads(done.stdout.strip().splitlines()[-1])
+                    seconds = w["duration_us"] / 1e6
+                    x = {"requests_per_s": w["requests"] / seconds, "cpu_cores": cpu / seconds,
+                         "cpu_us_per_request": cpu / max(w["requests"], 1) * 1e6,
+                         "bytes_per_response": w["bytes"] / max(w["requests"], 1),
+                         "p50_us": w["p50_us"], "p99_us": w["p99_us"],
+                         "errors": w["errors"] + w["non_2xx"]}
+                    out["rows"].setdefault(kind, {}).setdefault(row, []).append(x)
+                    print(f"plain {kind} {row} round {n + 1}: {x['requests_per_s']:.0f} req/s, "
+                          f"{x['cpu_us_per_request']:.1f} µs CPU per request", flush=True)
+    finally:
+        for proxy in proxies.values():
+            proxy.stop()
+        static.stop()
+    out["load_after"] = os.getloadavg()
+    RESULTS["plain"] = out
+
+
+def render_plain(args, started, seconds):
+    p = RESULTS["plain"]
+    keys = ("requests_per_s", "cpu_cores", "cpu_us_per_request", "bytes_per_response", "p50_us", "p99_us")
+    med = {kind: {row: {k: median(x[k] for x in rounds) for k in keys} | {"errors": sum(x["errors"] for x in rounds)}
+                  for row, rounds in rows.items()}
+           for kind, rows in p["rows"].items()}
+    lines = [f"Run of {started} on {platform.node()}: {os.cpu_count()} cores, Linux {platform.release()}, "
+             f"{subprocess.run([WRK, '--version'], capture_output=True, text=True).stdout.split('[')[0].strip()}; "
+             f"{seconds:.0f} s. Load average before: {p['load_before'][0]:.2f} (1 min), "
+             f"{p['load_before'][1]:.2f} (5 min); after: {p['load_after'][0]:.2f}. Command: `{command_line()}`.",
+             "",
+             f"### Plain requests: compression off and on (wrk, 8 keep-alive connections; Nginx serving "
+             f"the files as the app)",
+             "",
+             f"Each figure is the median of {args.rounds} rounds of {args.plain_window:g} s; a round measures "
+             f"every row once, in the order of the table, against the same two ssegate processes (one with "
+             f"`compress` off, one with `[\"br\", \"gzip\"]`). CPU is ssegate's alone; wrk and Nginx share "
+             f"the cores, so requests/s is a saturation figure of this machine, not ssegate's ceiling.",
+             "",
+             "| body | row | requests/s | ssegate CPU (cores) | CPU per request | bytes per response | p50 | p99 | errors |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for kind, rows in med.items():
+        size = p["bodies"][kind]
+        for row, x in rows.items():
+            lines.append(f"| {kind} ({size / 1024:.1f} KiB) | {row} | {x['requests_per_s']:.0f} | {x['cpu_cores']:.2f} | "
+                         f"{x['cpu_us_per_request']:.1f} µs | {x['bytes_per_response']:.0f} | "
+                         f"{x['p50_us'] / 1000:.2f} ms | {x['p99_us'] / 1000:.2f} ms | {x['errors']} |")
+    lines.append("")
+    for kind, rows in med.items():
+        off = rows["off"]["cpu_us_per_request"]
+        lines.append(f"{kind}: compressing costs ssegate "
+                     + ", ".join(f"{row} {rows[row]['cpu_us_per_request'] - off:+.1f} µs "
+                                 f"({rows[row]['cpu_us_per_request'] / off:.1f}×)" for row in ("gzip", "br"))
+                     + f" of CPU per request over {off:.1f} µs uncompressed; turned on for a client that asks "
+                     f"for none, {rows['on, client asks none']['cpu_us_per_request'] - off:+.1f} µs. Responses "
+                     + ", ".join(f"{row} {rows[row]['bytes_per_response'] / rows['off']['bytes_per_response']:.0%}"
+                                 for row in ("gzip", "br"))
+                     + " of the uncompressed size (headers included).")
+    lines.append("")
+    lines.append("Rounds (requests/s / µs CPU per request): " + "; ".join(
+        f"{kind} {row}: " + ", ".join(f"{x['requests_per_s']:.0f} / {x['cpu_us_per_request']:.1f}" for x in rounds)
+        for kind, rows in p["rows"].items() for row, rounds in rows.items()) + ".")
+    lines.append("")
+    return "\n".join(lines)
+
+
 def start_haproxy(backends, nodelay=True):
     """HAProxy in front of `backends` (ports): HTTP mode, round-robin, no cookies, no
     stickiness, an hour of tunnel, client and server timeout. With `nodelay`, `option
@@ -1098,7 +1277,7 @@ def main():
     parser.add_argument("--loadgen", required=True)
     # The single stream, the most sensitive to noise, runs before the capacity steps load the
     # machine to its limit.
-    scenarios = ["idle", "fanout", "single", "capacity", "resume", "cluster"]
+    scenarios = ["idle", "fanout", "single", "capacity", "resume", "cluster", "plain"]
     parser.add_argument("--only", nargs="*", choices=scenarios, default=scenarios)
     parser.add_argument("--idle-clients", type=int, default=15000)
     parser.add_argument("--capacity-clients", type=int, default=1000)
@@ -1112,6 +1291,8 @@ def main():
     parser.add_argument("--storm-back", type=int, default=200,
                         help="cluster: how many events before the newest the storm resumes from")
     parser.add_argument("--window", type=float, default=10.0)
+    parser.add_argument("--plain-window", type=int, default=4,
+                        help="plain requests: seconds of each wrk run")
     parser.add_argument("--rounds", type=int, default=3,
                         help="fan-out and single stream: rounds, reported as medians")
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
@@ -1129,10 +1310,12 @@ def main():
         time.sleep(2)
     seconds = time.time() - t0
     blocks = {}
-    if any(name != "cluster" for name in args.only):
+    if any(name not in ("cluster", "plain") for name in args.only):
         blocks["results"] = render(args, started, seconds)
     if "cluster" in args.only:
         blocks["cluster-results"] = render_cluster(args, started, took["cluster"], seconds)
+    if "plain" in args.only:
+        blocks["plain-results"] = render_plain(args, started, took["plain"])
     with open(os.path.join(WORK, "results.json"), "w") as f:
         json.dump(RESULTS, f, indent=2)
     for block, text in blocks.items():

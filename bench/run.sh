@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Benchmarks ssegate against the naive app served directly and against Nginx configured for SSE
 # the way its documentation recommends, and ssegate as a cluster (three instances on Redis behind
-# HAProxy) against one embedded instance, in one run, and writes the tables into BENCHMARKS.md.
-# Loopback only; about 9 minutes on 2 cores (the cluster scenario alone, `--only cluster`, about
-# 2 minutes). Needs root (or sudo) only to install Nginx, HAProxy and Redis.
+# HAProxy) against one embedded instance, and plain requests with compression off and on, in one
+# run, and writes the tables into BENCHMARKS.md. Loopback only; about 11 minutes on 2 cores (the
+# cluster scenario alone, `--only cluster`, about 2 minutes; `--only plain` about 2). Needs root
+# (or sudo) only to install Nginx, HAProxy, Redis and wrk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +19,10 @@ fi
 if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then
   echo "== installing haproxy from Debian"
   apt_install haproxy
+fi
+if ! command -v wrk >/dev/null 2>&1 && [ ! -x /usr/bin/wrk ]; then
+  echo "== installing wrk from Debian (plain requests)"
+  apt_install wrk
 fi
 if ! command -v redis-server >/dev/null 2>&1; then
   echo "== installing redis-server from Debian"

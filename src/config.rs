@@ -79,6 +79,33 @@ pub enum OnGap {
     Event,
 }
 
+/// The content codings a route may give its passed-through responses (`compress`); none by
+/// default, so the app's bytes reach the client as sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Compress {
+    /// Brotli (`br`).
+    pub br: bool,
+    /// gzip.
+    pub gzip: bool,
+}
+
+impl Compress {
+    /// Whether no coding is on.
+    pub fn is_off(&self) -> bool {
+        !self.br && !self.gzip
+    }
+}
+
+/// The headers besides `X-Forwarded-*` that tell a route's upstream who the client is
+/// (`client_headers`); none by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClientHeaders {
+    /// `X-Real-IP`: the client's address, as ssegate determined it.
+    pub x_real_ip: bool,
+    /// `Forwarded` (RFC 7239): the chain of hops, ssegate's own last.
+    pub forwarded: bool,
+}
+
 /// One part of a stream key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyPart {
@@ -263,6 +290,11 @@ pub struct Settings {
     pub upgrades: Vec<String>,
     /// How long an upgraded connection stays open with no byte either way.
     pub upgrade_idle_timeout: Duration,
+    /// The content codings passed-through responses may be given, by the client's
+    /// `Accept-Encoding`.
+    pub compress: Compress,
+    /// Headers besides `X-Forwarded-*` that tell the upstream who the client is.
+    pub client_headers: ClientHeaders,
 }
 
 impl Config {

@@ -10,11 +10,11 @@ use tokio_util::task::TaskTracker;
 
 /// The client a request came from, as the upstream is told in `X-Forwarded-*`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Peer {
+pub(crate) struct Peer {
     /// The client's address.
-    pub addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// Whether it came over TLS.
-    pub secure: bool,
+    pub(crate) secure: bool,
 }
 
 impl Default for Peer {

@@ -2,6 +2,7 @@
 //! subscribes it to an SSE stream of the hub.
 
 mod body;
+mod compress;
 pub(crate) mod target;
 mod upgrade;
 
@@ -30,7 +31,7 @@ use crate::hub::{HeldBody, Hub, Joined, Outcome};
 use crate::metrics::Metrics;
 use crate::peer::Peer;
 use crate::route::{RouteEntry, Router};
-use crate::upstream::headers::{client_address, is_event_stream, list_items, strip_hop_by_hop};
+use crate::upstream::headers::{client_address, is_event_stream, list_items, strip_hop_by_hop, Forwarding};
 use crate::upstream::{ClientBody, UpstreamBody, UpstreamError, UpstreamHead};
 use target::Target;
 
@@ -141,15 +142,13 @@ impl Proxy {
         self.inner.hub.reconfigure(&router, config);
     }
 
-    /// The client a request came from, for its stream budget.
-    fn client(&self, peer: std::net::IpAddr, request: &Request<impl Sized>) -> ClientId {
-        let trusted = self
-            .inner
+    /// The peers trusted to name the client behind them.
+    fn trusted_proxies(&self) -> Arc<[Cidr]> {
+        self.inner
             .trusted_proxies
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        ClientId::from(client_address(peer, request.headers(), &trusted))
+            .clone()
     }
 
     /// Whether `request` (a head, with no body) would be an SSE subscription: the server serves
@@ -227,8 +226,14 @@ impl Proxy {
         };
         if let Some(asked) = upgrade::requested(&request) {
             if let Some(protocols) = upgrade::allowed(&route, asked, &path, peer) {
+                let trusted = self.trusted_proxies();
+                let from = Forwarding {
+                    peer,
+                    trusted: &trusted,
+                    send: route.config.settings.client_headers,
+                };
                 let (response, admission) =
-                    upgrade::upgrade(&route, request, peer, protocols, admission).await;
+                    upgrade::upgrade(&route, request, from, protocols, admission).await;
                 let mut log = log(&path, response.status(), Some(&route));
                 log.admission = admission;
                 return finish(response, log);
@@ -253,7 +258,8 @@ impl Proxy {
             };
         }
         let mut entry = log(&path, StatusCode::OK, Some(&route));
-        let response = pass_through(&route, request, peer, false).await;
+        let trusted = self.trusted_proxies();
+        let response = pass_through(&route, request, peer, &trusted, false).await;
         entry.status = response.status();
         entry.admission = Some(admission);
         finish(response, entry)
@@ -289,7 +295,13 @@ impl Proxy {
         let settings = &route.config.settings;
         let resume_from = last_event_id(request.headers(), request.uri().query());
         let shared = settings.mode == StreamMode::Shared;
-        let template = upstream_template(route, &request, remote, shared, resume_from.as_deref());
+        let trusted = self.trusted_proxies();
+        let from = Forwarding {
+            peer: remote,
+            trusted: &trusted,
+            send: settings.client_headers,
+        };
+        let template = upstream_template(route, &request, from, shared, resume_from.as_deref());
         // The key is made of what the upstream receives: the path as normalised, the headers
         // as forwarded (a credential a client names in `Connection` is in neither).
         let key = shared.then(|| {
@@ -301,7 +313,7 @@ impl Proxy {
                 &template.headers,
             )
         });
-        let client = self.client(remote.addr.ip(), &request);
+        let client = ClientId::from(client_address(remote.addr.ip(), request.headers(), &trusted));
         let origin = request.headers().get(header::ORIGIN).cloned();
         let pending = match hub.join(route, key, template, client) {
             Joined::Pending(pending) => pending,
@@ -345,7 +357,10 @@ impl Proxy {
                 ))
             }
             // Answered by the app alone: whatever it is (even a stream), it is this client's.
-            Outcome::AskUpstream => Err((pass_through(route, request, remote, true).await, Some(admission))),
+            Outcome::AskUpstream => Err((
+                pass_through(route, request, remote, &trusted, true).await,
+                Some(admission),
+            )),
         }
     }
 }
@@ -402,7 +417,7 @@ impl<B: RequestBody> tower::Service<Request<B>> for Proxy {
 fn upstream_template<B>(
     route: &RouteEntry,
     request: &Request<B>,
-    remote: Peer,
+    from: Forwarding<'_>,
     shared: bool,
     resume_from: Option<&str>,
 ) -> Template {
@@ -421,7 +436,7 @@ fn upstream_template<B>(
         mut headers,
     } = route
         .client
-        .head(uri, request.headers().clone(), &path_and_query, remote);
+        .head(uri, request.headers().clone(), &path_and_query, from);
     // A subscription's upstream request has no body, so it announces none: a Content-Length
     // kept here would make the app read the next request on the connection as this one's body.
     headers.remove(header::CONTENT_LENGTH);
@@ -436,17 +451,29 @@ fn upstream_template<B>(
     }
 }
 
-/// Passes a request through to the route's upstream and streams the answer back.
+/// Passes a request through to the route's upstream and streams the answer back, compressed
+/// when the route's `compress` and the client's `Accept-Encoding` allow.
 /// `subscription`: it is one, whose stream's app answered it alone (never shared).
 async fn pass_through<B: RequestBody>(
     route: &RouteEntry,
     request: Request<B>,
     remote: Peer,
+    trusted: &[Cidr],
     subscription: bool,
 ) -> Response<ProxyBody> {
+    let settings = &route.config.settings;
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let response = match exchange(route, request, remote, |_| {}).await {
+    // What the client accepts, if the answer may be compressed: a plain request's, never a
+    // subscription's, nor a HEAD's (no body, and headers as the app gave them).
+    let accepted = (!subscription && method != Method::HEAD && !settings.compress.is_off())
+        .then(|| compress::accepted(request.headers()));
+    let from = Forwarding {
+        peer: remote,
+        trusted,
+        send: settings.client_headers,
+    };
+    let response = match exchange(route, request, from, |_| {}).await {
         Ok(response) => response,
         Err(answer) => return answer,
     };
@@ -470,7 +497,11 @@ async fn pass_through<B: RequestBody>(
     {
         route.sse_passed_through(&path);
     }
-    answer(route, response)
+    let response = answer_head(route, response);
+    match accepted {
+        Some(accepted) => compress::compress(settings.compress, accepted, response).await,
+        None => response.map(ProxyBody::upstream),
+    }
 }
 
 /// Sends a client's request to the route's upstream: the head as every upstream request's
@@ -480,14 +511,14 @@ async fn pass_through<B: RequestBody>(
 async fn exchange<B: RequestBody>(
     route: &RouteEntry,
     request: Request<B>,
-    remote: Peer,
+    from: Forwarding<'_>,
     adjust: impl FnOnce(&mut HeaderMap),
 ) -> Result<Response<Incoming>, Response<ProxyBody>> {
     let settings = &route.config.settings;
     let max_body = settings.max_request_body;
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let context = routed(route, &method, &path, remote.addr);
+    let context = routed(route, &method, &path, from.peer.addr);
     if request.body().declared_len() > max_body {
         return Err(rescue(ProxyError::BodyTooLarge, &context));
     }
@@ -496,7 +527,7 @@ async fn exchange<B: RequestBody>(
     let limited = usize::try_from(max_body).unwrap_or(usize::MAX);
     let mut request = route
         .client
-        .prepare(request.map(|body| body.upstream(limited)), remote);
+        .prepare(request.map(|body| body.upstream(limited)), from);
     adjust(request.headers_mut());
     let sent = route.client.send(request);
     let result = match settings.upstream_response_timeout {
@@ -517,10 +548,16 @@ async fn exchange<B: RequestBody>(
 /// The app's response as the client gets it: hop-by-hop headers out, the route's
 /// `response_headers` in, the body streamed.
 fn answer(route: &RouteEntry, response: Response<Incoming>) -> Response<ProxyBody> {
+    answer_head(route, response).map(ProxyBody::upstream)
+}
+
+/// The app's response with the head the client gets: hop-by-hop headers out, the route's
+/// `response_headers` in.
+fn answer_head(route: &RouteEntry, response: Response<Incoming>) -> Response<Incoming> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     add_response_headers(&mut parts.headers, route);
-    Response::from_parts(parts, ProxyBody::upstream(body))
+    Response::from_parts(parts, body)
 }
 
 /// Whether a request announces a body: a `Content-Length` other than 0 (any of them), or any

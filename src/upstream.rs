@@ -25,7 +25,7 @@ use crate::config::{Transport, Upstream, UpstreamTls};
 use crate::error::chain;
 use crate::error::ProxyError;
 use connect::Connector;
-use headers::{add_forwarded, drop_confusable, strip_hop_by_hop};
+use headers::{add_forwarded, drop_confusable, strip_hop_by_hop, Forwarding};
 use http2::{Http2, Http2Error, Sent};
 
 /// A request body bound upstream: the client's streamed body (bounded by `max_request_body`),
@@ -112,8 +112,6 @@ impl http_body::Body for ClientBody {
 
 /// Boxed error with the standard bounds.
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
-
-use crate::peer::Peer;
 
 /// A pooled client for one route's upstream.
 #[derive(Clone, Debug)]
@@ -304,7 +302,7 @@ impl UpstreamClient {
     /// Rewrites a client request into the upstream request (see [`UpstreamClient::head`]),
     /// sent as HTTP/1.1 whatever the client spoke, or as HTTP/2 on a connection to an
     /// `https://` app that chose it: the connection decides, whatever the request's version.
-    pub fn prepare<B>(&self, request: Request<B>, client: Peer) -> Request<B> {
+    pub(crate) fn prepare<B>(&self, request: Request<B>, from: Forwarding<'_>) -> Request<B> {
         let (mut parts, body) = request.into_parts();
         let path_and_query = parts
             .uri
@@ -315,7 +313,7 @@ impl UpstreamClient {
             &parts.uri,
             std::mem::take(&mut parts.headers),
             &path_and_query,
-            client,
+            from,
         );
         parts.uri = head.uri;
         parts.headers = head.headers;
@@ -325,14 +323,14 @@ impl UpstreamClient {
 
     /// The head of every request ssegate sends this upstream (a pass-through, a stream's
     /// template): `path_and_query` on the upstream's URL, and `headers` (those of a client's
-    /// request for `uri`) with hop-by-hop and confusable headers removed, `X-Forwarded-*` added
-    /// and the client's Host kept.
-    pub fn head(
+    /// request for `uri`) with hop-by-hop and confusable headers removed, `X-Forwarded-*` (and
+    /// the route's `client_headers`) added and the client's Host kept.
+    pub(crate) fn head(
         &self,
         uri: &Uri,
         mut headers: HeaderMap,
         path_and_query: &str,
-        client: Peer,
+        from: Forwarding<'_>,
     ) -> UpstreamHead {
         // An HTTP/2 client names the host in :authority, not in a Host header.
         let host = headers.get(header::HOST).cloned().or_else(|| {
@@ -341,8 +339,7 @@ impl UpstreamClient {
         });
         strip_hop_by_hop(&mut headers);
         drop_confusable(&mut headers);
-        let proto = if client.secure { "https" } else { "http" };
-        add_forwarded(&mut headers, client.addr.ip(), proto, host.clone());
+        add_forwarded(&mut headers, from, host.clone());
         if let Some(host) = host {
             headers.insert(header::HOST, host);
         }
@@ -358,11 +355,11 @@ impl UpstreamClient {
 
 /// A request head ready for the upstream, as [`UpstreamClient::head`] builds it.
 #[derive(Debug, Clone)]
-pub struct UpstreamHead {
+pub(crate) struct UpstreamHead {
     /// The upstream URL.
-    pub uri: Uri,
+    pub(crate) uri: Uri,
     /// The headers to send.
-    pub headers: HeaderMap,
+    pub(crate) headers: HeaderMap,
 }
 
 /// A stream's request to its upstream, made again on every (re)connect from the head it keeps
@@ -413,7 +410,9 @@ fn is_timeout(error: &(dyn StdError + 'static)) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ClientHeaders;
     use crate::error::Fault;
+    use crate::peer::Peer;
     use http_body_util::{BodyExt, Full};
 
     #[test]
@@ -431,7 +430,12 @@ mod tests {
         headers.insert(header::ACCEPT, HeaderValue::from_static("text/event-stream"));
         // An HTTP/2 client: the host is in the URI, not in a Host header.
         let uri: Uri = "https://app.test/events?x=1".parse().expect("uri");
-        let head = client.head(&uri, headers, "/events?x=1", peer);
+        let from = Forwarding {
+            peer,
+            trusted: &[],
+            send: ClientHeaders::default(),
+        };
+        let head = client.head(&uri, headers, "/events?x=1", from);
         assert_eq!(head.uri, "http://127.0.0.1:3000/base/events?x=1");
         assert_eq!(head.headers[header::HOST], "app.test");
         assert_eq!(head.headers["x-forwarded-for"], "192.0.2.7");

@@ -100,7 +100,8 @@ pub const DEFAULT_STREAM_KEY: &[&str] = &[
     "header:origin",
 ];
 /// Headers `response_headers` may not set: they describe the connection or the body's framing
-/// (ssegate never compresses), or belong to one client (a cookie).
+/// and coding (ssegate's own: it compresses only per the route's `compress`), or belong to one
+/// client (a cookie).
 pub(super) const FRAMING_HEADERS: &[&str] = &[
     "connection",
     "keep-alive",

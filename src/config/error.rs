@@ -149,6 +149,8 @@ const ROUTE_SETTINGS: &[&str] = &[
     "upgrade_idle_timeout",
     "upstream_ca",
     "upstream_server_name",
+    "compress",
+    "client_headers",
 ];
 /// The keys only a `[[route]]` has.
 const ROUTE_ONLY_KEYS: &[&str] = &["path", "upstream", "sse"];

@@ -24,6 +24,15 @@ fn quote(text: &str) -> String {
     out
 }
 
+/// A list key's value: `["a", "b"]`, or `"off"` when empty.
+fn name_list(names: &[&str]) -> String {
+    if names.is_empty() {
+        return "\"off\"".to_owned();
+    }
+    let quoted: Vec<String> = names.iter().map(|name| quote(name)).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
 fn name_of<T: fmt::Debug>(value: T) -> String {
     // Enum names as the file writes them: `PerClient` → `per-client`.
     let debug = format!("{value:?}");
@@ -196,6 +205,20 @@ impl fmt::Display for Config {
                 "upgrade_idle_timeout = \"{}\"",
                 format_duration(s.upgrade_idle_timeout)
             )?;
+            let codings: Vec<&str> = [("br", s.compress.br), ("gzip", s.compress.gzip)]
+                .into_iter()
+                .filter_map(|(name, on)| on.then_some(name))
+                .collect();
+            writeln!(f, "compress = {}", name_list(&codings))?;
+            let client = [
+                ("x-real-ip", s.client_headers.x_real_ip),
+                ("forwarded", s.client_headers.forwarded),
+            ];
+            let client: Vec<&str> = client
+                .into_iter()
+                .filter_map(|(name, on)| on.then_some(name))
+                .collect();
+            writeln!(f, "client_headers = {}", name_list(&client))?;
         }
         Ok(())
     }

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::value::{DurationValue, LimitValue, SizeValue, Toggle};
+use super::value::{DurationValue, LimitValue, NameList, SizeValue, Toggle};
 use super::{IdMode, OnGap, SseMode, StreamMode};
 
 /// The whole file.
@@ -92,6 +92,8 @@ macro_rules! with_settings {
             pub(crate) upgrade_idle_timeout: Option<Spanned<DurationValue>>,
             pub(crate) upstream_ca: Option<Spanned<String>>,
             pub(crate) upstream_server_name: Option<Spanned<String>>,
+            pub(crate) compress: Option<Spanned<NameList>>,
+            pub(crate) client_headers: Option<Spanned<NameList>>,
         }
     };
 }

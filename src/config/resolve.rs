@@ -216,6 +216,18 @@ pub(super) fn resolve_route(
             "must be above zero".to_owned(),
         ));
     }
+    let compressions =
+        names(pick!(compress), &["br", "gzip"]).map_err(|(span, why)| fail(span, "compress", why))?;
+    let compress = Compress {
+        br: compressions.contains(&"br"),
+        gzip: compressions.contains(&"gzip"),
+    };
+    let client = names(pick!(client_headers), &["x-real-ip", "forwarded"])
+        .map_err(|(span, why)| fail(span, "client_headers", why))?;
+    let client_headers = ClientHeaders {
+        x_real_ip: client.contains(&"x-real-ip"),
+        forwarded: client.contains(&"forwarded"),
+    };
     let settings = Settings {
         retry: toggle(pick!(retry), "retry", DEFAULT_RETRY, MAX_RECONNECT)?,
         heartbeat: toggle(pick!(heartbeat), "heartbeat", DEFAULT_HEARTBEAT, MAX_HEARTBEAT)?,
@@ -253,6 +265,8 @@ pub(super) fn resolve_route(
         response_headers,
         upgrades,
         upgrade_idle_timeout,
+        compress,
+        client_headers,
     };
     Ok(Route {
         path,
@@ -338,6 +352,36 @@ fn normalise_path(path: &str) -> Result<String, String> {
     } else {
         trimmed.to_owned()
     })
+}
+
+/// The names of a list key (`compress`, `client_headers`), each one of `known` (ASCII case
+/// aside), none twice; else the span of the offending name and why.
+fn names(
+    list: Option<&Spanned<value::NameList>>,
+    known: &[&'static str],
+) -> Result<Vec<&'static str>, (std::ops::Range<usize>, String)> {
+    let mut found = Vec::new();
+    for name in list.iter().flat_map(|list| &list.get_ref().0) {
+        let Some(known) = known
+            .iter()
+            .find(|k| k.eq_ignore_ascii_case(name.get_ref().trim()))
+        else {
+            let choices: Vec<String> = known.iter().map(|k| format!("{k:?}")).collect();
+            return Err((
+                name.span(),
+                format!(
+                    "{:?} is not one of {} (or write \"off\" for none)",
+                    name.get_ref(),
+                    choices.join(", ")
+                ),
+            ));
+        };
+        if found.contains(known) {
+            return Err((name.span(), format!("{known:?} is listed twice")));
+        }
+        found.push(*known);
+    }
+    Ok(found)
 }
 
 fn parse_key_part(part: &str) -> Result<KeyPart, String> {

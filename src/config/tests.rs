@@ -162,6 +162,10 @@ fn errors_name_the_key_and_line() {
         ("response header twice", "[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\nresponse_headers = { \"X-A\" = \"1\", \"x-a\" = \"2\" }\n", 4, &["`response_headers`", "set twice"]),
         ("admin on the public address", "listen = \"127.0.0.1:9\"\nadmin_listen = \"127.0.0.1:9\"\n[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\n", 2, &["`admin_listen`", "differ"]),
         ("merge_slashes not a bool", "[defaults]\nmerge_slashes = \"yes\"\n", 2, &["`merge_slashes`"]),
+        ("unknown coding", "[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\ncompress = [\"gzip\",\n  \"deflate\"]\n", 5, &["`compress`", "\"deflate\" is not one of \"br\", \"gzip\""]),
+        ("compress not a list", "[defaults]\ncompress = \"gzip\"\n", 2, &["`compress`", "write a list such as [\"gzip\"]"]),
+        ("client header twice", "[defaults]\nclient_headers = [\"x-real-ip\", \"X-Real-IP\"]\n[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\n", 2, &["`client_headers`", "listed twice"]),
+        ("unknown client header", "[defaults]\nclient_headers = [\"x-forwarded-for\"]\n[[route]]\npath = \"/\"\nupstream = \"http://a:1\"\n", 2, &["`client_headers`", "\"x-real-ip\", \"forwarded\""]),
     ];
     for (name, text, line, needles) in cases {
         let (got_line, message) = error(text);
@@ -173,6 +177,58 @@ fn errors_name_the_key_and_line() {
             );
         }
     }
+}
+
+#[test]
+fn compression_and_client_headers_are_off_unless_listed() {
+    let config = load(
+        "[defaults]\ncompress = [\"gzip\", \"br\"]\nclient_headers = [\"X-Real-IP\"]\n\
+         [[route]]\npath = \"/api\"\nupstream = \"http://a:1\"\n\
+         [[route]]\npath = \"/files\"\nupstream = \"http://a:1\"\ncompress = \"off\"\nclient_headers = [\"forwarded\", \"x-real-ip\"]\n\
+         [[route]]\npath = \"/raw\"\nupstream = \"http://a:1\"\ncompress = []\nclient_headers = []\n",
+    )
+    .expect("valid");
+    let settings = |i: usize| &config.routes[i].settings;
+    assert_eq!(settings(0).compress, Compress { br: true, gzip: true });
+    assert_eq!(
+        settings(0).client_headers,
+        ClientHeaders {
+            x_real_ip: true,
+            forwarded: false
+        }
+    );
+    assert!(settings(1).compress.is_off());
+    assert_eq!(
+        settings(1).client_headers,
+        ClientHeaders {
+            x_real_ip: true,
+            forwarded: true
+        }
+    );
+    assert!(settings(2).compress.is_off());
+    assert_eq!(settings(2).client_headers, ClientHeaders::default());
+    let printed = config.to_string();
+    assert!(
+        printed.contains("compress = [\"br\", \"gzip\"]\nclient_headers = [\"x-real-ip\"]\n"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("compress = \"off\"\nclient_headers = [\"x-real-ip\", \"forwarded\"]\n"),
+        "{printed}"
+    );
+    let again = load(&printed).expect("prints as valid TOML");
+    for (a, b) in again.routes.iter().zip(&config.routes) {
+        assert_eq!(a.settings, b.settings);
+    }
+    let minimal = load(MINIMAL).expect("valid");
+    assert!(
+        minimal.routes[0].settings.compress.is_off(),
+        "a faithful proxy by default"
+    );
+    assert_eq!(
+        minimal.routes[0].settings.client_headers,
+        ClientHeaders::default()
+    );
 }
 
 #[test]

@@ -23,6 +23,11 @@ pub(super) struct SizeValue(pub u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct LimitValue(pub Option<u64>);
 
+/// A list of names (`["br", "gzip"]`), or `"off"` for none; each name keeps its span, so a
+/// name the key does not know is reported on its line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct NameList(pub Vec<toml::Spanned<String>>);
+
 /// An address block such as `10.0.0.0/8` or `fd00::/8`; a bare address is a block of one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr {
@@ -237,6 +242,34 @@ impl<'de> Deserialize<'de> for LimitValue {
             }
         }
         deserializer.deserialize_any(LimitVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for NameList {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ListVisitor;
+        impl<'de> Visitor<'de> for ListVisitor {
+            type Value = NameList;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of names such as [\"br\", \"gzip\"], or \"off\"")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<NameList, E> {
+                match v {
+                    "off" => Ok(NameList(Vec::new())),
+                    _ => Err(E::custom(format!(
+                        "invalid value {v:?}: write a list such as [\"{v}\"], or \"off\""
+                    ))),
+                }
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<NameList, A::Error> {
+                let mut names = Vec::new();
+                while let Some(name) = seq.next_element()? {
+                    names.push(name);
+                }
+                Ok(NameList(names))
+            }
+        }
+        deserializer.deserialize_any(ListVisitor)
     }
 }
 

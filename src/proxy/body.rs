@@ -12,6 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
+use tower_http::compression::CompressionBody;
 
 use crate::hub::source::AnswerBody;
 use crate::hub::{HeldBody, SubscriberBody};
@@ -33,6 +34,8 @@ pin_project! {
     #[project = InnerProj]
     enum Inner {
         Upstream { #[pin] body: Incoming },
+        // Boxed: an encoder's state is large, and only compressed responses pay for it.
+        Compressed { body: Pin<Box<CompressionBody<Incoming>>> },
         // Already boxed (a pointer): an upstream's definitive answer to a subscription.
         Answer { body: AnswerBody },
         Full { #[pin] body: Full<Bytes> },
@@ -98,6 +101,11 @@ impl ProxyBody {
         ProxyBody::of(Inner::Upstream { body })
     }
 
+    /// The upstream's body, compressed as it streams (a route's `compress`).
+    pub fn compressed(body: CompressionBody<Incoming>) -> Self {
+        ProxyBody::of(Inner::Compressed { body: Box::pin(body) })
+    }
+
     /// The body of an upstream's definitive answer to a subscription.
     pub fn answer(body: AnswerBody) -> Self {
         ProxyBody::of(Inner::Answer { body })
@@ -142,6 +150,7 @@ impl Body for ProxyBody {
         let this = self.project();
         let polled = match this.kind.project() {
             InnerProj::Upstream { body } => body.poll_frame(cx).map_err(Into::into),
+            InnerProj::Compressed { body } => body.as_mut().poll_frame(cx),
             InnerProj::Answer { body } => Pin::new(body).poll_frame(cx),
             InnerProj::Full { body } => body.poll_frame(cx).map_err(|never| match never {}),
             InnerProj::Sse { body } => Pin::new(body).poll_frame(cx).map_err(Into::into),
@@ -165,6 +174,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Inner::Upstream { body } => body.is_end_stream(),
+            Inner::Compressed { body } => body.is_end_stream(),
             Inner::Answer { body } => body.is_end_stream(),
             Inner::Full { body } => body.is_end_stream(),
             Inner::Sse { body } => body.is_end_stream(),
@@ -175,6 +185,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Inner::Upstream { body } => body.size_hint(),
+            Inner::Compressed { body } => body.size_hint(),
             Inner::Answer { body } => body.size_hint(),
             Inner::Full { body } => body.size_hint(),
             Inner::Sse { body } => body.size_hint(),

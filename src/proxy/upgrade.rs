@@ -27,7 +27,7 @@ use crate::error::{rescue, ProxyError};
 use crate::metrics::RouteMetrics;
 use crate::peer::{Peer, Upgrades};
 use crate::route::{Admission, RouteEntry};
-use crate::upstream::headers::{list_items, strip_hop_by_hop};
+use crate::upstream::headers::{list_items, strip_hop_by_hop, Forwarding};
 
 /// The protocols a request asks to upgrade to, in lower case: `Connection` names `upgrade` and
 /// `Upgrade` lists them. `None` for a request that asks for no upgrade.
@@ -66,13 +66,15 @@ pub(super) fn allowed(
 
 /// Asks the app to upgrade to one of `protocols`; on its 101, answers 101 and joins the two
 /// connections. Any other answer of the app is passed through as it is.
+/// `from` says who the client is, as every upstream request of the route does.
 pub(super) async fn upgrade<B: RequestBody>(
     route: &RouteEntry,
     mut request: Request<B>,
-    remote: Peer,
+    from: Forwarding<'_>,
     protocols: Vec<String>,
     admission: Admission,
 ) -> (Response<ProxyBody>, Option<Admission>) {
+    let remote = from.peer;
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let context = routed(route, &method, &path, remote.addr);
@@ -83,7 +85,7 @@ pub(super) async fn upgrade<B: RequestBody>(
     };
     let client_side = hyper::upgrade::on(&mut request);
     let offer = protocols.join(", ");
-    let response = match exchange(route, request, remote, |headers| {
+    let response = match exchange(route, request, from, |headers| {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         if let Ok(value) = HeaderValue::from_str(&offer) {
             headers.insert(header::UPGRADE, value);

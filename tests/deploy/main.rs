@@ -20,6 +20,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
+use ssegate::config::Transport;
 use ssegate::Config;
 use yaml_rust2::Yaml;
 
@@ -368,7 +369,13 @@ fn every_upstream_is_the_app_container_over_the_pods_loopback() {
         "no container besides {SIDECAR:?} declares a port for ssegate to forward to"
     );
     for route in &pod.config.routes {
-        let authority = route.upstream.authority();
+        let authority = match route.upstream.transport() {
+            Transport::Http(authority) | Transport::Https(authority) => authority,
+            Transport::Unix(path) => panic!(
+                "{}: route {:?} goes to the Unix socket {path:?}; the app is in the same pod, at 127.0.0.1",
+                pod.config_origin, route.path
+            ),
+        };
         let host = authority.host();
         assert!(
             matches!(host, "127.0.0.1" | "localhost" | "[::1]"),
