@@ -253,8 +253,9 @@ def test_cross_origin_eventsource_fails_without_the_apps_cors_headers(procs):
 @pytest.mark.parametrize("scheme", ["http", "https"])
 def test_a_browser_websocket_echoes_through_ssegate(procs, scheme):
     """Chromium's WebSocket through ssegate to an app on the `ws` package: a text message, a 2 MiB
-    binary one, and a close with code 4001, each answered as sent. Over HTTPS the page itself
-    comes over HTTP/2, and the browser opens its WebSocket over HTTP/1.1 by itself."""
+    binary one, and a close with code 4001, each answered as sent. Over HTTPS the page comes over
+    HTTP/2 and the WebSocket too, as an extended CONNECT (RFC 8441) on the same connection, which
+    ssegate turns into the HTTP/1.1 handshake the app knows."""
     port = free_port()
     app = Proc(procs, "ws-app", ["node", os.path.join(HERE, "apps", "ws_app.mjs"), str(port)])
     wait_port(port)
@@ -276,3 +277,7 @@ def test_a_browser_websocket_echoes_through_ssegate(procs, scheme):
     with open(app.log_path) as f:
         accepted = [json.loads(line) for line in f if line.startswith("{")]
     assert accepted == [{"connection": "/socket", "forwarded_for": "127.0.0.1"}], accepted
+    with open(proxy.proc.log_path) as f:
+        log = f.read()
+    asked = "method=CONNECT path=/socket status=200" if scheme == "https" else "method=GET path=/socket status=101"
+    assert asked in log, log

@@ -182,7 +182,7 @@ impl Proxy {
             metrics: route.map(|r| r.metrics.clone()),
             admission: None,
         };
-        if request.method() == Method::CONNECT {
+        if request.method() == Method::CONNECT && upgrade::requested(&request).is_none() {
             let response = rescue(ProxyError::Connect, &asked(&request, remote));
             let log = log(request.uri().path(), response.status(), None);
             return finish(response, log);
@@ -224,8 +224,8 @@ impl Proxy {
             let log = log(&path, response.status(), Some(&route));
             return finish(response, log);
         };
-        if let Some(asked) = upgrade::requested(&request) {
-            if let Some(protocols) = upgrade::allowed(&route, asked, &path, peer) {
+        if let Some(protocols) = upgrade::requested(&request) {
+            if let Some(protocols) = upgrade::allowed(&route, protocols, &path, peer) {
                 let trusted = self.trusted_proxies();
                 let from = Forwarding {
                     peer,
@@ -236,6 +236,12 @@ impl Proxy {
                     upgrade::upgrade(&route, request, from, protocols, admission).await;
                 let mut log = log(&path, response.status(), Some(&route));
                 log.admission = admission;
+                return finish(response, log);
+            }
+            if request.method() == Method::CONNECT {
+                // An extended CONNECT the route does not allow has no plain form to pass as.
+                let response = rescue(ProxyError::Connect, &asked(&request, remote));
+                let log = log(&path, response.status(), Some(&route));
                 return finish(response, log);
             }
         }

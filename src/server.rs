@@ -175,7 +175,9 @@ impl<S> Server<S> {
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(MAX_REQUEST_HEAD_BYTES as u32)
-            .max_concurrent_streams(MAX_H2_STREAMS);
+            .max_concurrent_streams(MAX_H2_STREAMS)
+            // Extended CONNECT (RFC 8441): a browser's WebSocket over its HTTP/2 connection.
+            .enable_connect_protocol();
         let builder = Arc::new(builder);
         let graceful = GracefulShutdown::new();
         // The lean path's connections, so a drain can wait for them as hyper's graceful
@@ -406,7 +408,9 @@ impl<S> Connection<S> {
             let in_flight = state.begin();
             let mut request = request.map(B::from);
             request.extensions_mut().insert(peer);
-            if request.headers().contains_key(http::header::UPGRADE) {
+            if request.headers().contains_key(http::header::UPGRADE)
+                || request.method() == http::Method::CONNECT
+            {
                 request.extensions_mut().insert(upgrades.clone());
             }
             let called = inner.clone().oneshot(request);

@@ -429,3 +429,93 @@ async fn a_websocket_reaches_an_app_over_https_and_on_a_unix_socket() {
         assert_eq!(back, Message::text(path), "through the {path} route");
     }
 }
+
+#[tokio::test]
+async fn a_websocket_over_http2_extended_connect_reaches_an_http1_app() {
+    let app = EchoApp::start().await;
+    let sidecar = Sidecar::route("/", app.addr, "").await;
+    // HTTP/2 with prior knowledge; ssegate's SETTINGS offer extended CONNECT (RFC 8441).
+    let tcp = TcpStream::connect(sidecar.addr).await.expect("connect");
+    let mut client = h2_client(tcp).await;
+    // One answered request: ssegate's SETTINGS have arrived by then.
+    let first = http::Request::get(format!("http://{}/not-a-socket", sidecar.addr))
+        .body(())
+        .expect("request");
+    h2_status(&mut client, first, true).await.expect("an answer");
+    let mut ready = within("h2 ready", client.ready()).await.expect("ready");
+    assert!(
+        ready.is_extended_connect_protocol_enabled(),
+        "SETTINGS_ENABLE_CONNECT_PROTOCOL not sent"
+    );
+    let mut request = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("http://{}/chat", sidecar.addr))
+        .header("sec-websocket-version", "13")
+        .body(())
+        .expect("request");
+    request
+        .extensions_mut()
+        .insert(h2::ext::Protocol::from_static("websocket"));
+    let (response, mut send) = ready.send_request(request, false).expect("send");
+    let response = within("the CONNECT's answer", response).await.expect("response");
+    assert_eq!(response.status(), 200);
+    assert!(!response.headers().contains_key("sec-websocket-accept"));
+    let mut receive = response.into_body();
+    // A masked client text frame "hi"; the app echoes it unmasked.
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | 2];
+    frame.extend_from_slice(&mask);
+    frame.extend(b"hi".iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    send.send_data(bytes::Bytes::from(frame), false)
+        .expect("send the frame");
+    let mut echoed = Vec::new();
+    while echoed.len() < 4 {
+        let chunk = within("the echo", receive.data())
+            .await
+            .expect("data")
+            .expect("ok");
+        let _ = receive.flow_control().release_capacity(chunk.len());
+        echoed.extend_from_slice(&chunk);
+    }
+    assert_eq!(echoed, [0x81, 0x02, b'h', b'i']);
+    // The app got the HTTP/1.1 handshake, with a key of ssegate's.
+    let handshake = app.handshakes.lock().expect("lock")[0].clone();
+    assert_eq!(
+        handshake.get("upgrade").map(|v| v.as_bytes()),
+        Some(&b"websocket"[..])
+    );
+    assert_eq!(handshake.get("sec-websocket-key").map(|v| v.len()), Some(24));
+    assert_eq!(
+        sidecar.metric("ssegate_upgraded_connections{route=\"/\"}").await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn an_extended_connect_the_route_does_not_allow_is_refused_never_passed_on() {
+    let seen = Arc::new(AtomicU64::new(0));
+    let count = seen.clone();
+    let app = Upstream::start(move |_request| {
+        count.fetch_add(1, Ordering::Relaxed);
+        async { http::Response::new(full("app")) }
+    })
+    .await;
+    let sidecar = Sidecar::route("/", app.addr, "upgrades = []").await;
+    let tcp = TcpStream::connect(sidecar.addr).await.expect("connect");
+    let mut client = h2_client(tcp).await;
+    let first = http::Request::get(format!("http://{}/", sidecar.addr))
+        .body(())
+        .expect("request");
+    h2_status(&mut client, first, true).await.expect("an answer");
+    for protocol in ["websocket", "connect-udp"] {
+        let mut request = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(format!("http://{}/chat", sidecar.addr))
+            .body(())
+            .expect("request");
+        request.extensions_mut().insert(h2::ext::Protocol::from(protocol));
+        let status = h2_status(&mut client, request, false).await.expect("an answer");
+        assert_eq!(status, 405, "{protocol}");
+    }
+    assert_eq!(seen.load(Ordering::Relaxed), 1, "a CONNECT reached the app");
+}

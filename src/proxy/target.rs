@@ -150,7 +150,8 @@ impl Target {
                 host,
             });
         }
-        if request.method() == Method::CONNECT {
+        if request.method() == Method::CONNECT && request.extensions().get::<hyper::ext::Protocol>().is_none()
+        {
             // Answered by ssegate itself (not proxied); nothing to route.
             return Ok(Target {
                 path: "/".to_owned(),

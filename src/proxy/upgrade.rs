@@ -5,8 +5,10 @@
 //! An upgrade to a protocol the route does not allow passes as a plain request without its
 //! upgrade headers, as it would through a proxy that knows no upgrades.
 //!
-//! HTTP/1.1 only: an HTTP/2 client cannot send these headers (RFC 9113 §8.2.2), and extended
-//! CONNECT (RFC 8441) is not offered, so browsers open their WebSockets over HTTP/1.1.
+//! Over HTTP/2 a client cannot send these headers (RFC 9113 §8.2.2): it asks with an extended
+//! CONNECT for `websocket` (RFC 8441), which the server offers. The app gets the HTTP/1.1
+//! handshake (with a `Sec-WebSocket-Key` of ssegate's, whose accept is checked) and the client
+//! a 200; the HTTP/2 stream and the app's connection are then joined as above.
 
 use std::io;
 use std::pin::Pin;
@@ -16,7 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -30,8 +32,16 @@ use crate::route::{Admission, RouteEntry};
 use crate::upstream::headers::{list_items, strip_hop_by_hop, Forwarding};
 
 /// The protocols a request asks to upgrade to, in lower case: `Connection` names `upgrade` and
-/// `Upgrade` lists them. `None` for a request that asks for no upgrade.
+/// `Upgrade` lists them; or, over HTTP/2, an extended CONNECT (RFC 8441) for a WebSocket. `None`
+/// for a request that asks for no upgrade.
 pub(super) fn requested<B>(request: &Request<B>) -> Option<Vec<String>> {
+    if request.method() == Method::CONNECT {
+        let protocol = request.extensions().get::<hyper::ext::Protocol>()?;
+        return protocol
+            .as_str()
+            .eq_ignore_ascii_case("websocket")
+            .then(|| vec!["websocket".to_owned()]);
+    }
     let headers = request.headers();
     let asks = request.version() == Version::HTTP_11
         && list_items(headers.get_all(header::CONNECTION)).any(|item| item.eq_ignore_ascii_case("upgrade"))
@@ -85,10 +95,20 @@ pub(super) async fn upgrade<B: RequestBody>(
     };
     let client_side = hyper::upgrade::on(&mut request);
     let offer = protocols.join(", ");
+    // Over HTTP/2 the client asked with an extended CONNECT: the app gets the HTTP/1.1
+    // handshake it knows, with a key of ssegate's, and the client a 200 once it is done.
+    let extended = request.method() == Method::CONNECT;
+    let key = extended.then(websocket_key);
+    if extended {
+        *request.method_mut() = Method::GET;
+    }
     let response = match exchange(route, request, from, |headers| {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         if let Ok(value) = HeaderValue::from_str(&offer) {
             headers.insert(header::UPGRADE, value);
+        }
+        if let Some(key) = key.as_ref().and_then(|key| HeaderValue::from_str(key).ok()) {
+            headers.insert(header::SEC_WEBSOCKET_KEY, key);
         }
     })
     .await
@@ -116,15 +136,32 @@ pub(super) async fn upgrade<B: RequestBody>(
         };
         return (rescue(error, &context), None);
     };
+    if let Some(key) = &key {
+        let accept = response.headers().get(header::SEC_WEBSOCKET_ACCEPT);
+        if accept.map(HeaderValue::as_bytes) != Some(websocket_accept(key).as_bytes()) {
+            let source = "the app switched to WebSocket without the Sec-WebSocket-Accept its key asks for";
+            let error = ProxyError::Upstream {
+                timed_out: false,
+                source: source.into(),
+            };
+            return (rescue(error, &context), None);
+        }
+    }
     let mut response = response;
     let upstream_side = hyper::upgrade::on(&mut response);
     let (mut parts, _empty) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    parts
-        .headers
-        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    if let Ok(value) = HeaderValue::from_str(&chosen) {
-        parts.headers.insert(header::UPGRADE, value);
+    if extended {
+        // RFC 8441 §5: a 2xx opens the tunnel; the accept answers ssegate's key, not the client's.
+        parts.status = StatusCode::OK;
+        parts.headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+    } else {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Ok(value) = HeaderValue::from_str(&chosen) {
+            parts.headers.insert(header::UPGRADE, value);
+        }
     }
     let tunnel = Tunnel {
         _admission: admission,
@@ -262,5 +299,59 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Active<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A `Sec-WebSocket-Key`: 16 random bytes in base64 (RFC 6455 §4.1).
+fn websocket_key() -> String {
+    let bytes: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+    base64(&bytes)
+}
+
+/// The `Sec-WebSocket-Accept` that answers `key` (RFC 6455 §4.2.2).
+fn websocket_accept(key: &str) -> String {
+    const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let digest = ring::digest::digest(
+        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        format!("{key}{GUID}").as_bytes(),
+    );
+    base64(digest.as_ref())
+}
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_accept_of_the_rfc_example_key() {
+        // RFC 6455 §1.3.
+        assert_eq!(
+            websocket_accept("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(websocket_key().len(), 24);
     }
 }
