@@ -434,14 +434,8 @@ async fn a_websocket_reaches_an_app_over_https_and_on_a_unix_socket() {
 async fn a_websocket_over_http2_extended_connect_reaches_an_http1_app() {
     let app = EchoApp::start().await;
     let sidecar = Sidecar::route("/", app.addr, "").await;
-    // HTTP/2 with prior knowledge; ssegate's SETTINGS offer extended CONNECT (RFC 8441).
-    let tcp = TcpStream::connect(sidecar.addr).await.expect("connect");
-    let mut client = h2_client(tcp).await;
-    // One answered request: ssegate's SETTINGS have arrived by then.
-    let first = http::Request::get(format!("http://{}/not-a-socket", sidecar.addr))
-        .body(())
-        .expect("request");
-    h2_status(&mut client, first, true).await.expect("an answer");
+    // ssegate's SETTINGS offer extended CONNECT (RFC 8441).
+    let client = h2_settled(&sidecar).await;
     let mut ready = within("h2 ready", client.ready()).await.expect("ready");
     assert!(
         ready.is_extended_connect_protocol_enabled(),
@@ -501,12 +495,7 @@ async fn an_extended_connect_the_route_does_not_allow_is_refused_never_passed_on
     })
     .await;
     let sidecar = Sidecar::route("/", app.addr, "upgrades = []").await;
-    let tcp = TcpStream::connect(sidecar.addr).await.expect("connect");
-    let mut client = h2_client(tcp).await;
-    let first = http::Request::get(format!("http://{}/", sidecar.addr))
-        .body(())
-        .expect("request");
-    h2_status(&mut client, first, true).await.expect("an answer");
+    let mut client = h2_settled(&sidecar).await;
     for protocol in ["websocket", "connect-udp"] {
         let mut request = http::Request::builder()
             .method(http::Method::CONNECT)
@@ -518,4 +507,16 @@ async fn an_extended_connect_the_route_does_not_allow_is_refused_never_passed_on
         assert_eq!(status, 405, "{protocol}");
     }
     assert_eq!(seen.load(Ordering::Relaxed), 1, "a CONNECT reached the app");
+}
+
+/// An HTTP/2 client (prior knowledge) of `sidecar` that has had one request answered, so it
+/// has ssegate's SETTINGS.
+async fn h2_settled(sidecar: &Sidecar) -> h2::client::SendRequest<bytes::Bytes> {
+    let tcp = TcpStream::connect(sidecar.addr).await.expect("connect");
+    let mut client = h2_client(tcp).await;
+    let first = http::Request::get(format!("http://{}/", sidecar.addr))
+        .body(())
+        .expect("request");
+    h2_status(&mut client, first, true).await.expect("an answer");
+    client
 }
