@@ -4,6 +4,7 @@
 
 pub(crate) mod backoff;
 mod connect;
+mod forwarded;
 pub(crate) mod headers;
 mod http2;
 pub(crate) mod tls;
