@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::header::HeaderMap;
 use tokio::sync::oneshot;
-use tokio::time::{sleep, Instant, Interval, Sleep};
+use tokio::time::{sleep, Instant, Sleep};
 
 use super::key::is_resumable;
 use super::pacer::{coalesce_window, fire, Pacer};
@@ -38,10 +38,22 @@ pub(super) use cluster::{Clustered, Outgoing};
 /// An upstream stream that lasted this long and gave an event is reopened at once when it ends
 /// cleanly, and resets the backoff.
 const SETTLED: Duration = Duration::from_secs(1);
-/// How often a stream evicts aged events and checks how long its upstream has been down.
-const UPKEEP: Duration = Duration::from_millis(250);
-/// Encoded events are carved out of blocks this large, so most events cost no allocation.
+/// Aged events are evicted at most this long after they pass `buffer_age` (the events of one
+/// such interval go together, so a steady stream's upkeep runs at most once per interval).
+const UPKEEP_SLACK: Duration = Duration::from_millis(250);
+/// Encoded events are carved out of blocks of up to this size, so most events cost no
+/// allocation on a busy stream.
 const ENCODE_BLOCK: usize = 16 * 1024;
+/// A block holds at least this many events; a stream whose history is too small for that (a
+/// user's own, one event a second) gives each event an allocation of its exact size instead,
+/// rather than 16 KiB from its first event on.
+const EVENTS_PER_BLOCK: usize = 4;
+
+thread_local! {
+    /// Where an event is encoded before it is copied to its place: one per thread, not per
+    /// stream.
+    static ENCODING: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
 
 /// Encodes `event` (after the app's `retry`, if any) with the id it gets here and appends it to
 /// `ring`. Returns the bytes added and the bytes evicted.
@@ -69,16 +81,35 @@ pub(super) fn encode_at(
     retry: Option<u64>,
     inject: bool,
 ) -> Bytes {
-    if encoded.capacity() < event.data.len() + 256 {
-        encoded.reserve(ENCODE_BLOCK.max(event.data.len() + 256));
-    }
-    if let Some(ms) = retry {
-        encode_retry(ms, encoded);
-    }
     let app_id = event.id.as_deref().filter(|id| !id.is_empty());
     let injected = (inject && app_id.is_none()).then(|| ring.injected_id(seq));
-    encode_event(event, injected.as_deref(), encoded);
-    encoded.split().freeze()
+    ENCODING.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        scratch.clear();
+        if let Some(ms) = retry {
+            encode_retry(ms, &mut scratch);
+        }
+        encode_event(event, injected.as_deref(), &mut scratch);
+        let len = scratch.len();
+        if scratch.capacity() > ENCODE_BLOCK * 4 {
+            // A large event: the thread does not keep its room.
+            let bytes = Bytes::copy_from_slice(&scratch);
+            *scratch = BytesMut::new();
+            return bytes;
+        }
+        // A block grows with what the ring holds (an eighth of it), so its unused tail stays a
+        // small share of the history; events carved out keep their block alive until they
+        // leave the ring.
+        let block = (ring.bytes() / 8).min(ENCODE_BLOCK);
+        if block < len * EVENTS_PER_BLOCK {
+            return Bytes::copy_from_slice(&scratch);
+        }
+        if encoded.capacity() < len {
+            *encoded = BytesMut::with_capacity(block);
+        }
+        encoded.extend_from_slice(&scratch);
+        encoded.split().freeze()
+    })
 }
 
 /// Starts the task that feeds the stream from `source`. `opener` receives the answer to
@@ -151,7 +182,10 @@ pub(super) struct Task<S> {
     /// While ssegate stops over `drain_spread`: since when, and the next step.
     drain: Option<(Instant, Pin<Box<Sleep>>)>,
     pacer: Pacer,
-    upkeep: Interval,
+    /// When aged events are next due for eviction, or the upstream's down grace for a check:
+    /// armed only while there is such a deadline (an idle stream with an empty buffer and a
+    /// live upstream has no timer at all).
+    upkeep: Option<Pin<Box<Sleep>>>,
     scratch: Scratch,
     /// The stream's tie to the cluster (shared streams under `[cluster]`).
     cluster: Option<Box<Clustered>>,
@@ -227,8 +261,6 @@ impl<S: Source> Task<S> {
             .then(|| stream.shared.cluster.get().cloned())
             .flatten()
             .map(|cluster| Box::new(Clustered::new(cluster, &stream.key)));
-        let mut upkeep = tokio::time::interval(UPKEEP);
-        upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         Task {
             cleanup: Cleanup {
                 stream: stream.clone(),
@@ -247,7 +279,7 @@ impl<S: Source> Task<S> {
             linger: None,
             drain: None,
             pacer: Pacer::default(),
-            upkeep,
+            upkeep: None,
             cluster,
             scratch: Scratch {
                 items: Vec::new(),
@@ -281,7 +313,7 @@ impl<S: Source> Task<S> {
                     Continue(())
                 }
                 () = fire(&mut self.heartbeat) => self.on_heartbeat(),
-                _ = self.upkeep.tick() => self.on_upkeep(),
+                () = fire(&mut self.upkeep) => self.on_upkeep(),
                 () = fire(&mut self.retry) => self.on_retry(),
                 step = self.source.next() => match step {
                     Step::Answer(answer) => self.on_answer(answer),
@@ -292,6 +324,9 @@ impl<S: Source> Task<S> {
             };
             if let Break(end) = flow {
                 break end;
+            }
+            if self.upkeep.is_none() {
+                self.arm_upkeep();
             }
         };
         self.leave_cluster();
@@ -347,6 +382,8 @@ impl<S: Source> Task<S> {
         self.backoff
             .limits(settings.reconnect_initial, settings.reconnect_max);
         self.heartbeat = settings.heartbeat.map(|every| Box::pin(sleep(every)));
+        // buffer_age or upstream_down_grace may have changed.
+        self.upkeep = None;
         if self.linger.is_some() {
             self.linger = Some(Box::pin(sleep(settings.linger)));
         }
@@ -394,8 +431,29 @@ impl<S: Source> Task<S> {
         }
     }
 
-    /// Evicts aged events; ends the stream when its upstream has been down too long.
+    /// Arms the upkeep timer for the first of: the oldest buffered event passing `buffer_age`,
+    /// the upstream's `upstream_down_grace` running out. Neither due: no timer.
+    fn arm_upkeep(&mut self) {
+        let settings = &self.route.config.settings;
+        let aged = settings.buffer_age.and_then(|age| {
+            let oldest = self.stream.lock().ring.oldest_at()?;
+            Some(Instant::from_std(oldest) + age + UPKEEP_SLACK)
+        });
+        let down = self
+            .down_since
+            .zip(settings.upstream_down_grace)
+            .map(|(since, grace)| since + grace);
+        let due = match (aged, down) {
+            (Some(a), Some(d)) => Some(a.min(d)),
+            (a, d) => a.or(d),
+        };
+        self.upkeep = due.map(|at| Box::pin(tokio::time::sleep_until(at)));
+    }
+
+    /// Evicts aged events; ends the stream when its upstream has been down too long. The timer
+    /// is armed again for the next deadline when the loop goes round.
     fn on_upkeep(&mut self) -> ControlFlow<End> {
+        self.upkeep = None;
         let freed = self.stream.lock().ring.evict_expired(std::time::Instant::now());
         self.stream.shared.account(0, freed);
         if let (Some(since), Some(grace)) = (self.down_since, self.route.config.settings.upstream_down_grace)
@@ -468,6 +526,8 @@ impl<S: Source> Task<S> {
     /// A transient failure: serve subscribers anyway (200, heartbeats) and retry after a delay.
     fn failed(&mut self, why: &str) {
         self.down_since.get_or_insert_with(Instant::now);
+        // The down grace may run out before the timer armed for aged events.
+        self.upkeep = None;
         self.serve();
         self.stream.metrics.upstream_failures.inc();
         let delay = self.backoff.next_delay();
