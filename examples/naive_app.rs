@@ -27,6 +27,10 @@ struct Args {
     /// Bytes of padding per event.
     #[arg(long, default_value_t = 0)]
     payload: usize,
+    /// A ticker per response, from when it was asked for, numbered from 1 (streams tick at
+    /// different moments, as different users' do), instead of one global ticker.
+    #[arg(long)]
+    stagger: bool,
 }
 
 #[tokio::main]
@@ -44,6 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         lifetime,
         payload: args.payload,
         quiet: None,
+        stagger: args.stagger,
     };
     let addr = app.spawn(args.listen).await?;
     println!("naive SSE app on http://{addr}: /events (SSE), /stats (JSON)");

@@ -34,6 +34,10 @@ pub struct NaiveApp {
     pub payload: usize,
     /// Stretches of silence, when the app has nothing to say.
     pub quiet: Option<Quiet>,
+    /// Each response gets its events from a ticker of its own, started when it was asked for
+    /// and numbered from 1 (so streams tick at different moments, as different users' do),
+    /// instead of the one global ticker.
+    pub stagger: bool,
 }
 
 /// A repeating schedule of silence: `after` of events, then `length` without any.
@@ -52,6 +56,7 @@ impl Default for NaiveApp {
             lifetime: Some(Duration::from_secs(20)),
             payload: 0,
             quiet: None,
+            stagger: false,
         }
     }
 }
@@ -276,18 +281,37 @@ async fn ticker(app: NaiveApp, counters: Arc<Counters>, ticks: broadcast::Sender
         if !app.quiet.is_some_and(|quiet| quiet.holds(elapsed)) {
             for _ in 0..count {
                 let seq = counters.seq.fetch_add(1, Ordering::Relaxed) + 1;
-                let sent_us = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_micros());
-                let event = if padding.is_empty() {
-                    format!("data: {{\"seq\": {seq}, \"sent_us\": {sent_us}}}\n\n")
-                } else {
-                    format!("data: {{\"seq\": {seq}, \"sent_us\": {sent_us}, \"pad\": \"{padding}\"}}\n\n")
-                };
-                let _ = ticks.send(Bytes::from(event));
+                let _ = ticks.send(event(seq, &padding));
             }
         }
         tick = every.tick().await;
+    }
+}
+
+/// Event number `seq`, stamped with the time it is sent.
+fn event(seq: u64, padding: &str) -> Bytes {
+    let sent_us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    Bytes::from(if padding.is_empty() {
+        format!("data: {{\"seq\": {seq}, \"sent_us\": {sent_us}}}\n\n")
+    } else {
+        format!("data: {{\"seq\": {seq}, \"sent_us\": {sent_us}, \"pad\": \"{padding}\"}}\n\n")
+    })
+}
+
+/// The events of one response with a ticker of its own (`stagger`): one per interval from
+/// when it was asked for, numbered from 1.
+async fn own_ticks(app: NaiveApp, out: mpsc::Sender<Bytes>) {
+    let padding = "x".repeat(app.payload);
+    let interval = app.interval.max(MIN_INTERVAL);
+    let mut every = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    for seq in 1.. {
+        every.tick().await;
+        if out.send(event(seq, &padding)).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -315,7 +339,11 @@ fn handle(shared: &Shared, request: &Request<Incoming>) -> Response<AppBody> {
         (&Method::GET, "/events") => {
             let forwarded = request.headers().contains_key("x-forwarded-for");
             let (tx, rx) = mpsc::channel(64);
-            tokio::spawn(forward_ticks(shared.ticks.subscribe(), tx));
+            if shared.app.stagger {
+                tokio::spawn(own_ticks(shared.app.clone(), tx));
+            } else {
+                tokio::spawn(forward_ticks(shared.ticks.subscribe(), tx));
+            }
             let body = NaiveStream {
                 events: rx,
                 deadline: shared
