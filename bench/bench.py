@@ -117,10 +117,13 @@ class Proc:
         self.log.close()
 
 
-def start_app(interval, payload):
+def start_app(interval, payload, stagger=False):
+    """The naive app; with `stagger`, a ticker per stream from when it was asked for (users'
+    streams tick at different moments) instead of one for all."""
     port = free_port()
     return Proc("app", [APP, "--listen", f"127.0.0.1:{port}", "--interval", interval,
-                        "--payload", str(payload), "--lifetime", "off"], port)
+                        "--payload", str(payload), "--lifetime", "off"]
+                + (["--stagger"] if stagger else []), port)
 
 
 def start_ssegate(app_port, extra="", top=""):
@@ -179,8 +182,8 @@ def app_stats(app):
         return json.loads(r.read())
 
 
-def loadgen(args, port, **flags):
-    argv = [args.loadgen, "--url", f"http://127.0.0.1:{port}/events"]
+def loadgen(args, port, scheme="http", **flags):
+    argv = [args.loadgen, "--url", f"{scheme}://127.0.0.1:{port}/events"]
     for key, value in flags.items():
         if value is True:
             argv.append("--" + key.replace("_", "-"))
@@ -189,11 +192,11 @@ def loadgen(args, port, **flags):
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def run_loadgen(args, port, on_measuring=None, limit=None, started=None, **flags):
+def run_loadgen(args, port, on_measuring=None, limit=None, started=None, scheme="http", **flags):
     """Runs the load generator; `on_measuring` is called when its window opens, `started` with
     its process. With `limit` (seconds), a load generator still running then is killed (and
     gives no report)."""
-    proc = loadgen(args, port, **flags)
+    proc = loadgen(args, port, scheme, **flags)
     if started:
         started(proc)
     timer = threading.Timer(limit, proc.kill) if limit else None
@@ -266,6 +269,304 @@ def scenario_idle(args):
             if p:
                 p.stop()
     RESULTS["idle"] = rows
+
+
+# Per-user streams: every client has credentials of its own, so ssegate keys a stream (an
+# upstream request, a buffer) per client, as it does by default for signed-in users. The
+# per-client limits are for browsers; here 5,000 clients share 200 source addresses.
+PER_USER_TOP = 'max_streams_per_client = "off"\nnew_streams_per_client = "off"\n'
+
+
+def per_user_once(args, name):
+    """One measurement of `args.per_user_clients` clients each on its own stream, on fresh
+    processes: RSS per client at the end of the window, CPU over it, latency, upstream
+    connections; for ssegate also the buffered history (`buffer_bytes`)."""
+    app = start_app("1s", 200, stagger=True)
+    admin = None
+    if name == "ssegate":
+        admin = free_port()
+        proxy = start_ssegate(app.port, "", PER_USER_TOP + f'admin_listen = "127.0.0.1:{admin}"\n')
+        wait_port(admin)
+        port = proxy.port
+    else:
+        proxy, port = with_proxy(name, app)
+    subject = proxy or app
+    time.sleep(0.5)
+    before = rss_kib(subject.pid)
+    marks = {}
+
+    def measure():
+        marks["cpu0"] = cpu_seconds(subject.pid)
+        marks["t0"] = time.time()
+        time.sleep(args.per_user_window - 0.5)
+        marks["cpu1"] = cpu_seconds(subject.pid)
+        marks["t1"] = time.time()
+        marks["rss"] = rss_kib(subject.pid)
+        marks["upstream"] = app_stats(app)["open_streams"]
+        if admin:
+            marks["buffered"] = metric(admin, "ssegate_buffer_bytes")
+            marks["streams"] = metric(admin, "ssegate_streams")
+            marks["events"] = metric(admin, "ssegate_events_received_total")
+
+    thread = None
+
+    def begin():
+        nonlocal thread
+        thread = threading.Thread(target=measure)
+        thread.start()
+
+    clients = args.per_user_clients
+    report = run_loadgen(args, port, on_measuring=begin, clients=clients, ramp=2500,
+                         streams=clients, warmup="2s", duration=f"{args.per_user_window}s")
+    thread.join()
+    for p in (proxy, app):
+        if p:
+            p.stop()
+    established = max(report["established"], 1)
+    row = {"established": report["established"], "failed": report["failed"],
+           "rss_before_kib": before, "rss_kib": marks["rss"],
+           "kib_per_client": (marks["rss"] - before) / established,
+           "cpu_cores": (marks["cpu1"] - marks["cpu0"]) / (marks["t1"] - marks["t0"]),
+           "upstream_connections": marks["upstream"], "events_per_s": report["events_per_s"],
+           "latency_us": report["latency_us"], "gaps": report["gaps"],
+           "duplicates": report["duplicates"], "errors": report["errors"],
+           "first_error": report["first_error"]}
+    if admin:
+        row["buffered_kib_per_client"] = marks["buffered"] / 1024 / established
+        row["streams"] = marks["streams"]
+        row["bytes_per_event"] = marks["buffered"] / max(marks["events"], 1)
+    return row
+
+
+def scenario_per_user(args):
+    rows = {}
+    for name in args.subjects:
+        rows[name] = per_user_once(args, name)
+        print(f"per-user {name}: {rows[name]}", flush=True)
+    RESULTS["per_user"] = rows
+
+
+def make_certs():
+    """A CA and a certificate for localhost / 127.0.0.1 signed by it (ECDSA P-256, as most sites
+    serve browsers now): (ca, cert, key) paths, made once per run."""
+    directory = os.path.join(WORK, "tls")
+    paths = tuple(os.path.join(directory, name) for name in ("ca.pem", "cert.pem", "key.pem"))
+    if os.path.exists(paths[0]):
+        return paths
+    os.makedirs(directory)
+    ext = os.path.join(directory, "ext.cnf")
+    with open(ext, "w") as f:
+        f.write("basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n"
+                "keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n")
+    run = lambda *argv: subprocess.run(argv, check=True, capture_output=True, cwd=directory)
+    run("openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca-key.pem")
+    run("openssl", "req", "-x509", "-new", "-key", "ca-key.pem", "-subj", "/CN=ssegate bench CA",
+        "-days", "2", "-out", "ca.pem")
+    run("openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "key.pem")
+    run("openssl", "req", "-new", "-key", "key.pem", "-subj", "/CN=localhost", "-out", "csr.pem")
+    run("openssl", "x509", "-req", "-in", "csr.pem", "-CA", "ca.pem", "-CAkey", "ca-key.pem",
+        "-CAcreateserial", "-days", "2", "-extfile", ext, "-out", "cert.pem")
+    return paths
+
+
+NGINX_TLS_CONF = NGINX_CONF.replace(
+    "listen 127.0.0.1:{port} backlog=20000;",
+    "listen 127.0.0.1:{port} ssl http2 backlog=20000;\n"
+    "        ssl_certificate {cert};\n        ssl_certificate_key {key};")
+
+
+def start_tls_proxy(name, app_port):
+    """Nginx or ssegate in front of the app over TLS, offering HTTP/2 and HTTP/1.1 by ALPN."""
+    _, cert, key = make_certs()
+    if name == "ssegate":
+        return start_ssegate(app_port, "", f'[tls]\ncert = "{cert}"\nkey = "{key}"\n')
+    port = free_port()
+    directory = os.path.join(WORK, f"nginx-{port}")
+    os.makedirs(directory, exist_ok=True)
+    conf = os.path.join(directory, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(NGINX_TLS_CONF.format(dir=directory, app_port=app_port, port=port, cert=cert, key=key))
+    return Proc("nginx", [NGINX, "-p", directory, "-c", conf, "-g", "daemon off;"], port)
+
+
+# The idle subscriptions of browsers behind [tls]: HTTP/2 (each client its own connection, as
+# tabs of different users are) and HTTP/1.1 over TLS.
+IDLE_TLS = (("h2", True), ("TLS HTTP/1.1", False))
+
+
+def scenario_idle_tls(args):
+    clients = args.idle_tls_clients
+    ca, _, _ = make_certs()
+    rows = {}
+    for protocol, h2 in IDLE_TLS:
+        for name in ("nginx", "ssegate"):
+            app = start_app("1h", 0)
+            proxy = start_tls_proxy(name, app.port)
+            time.sleep(0.5)
+            before = rss_kib(proxy.pid)
+            holder = {}
+
+            def measure():
+                time.sleep(2)
+                holder["rss"] = rss_kib(proxy.pid)
+                holder["upstream"] = app_stats(app)["open_streams"]
+
+            argv = {"clients": clients, "ramp": 1000, "warmup": "1s", "duration": "4s",
+                    "idle": True, "ca": ca, "h2": h2 or None}
+            report = run_loadgen(args, proxy.port, on_measuring=lambda: threading.Thread(target=measure).start(),
+                                 scheme="https", **argv)
+            time.sleep(0.1)
+            established = max(report["established"], 1)
+            rows[f"{name} {protocol}"] = {
+                "established": report["established"], "failed": report["failed"],
+                "first_error": report["first_error"], "rss_before_kib": before,
+                "rss_kib": holder["rss"], "kib_per_client": (holder["rss"] - before) / established,
+                "upstream_connections": holder["upstream"]}
+            print(f"idle tls {name} {protocol}: {rows[f'{name} {protocol}']}", flush=True)
+            proxy.stop()
+            app.stop()
+    RESULTS["idle_tls"] = rows
+
+
+# Churn: clients come and go on streams that open and close. The streams new clients pick slide
+# by CHURN_ROTATE a second (all 500 in a minute), so old streams lose their last client, linger
+# (30 s by default) and close, and new ones open.
+CHURN_STREAMS = 500
+CHURN_ROTATE = 8
+
+
+def churn_flags(args, duration):
+    return {"clients": args.churn_clients, "ramp": 2500, "streams": CHURN_STREAMS,
+            "churn": args.churn_rate, "rotate": CHURN_ROTATE, "warmup": "5s",
+            "duration": duration}
+
+
+def ssegate_gauges(admin):
+    return {"streams": metric(admin, "ssegate_streams"),
+            "subscriptions": metric(admin, "ssegate_sse_subscriptions"),
+            "buffer_kib": metric(admin, "ssegate_buffer_bytes") / 1024,
+            "resumes": metric(admin, "ssegate_resumes_total"),
+            "resume_gaps": metric(admin, "ssegate_resume_gaps_total")}
+
+
+def open_fds(pid):
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
+def churn_once(args, name):
+    """`args.churn_clients` clients on 500 streams while `args.churn_rate` a second leave and
+    as many join (half resuming with Last-Event-ID): latency, CPU, resumes, RSS at the start and
+    the end of the window."""
+    app = start_app("1s", 200, stagger=True)
+    admin = None
+    if name == "ssegate":
+        admin = free_port()
+        proxy = start_ssegate(app.port, "", PER_USER_TOP + f'admin_listen = "127.0.0.1:{admin}"\n')
+        wait_port(admin)
+        port = proxy.port
+    else:
+        proxy, port = with_proxy(name, app)
+    subject = proxy or app
+    marks = {}
+
+    def measure():
+        marks["cpu0"] = cpu_seconds(subject.pid)
+        marks["rss0"] = rss_kib(subject.pid)
+        marks["t0"] = time.time()
+        if admin:
+            marks["gauges0"] = ssegate_gauges(admin)
+        time.sleep(args.churn_window - 0.5)
+        marks["cpu1"] = cpu_seconds(subject.pid)
+        marks["rss1"] = rss_kib(subject.pid)
+        marks["t1"] = time.time()
+        marks["upstream"] = app_stats(app)["open_streams"]
+        if admin:
+            marks["gauges1"] = ssegate_gauges(admin)
+
+    thread = None
+
+    def begin():
+        nonlocal thread
+        thread = threading.Thread(target=measure)
+        thread.start()
+
+    report = run_loadgen(args, port, on_measuring=begin, **churn_flags(args, f"{args.churn_window}s"))
+    thread.join()
+    for p in (proxy, app):
+        if p:
+            p.stop()
+    row = {"established": report["established"], "failed": report["failed"],
+           "errors": report["errors"], "first_error": report["first_error"],
+           "left_per_s": report["left_per_s"], "resumed_per_s": report["resumed_per_s"],
+           "cpu_cores": (marks["cpu1"] - marks["cpu0"]) / (marks["t1"] - marks["t0"]),
+           "rss_start_kib": marks["rss0"], "rss_end_kib": marks["rss1"],
+           "upstream_connections": marks["upstream"], "latency_us": report["latency_us"],
+           "events_per_s": report["events_per_s"], "gaps": report["gaps"],
+           "duplicates": report["duplicates"]}
+    if admin:
+        g0, g1 = marks["gauges0"], marks["gauges1"]
+        row.update({"streams_start": g0["streams"], "streams_end": g1["streams"],
+                    "resumes": g1["resumes"] - g0["resumes"],
+                    "resume_gaps": g1["resume_gaps"] - g0["resume_gaps"],
+                    "buffer_kib_start": g0["buffer_kib"], "buffer_kib_end": g1["buffer_kib"]})
+    return row
+
+
+def scenario_churn(args):
+    rows = {}
+    for name in args.subjects:
+        rows[name] = churn_once(args, name)
+        print(f"churn {name}: {rows[name]}", flush=True)
+    RESULTS["churn"] = rows
+
+
+def scenario_soak(args):
+    """The churn for `args.soak_minutes` against ssegate alone: RSS, open files and the gauges
+    every minute; then every client leaves and the gauges must go back to zero once the streams'
+    linger is over. Not part of the default run."""
+    app = start_app("1s", 200, stagger=True)
+    admin = free_port()
+    proxy = start_ssegate(app.port, "", PER_USER_TOP + f'admin_listen = "127.0.0.1:{admin}"\n')
+    wait_port(admin)
+    samples = []
+    began = time.time()
+
+    def sample(phase):
+        point = {"minute": (time.time() - began) / 60, "phase": phase,
+                 "rss_kib": rss_kib(proxy.pid), "fds": open_fds(proxy.pid),
+                 "upstream": app_stats(app)["open_streams"], **ssegate_gauges(admin)}
+        samples.append(point)
+        print(f"soak: {point}", flush=True)
+
+    sample("start")
+    done = threading.Event()
+
+    def sampler():
+        while not done.wait(60):
+            sample("churn")
+
+    thread = threading.Thread(target=sampler)
+    thread.start()
+    seconds = int(args.soak_minutes * 60)
+    report = run_loadgen(args, proxy.port, **churn_flags(args, f"{seconds}s"))
+    done.set()
+    thread.join()
+    sample("clients gone")
+    # The streams linger 30 s after their last client, then close.
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        g = ssegate_gauges(admin)
+        if g["streams"] == 0 and g["subscriptions"] == 0:
+            break
+        time.sleep(1)
+    sample("after linger")
+    proxy.stop()
+    app.stop()
+    RESULTS["soak"] = {"samples": samples, "report": report, "minutes": args.soak_minutes,
+                       "clients": args.churn_clients, "churn": args.churn_rate}
 
 
 # A fan-out row with ssegate holding events long enough that several share a write (at 100
@@ -1098,6 +1399,187 @@ def render(args, started, seconds):
     return "\n".join(lines)
 
 
+def latency_cells(l):
+    return f"{l['p50'] / 1000:.2f} ms | {l['p99'] / 1000:.2f} ms | {l['p999'] / 1000:.2f} ms"
+
+
+# ssegate's defaults, for what the buffered history of a stream per user comes to.
+DEFAULT_BUFFER_AGE_S = 600
+DEFAULT_BUFFER_EVENTS = 1000
+DEFAULT_BUFFER_TOTAL_MIB = 256
+
+
+def render_realistic(args, started, seconds):
+    """The shapes users run: TLS and HTTP/2 idle, a stream per user, churn."""
+    r = RESULTS
+    lines = [f"Run of {started} on {platform.node()}: {os.cpu_count()} cores, "
+             f"{platform.machine()}, Linux {platform.release()}; {seconds:.0f} s. "
+             f"Command: `{command_line()}`.", ""]
+    if "idle_tls" in r:
+        t = r["idle_tls"]
+        lines.append(f"### Idle over TLS: {args.idle_tls_clients} idle subscriptions to one stream, "
+                     "each on its own connection (ECDSA P-256 certificate)")
+        lines.append("")
+        lines.append("| | connected | RSS before | RSS with clients | per client | upstream connections |")
+        lines.append("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for key, x in t.items():
+            lines.append(f"| {key} | {x['established']} | {x['rss_before_kib'] / 1024:.1f} MiB | "
+                         f"{x['rss_kib'] / 1024:.1f} MiB | {x['kib_per_client']:.2f} KiB | {x['upstream_connections']} |")
+        h2, h1 = t.get("ssegate h2"), t.get("ssegate TLS HTTP/1.1")
+        lines.append("")
+        if h2 and h1:
+            lines.append(f"Targets: HTTP/2 ≤ 8 KiB per idle client ({h2['kib_per_client']:.1f} KiB): "
+                         f"{verdict(h2['kib_per_client'] <= 8)}; TLS HTTP/1.1 ≤ 6 KiB "
+                         f"({h1['kib_per_client']:.1f} KiB): {verdict(h1['kib_per_client'] <= 6)}.")
+            lines.append("")
+    if "per_user" in r:
+        u = r["per_user"]
+        lines.append(f"### A stream per user: {args.per_user_clients} clients, each on its own stream "
+                     f"(its own Authorization), one 200-byte event a second each, "
+                     f"{args.per_user_window:.0f} s measured after all are connected")
+        lines.append("")
+        lines.append("Each stream's events come from a ticker of its own (`naive_app --stagger`), so "
+                     "the 5,000 streams tick at different moments, as different users' do.")
+        lines.append("")
+        lines.append("| | connected | RSS per client | CPU (cores) | upstream connections | events/s | p50 | p99 | p99.9 | lost |")
+        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for name, x in u.items():
+            cpu = f"{x['cpu_cores']:.3f}" + (" (the app)" if name == "direct" else "")
+            lines.append(f"| {name} | {x['established']} | {x['kib_per_client']:.1f} KiB | {cpu} | "
+                         f"{x['upstream_connections']} | {x['events_per_s']:.0f} | {latency_cells(x['latency_us'])} | "
+                         f"{x['gaps'] + x['duplicates']} |")
+        if {"direct", "nginx", "ssegate"} <= set(u):
+            s_, n, d = u["ssegate"], u["nginx"], u["direct"]
+            history = s_.get("buffered_kib_per_client", 0)
+            per_event = s_.get("bytes_per_event", 0)
+            full = min(DEFAULT_BUFFER_AGE_S, DEFAULT_BUFFER_EVENTS) * per_event / 1024
+            cap = DEFAULT_BUFFER_TOTAL_MIB * 1024 / max(s_["established"], 1)
+            lines.append("")
+            lines.append(f"Of ssegate's {s_['kib_per_client']:.1f} KiB per client, {history:.1f} KiB is the "
+                         f"stream's buffered history at the end of the window ({per_event:.0f} bytes per "
+                         f"event as buffer_bytes counts them); the rest, {s_['kib_per_client'] - history:.1f} KiB, "
+                         f"is the stream, its upstream connection and the client's connection. Under the "
+                         f"default buffer settings a stream at one event a second keeps up to "
+                         f"{min(DEFAULT_BUFFER_AGE_S, DEFAULT_BUFFER_EVENTS)} events (buffer_age 10 min), "
+                         f"{full:.0f} KiB; buffer_total_bytes (256 MiB) caps all streams' history together, "
+                         f"{cap:.0f} KiB a stream for {s_['established']} streams.")
+            lines.append("")
+            lines.append(f"Targets: memory per client ≤ Nginx's ({s_['kib_per_client']:.1f} vs "
+                         f"{n['kib_per_client']:.1f} KiB): {verdict(s_['kib_per_client'] <= n['kib_per_client'])}; "
+                         f"without the history: {verdict(s_['kib_per_client'] - history <= n['kib_per_client'])}; "
+                         f"CPU ≤ Nginx's ({s_['cpu_cores']:.3f} vs {n['cpu_cores']:.3f}): "
+                         f"{verdict(s_['cpu_cores'] <= n['cpu_cores'])}; p99 ≤ 2× direct's "
+                         f"({s_['latency_us']['p99'] / 1000:.2f} vs {d['latency_us']['p99'] / 1000:.2f} ms): "
+                         f"{verdict(s_['latency_us']['p99'] <= 2 * d['latency_us']['p99'])}.")
+        lines.append("")
+    if "churn" in r:
+        c = r["churn"]
+        lines.append(f"### Churn: {args.churn_clients} clients on {CHURN_STREAMS} streams, "
+                     f"{args.churn_rate:.0f} a second leaving and as many joining (half resuming with "
+                     f"Last-Event-ID, half new), {args.churn_window:.0f} s measured")
+        lines.append("")
+        lines.append(f"New clients pick their stream from a window that slides by {CHURN_ROTATE} streams a "
+                     "second, so streams lose their last client, linger 30 s and close while others open. "
+                     "Lost and repeated count every event a client missed or saw twice, resumes included; "
+                     "direct and Nginx cannot resume (the app starts each request anew), so theirs "
+                     "are not comparable.")
+        lines.append("")
+        lines.append("| | sessions | left/s | resumed/s | CPU (cores) | p50 | p99 | p99.9 | RSS at start | RSS at end | upstream at end | lost | repeated |")
+        lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for name, x in c.items():
+            cpu = f"{x['cpu_cores']:.3f}" + (" (the app)" if name == "direct" else "")
+            lines.append(f"| {name} | {x['established']} | {x['left_per_s']:.0f} | {x['resumed_per_s']:.0f} | {cpu} | "
+                         f"{latency_cells(x['latency_us'])} | {x['rss_start_kib'] / 1024:.1f} MiB | "
+                         f"{x['rss_end_kib'] / 1024:.1f} MiB | {x['upstream_connections']} | {x['gaps']} | {x['duplicates']} |")
+        if "ssegate" in c:
+            x = c["ssegate"]
+            lines.append("")
+            lines.append(f"ssegate: {x['resumes']:.0f} resumes in the window ({x['resume_gaps']:.0f} found a gap), "
+                         f"streams {x['streams_start']:.0f} at the start and {x['streams_end']:.0f} at the end, "
+                         f"buffered history {x['buffer_kib_start'] / 1024:.1f} → {x['buffer_kib_end'] / 1024:.1f} MiB. "
+                         f"Resumes exact (nothing lost or repeated, no gap): "
+                         f"{verdict(x['gaps'] == 0 and x['duplicates'] == 0 and x['resume_gaps'] == 0)}.")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def soak_svg(samples, path):
+    """A small plot of the soak: RSS (MiB) and open files against minutes, as SVG."""
+    width, height, left, right, top, bottom = 640, 260, 56, 56, 24, 36
+    xs = [p["minute"] for p in samples]
+    span = max(max(xs), 1e-9)
+    rss = [p["rss_kib"] / 1024 for p in samples]
+    fds = [p["fds"] for p in samples]
+    rss_top = max(max(rss) * 1.15, 1)
+    fds_top = max(max(fds) * 1.15, 1)
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def x_at(m):
+        return left + plot_w * m / span
+
+    def line(values, top_value, colour):
+        points = " ".join(f"{x_at(m):.1f},{top + plot_h * (1 - v / top_value):.1f}" for m, v in zip(xs, values))
+        return f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points}"/>'
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'font-family="sans-serif" font-size="11">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#888"/>',
+           f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#888"/>',
+           f'<line x1="{left + plot_w}" y1="{top}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#888"/>']
+    for k in range(5):
+        frac = k / 4
+        y = top + plot_h * (1 - frac)
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#eee"/>')
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#1f6feb">{rss_top * frac:.0f}</text>')
+        out.append(f'<text x="{left + plot_w + 6}" y="{y + 4:.1f}" fill="#d1242f">{fds_top * frac:.0f}</text>')
+    step = 5 if span > 10 else 1
+    minute = 0
+    while minute <= span + 1e-9:
+        out.append(f'<text x="{x_at(minute):.1f}" y="{top + plot_h + 16}" text-anchor="middle">{minute:.0f}</text>')
+        minute += step
+    out.append(f'<text x="{left + plot_w / 2}" y="{height - 4}" text-anchor="middle">minutes</text>')
+    out.append(f'<text x="{left}" y="{top - 8}" fill="#1f6feb">RSS (MiB)</text>')
+    out.append(f'<text x="{left + plot_w}" y="{top - 8}" text-anchor="end" fill="#d1242f">open files</text>')
+    out.append(line(rss, rss_top, "#1f6feb"))
+    out.append(line(fds, fds_top, "#d1242f"))
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
+def render_soak(args, started):
+    k = RESULTS["soak"]
+    samples = k["samples"]
+    soak_svg(samples, os.path.join(ROOT, "docs", "soak.svg"))
+    lines = [f"Run of {started} on {platform.node()}: {os.cpu_count()} cores. Command: `{command_line()}`.", "",
+             f"### Soak: the churn ({k['clients']} clients on {CHURN_STREAMS} streams, {k['churn']:.0f} a second "
+             f"leaving and joining) for {k['minutes']:.0f} minutes, then every client gone", "",
+             "![RSS and open files of ssegate over the soak](docs/soak.svg)", "",
+             "| minute | phase | RSS | open files | streams | subscriptions | buffered | upstream connections |",
+             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for p in samples:
+        lines.append(f"| {p['minute']:.1f} | {p['phase']} | {p['rss_kib'] / 1024:.1f} MiB | {p['fds']} | "
+                     f"{p['streams']:.0f} | {p['subscriptions']:.0f} | {p['buffer_kib'] / 1024:.1f} MiB | {p['upstream']} |")
+    churn = [p for p in samples if p["phase"] == "churn"]
+    last = samples[-1]
+    report = k["report"]
+    lines.append("")
+    if len(churn) >= 2:
+        first, end = churn[0], churn[-1]
+        lines.append(f"From minute {first['minute']:.0f} to {end['minute']:.0f} of the churn RSS went "
+                     f"{first['rss_kib'] / 1024:.1f} → {end['rss_kib'] / 1024:.1f} MiB and open files "
+                     f"{first['fds']} → {end['fds']}.")
+    lines.append(f"After the clients left and the streams' linger: streams {last['streams']:.0f}, "
+                 f"subscriptions {last['subscriptions']:.0f}, buffered {last['buffer_kib']:.0f} KiB, "
+                 f"upstream connections {last['upstream']}, open files {last['fds']} "
+                 f"(against {samples[0]['fds']} before any client): "
+                 f"{verdict(last['streams'] == 0 and last['subscriptions'] == 0 and last['upstream'] == 0)}. "
+                 f"Clients saw {report['gaps']} events lost and {report['duplicates']} repeated over "
+                 f"{report['established']} sessions.")
+    return "\n".join(lines)
+
+
 def command_line():
     """The bench/run.sh command of this run (what came after --loadgen PATH)."""
     argv, skip = [], False
@@ -1277,8 +1759,10 @@ def main():
     parser.add_argument("--loadgen", required=True)
     # The single stream, the most sensitive to noise, runs before the capacity steps load the
     # machine to its limit.
-    scenarios = ["idle", "fanout", "single", "capacity", "resume", "cluster", "plain"]
-    parser.add_argument("--only", nargs="*", choices=scenarios, default=scenarios)
+    scenarios = ["idle", "idle_tls", "fanout", "single", "capacity", "resume", "per_user",
+                 "churn", "cluster", "plain"]
+    # The soak (half an hour) runs only when named: `bench/run.sh --only soak`.
+    parser.add_argument("--only", nargs="*", choices=scenarios + ["soak"], default=scenarios)
     parser.add_argument("--idle-clients", type=int, default=15000)
     parser.add_argument("--capacity-clients", type=int, default=1000)
     parser.add_argument("--capacity-rates", type=int, nargs="*", default=[100, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 4000])
@@ -1290,6 +1774,17 @@ def main():
                         help="cluster: the instances' `lease` (default: ssegate's own, 10s)")
     parser.add_argument("--storm-back", type=int, default=200,
                         help="cluster: how many events before the newest the storm resumes from")
+    parser.add_argument("--idle-tls-clients", type=int, default=2000)
+    parser.add_argument("--churn-clients", type=int, default=5000)
+    parser.add_argument("--churn-rate", type=float, default=200,
+                        help="churn: clients leaving (and joining) per second")
+    parser.add_argument("--churn-window", type=float, default=30.0)
+    parser.add_argument("--soak-minutes", type=float, default=30.0)
+    parser.add_argument("--per-user-clients", type=int, default=5000)
+    parser.add_argument("--per-user-window", type=float, default=60.0,
+                        help="per-user streams: seconds measured after every client is connected")
+    parser.add_argument("--subjects", nargs="*", default=["direct", "nginx", "ssegate"],
+                        help="per-user streams: which of direct, nginx, ssegate to run")
     parser.add_argument("--window", type=float, default=10.0)
     parser.add_argument("--plain-window", type=int, default=4,
                         help="plain requests: seconds of each wrk run")
@@ -1310,12 +1805,17 @@ def main():
         time.sleep(2)
     seconds = time.time() - t0
     blocks = {}
-    if any(name not in ("cluster", "plain") for name in args.only):
+    if any(name not in ("cluster", "plain", "per_user", "idle_tls", "churn", "soak") for name in args.only):
         blocks["results"] = render(args, started, seconds)
     if "cluster" in args.only:
         blocks["cluster-results"] = render_cluster(args, started, took["cluster"], seconds)
     if "plain" in args.only:
         blocks["plain-results"] = render_plain(args, started, took["plain"])
+    realistic = [name for name in ("idle_tls", "per_user", "churn") if name in args.only]
+    if realistic:
+        blocks["realistic-results"] = render_realistic(args, started, sum(took[name] for name in realistic))
+    if "soak" in args.only:
+        blocks["soak-results"] = render_soak(args, started)
     with open(os.path.join(WORK, "results.json"), "w") as f:
         json.dump(RESULTS, f, indent=2)
     for block, text in blocks.items():
