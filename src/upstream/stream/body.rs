@@ -27,8 +27,9 @@ const SCRATCH_BYTES: usize = 16 * 1024;
 
 thread_local! {
     /// Where every body on this thread reads into, within one poll: nothing is left in it
-    /// between polls.
-    static SCRATCH: RefCell<[u8; SCRATCH_BYTES]> = const { RefCell::new([0; SCRATCH_BYTES]) };
+    /// between polls. Allocated on first use, so a thread that reads no body (a blocking
+    /// thread resolving a name) does not pay for it.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Reading the app's response body failed (the connection broke).
@@ -95,6 +96,9 @@ impl<IO: AsyncRead + Unpin> StreamBody<IO> {
             }
             let read = SCRATCH.with(|scratch| {
                 let mut scratch = scratch.borrow_mut();
+                if scratch.is_empty() {
+                    scratch.resize(SCRATCH_BYTES, 0);
+                }
                 let mut buf = ReadBuf::new(&mut scratch[..]);
                 ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
                 let len = buf.filled().len();
