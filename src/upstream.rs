@@ -1,12 +1,14 @@
 //! The way to an app: a pooled client per route (HTTP/1.1 over TCP or a Unix socket, HTTP/2 or
-//! HTTP/1.1 over TLS), the rewriting of a client request into an upstream request, and the
-//! errors an upstream exchange can end in.
+//! HTTP/1.1 over TLS), a lean exchange of its own for each SSE stream ([`stream`]), the
+//! rewriting of a client request into an upstream request, and the errors an upstream exchange
+//! can end in.
 
 pub(crate) mod backoff;
 mod connect;
 mod forwarded;
 pub(crate) mod headers;
 mod http2;
+pub(crate) mod stream;
 pub(crate) mod tls;
 
 use std::error::Error as StdError;
@@ -119,6 +121,8 @@ pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
 pub struct UpstreamClient {
     /// HTTP/1.1, pooled (over TLS it offers only http/1.1).
     client: Client<Connector, UpstreamBody>,
+    /// The pool's connector, for SSE streams' connections of their own (see [`stream`]).
+    http1: Connector,
     /// For an `https://` upstream, the one HTTP/2 connection plain requests share when the app
     /// chooses HTTP/2 (see [`UpstreamClient::send`]).
     http2: Option<Arc<Http2>>,
@@ -199,30 +203,29 @@ impl UpstreamClient {
                 .build(connector)
         };
         let base = upstream.uri_for("/").unwrap_or_default();
-        let (client, http2) = match (upstream.transport(), tls) {
+        let (http1, http2) = match (upstream.transport(), tls) {
             (Transport::Https(_), Some(tls)) => {
                 let connector = |alpn| {
                     let config = tls::client_config(tls, alpn);
                     Connector::tls(base.clone(), config, tls.server_name.clone(), connect_timeout)
                 };
                 (
-                    pooled(connector(tls::ALPN_H1)),
+                    connector(tls::ALPN_H1),
                     Some(Arc::new(Http2::new(connector(tls::ALPN_H2_AND_H1)))),
                 )
             }
             // The config gives every `https://` upstream its TLS settings; without them it
             // is not spoken to at all, rather than in plain text.
             (Transport::Https(_), None) => (
-                pooled(Connector::unusable(
-                    "an https:// upstream without its TLS settings",
-                )),
+                Connector::unusable("an https:// upstream without its TLS settings"),
                 None,
             ),
-            (Transport::Unix(path), _) => (pooled(Connector::unix(path, connect_timeout)), None),
-            (Transport::Http(_), _) => (pooled(Connector::tcp(base, connect_timeout)), None),
+            (Transport::Unix(path), _) => (Connector::unix(path, connect_timeout), None),
+            (Transport::Http(_), _) => (Connector::tcp(base, connect_timeout), None),
         };
         UpstreamClient {
-            client,
+            client: pooled(http1.clone()),
+            http1,
             http2,
             upstream,
             connect_timeout,
@@ -252,7 +255,9 @@ impl UpstreamClient {
                 match http2.send(request).await {
                     Ok(Sent::Response(response)) => return Ok(response),
                     Ok(Sent::Http1(request)) => request,
-                    Err(Http2Error::Connect(error)) => return Err(self.connect_error(error)),
+                    Err(Http2Error::Connect(error)) => {
+                        return Err(connect_error(self.connect_timeout, error))
+                    }
                     // The client's body failed first (cut short, over its limit): its fault.
                     Err(Http2Error::Send(error)) => {
                         let cause = body_failed.as_ref().and_then(|failed| failed.get());
@@ -268,36 +273,14 @@ impl UpstreamClient {
         self.send_http1(request).await
     }
 
-    /// Sends a stream's request ([`subscription_request`]), always on a pooled HTTP/1.1
-    /// connection of its own: an SSE stream lasts, and on one HTTP/2 connection, past the app's
-    /// limit of concurrent streams (often 100 to 250), new ones would wait for old ones to end.
-    pub async fn send_stream(
-        &self,
-        request: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        self.send_http1(request).await
-    }
-
     async fn send_http1(&self, request: Request<UpstreamBody>) -> Result<Response<Incoming>, UpstreamError> {
         self.client.request(request).await.map_err(|e| {
             if e.is_connect() {
-                self.connect_error(Box::new(e))
+                connect_error(self.connect_timeout, Box::new(e))
             } else {
                 UpstreamError::Failed(Box::new(e))
             }
         })
-    }
-
-    /// A connection that could not be made: the connect timeout, a failed TLS handshake, or an
-    /// app that cannot be reached.
-    fn connect_error(&self, error: BoxError) -> UpstreamError {
-        if is_timeout(error.as_ref()) {
-            UpstreamError::ConnectTimeout(self.connect_timeout)
-        } else if caused_by::<tls::HandshakeError>(error.as_ref()) {
-            UpstreamError::Handshake(error)
-        } else {
-            UpstreamError::Unreachable(error)
-        }
     }
 
     /// Rewrites a client request into the upstream request (see [`UpstreamClient::head`]),
@@ -363,22 +346,16 @@ pub(crate) struct UpstreamHead {
     pub(crate) headers: HeaderMap,
 }
 
-/// A stream's request to its upstream, made again on every (re)connect from the head it keeps
-/// (`uri`, `headers`: an [`UpstreamHead`] built once): no body, and `Last-Event-ID` when the
-/// stream has one to resume from (one that cannot be a header value is left out, as no app
-/// could have sent it).
-pub(crate) fn subscription_request(
-    uri: &Uri,
-    headers: &HeaderMap,
-    last_event_id: Option<&str>,
-) -> Request<UpstreamBody> {
-    let mut request = Request::new(Either::Right(Empty::new()));
-    *request.uri_mut() = uri.clone();
-    *request.headers_mut() = headers.clone();
-    if let Some(value) = last_event_id.and_then(|id| HeaderValue::from_str(id).ok()) {
-        request.headers_mut().insert("last-event-id", value);
+/// A connection that could not be made (the connector's error; it took at most `timeout`):
+/// the connect timeout, a failed TLS handshake, or an app that cannot be reached.
+fn connect_error(timeout: Duration, error: BoxError) -> UpstreamError {
+    if is_timeout(error.as_ref()) {
+        UpstreamError::ConnectTimeout(timeout)
+    } else if caused_by::<tls::HandshakeError>(error.as_ref()) {
+        UpstreamError::Handshake(error)
+    } else {
+        UpstreamError::Unreachable(error)
     }
-    request
 }
 
 /// Whether an error of type `E` is somewhere in `error`'s chain.
@@ -447,12 +424,14 @@ mod tests {
             assert!(!head.headers.contains_key(gone), "{gone}");
         }
 
-        let request = subscription_request(&head.uri, &head.headers, Some("e-41"));
-        assert_eq!(request.uri(), &head.uri);
-        assert_eq!(request.headers()["last-event-id"], "e-41");
-        assert!(http_body::Body::is_end_stream(request.body()));
-        let request = subscription_request(&head.uri, &head.headers, Some("bad\nid"));
-        assert!(!request.headers().contains_key("last-event-id"));
+        // A stream's request is this head, as `stream::request_head` writes it.
+        let request = String::from_utf8(stream::request_head(&head.uri, &head.headers, Some("e-41")))
+            .expect("ascii head");
+        assert!(
+            request.starts_with("GET /base/events?x=1 HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(request.ends_with("last-event-id: e-41\r\n\r\n"), "{request}");
     }
 
     #[tokio::test]
@@ -542,8 +521,10 @@ mod tests {
             let body = response.into_body().collect().await.expect("body").to_bytes();
             assert_eq!(String::from_utf8_lossy(&body), version, "upgrade: {upgrade}");
         }
-        // Streams go on HTTP/1.1 too.
-        let response = client.send_stream(ask(false)).await.expect("answer");
+        // Streams go on HTTP/1.1 too, on a connection of their own.
+        let uri = client.upstream().uri_for("/").expect("uri");
+        let head = stream::request_head(&uri, &HeaderMap::new(), None);
+        let response = client.send_stream(head).await.expect("answer");
         let body = response.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(String::from_utf8_lossy(&body), "HTTP/1.1");
     }

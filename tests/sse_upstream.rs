@@ -272,3 +272,162 @@ async fn with_on_gap_event_clients_are_told_when_the_app_was_down() {
         0.0
     );
 }
+
+/// What a [`scripted_app`] saw on its `n`th connection (from 1): a request head, or the
+/// connection closed by ssegate.
+#[derive(Debug)]
+enum AppSaw {
+    Request(usize, String),
+    Closed(usize),
+}
+
+/// An app written by hand, for answers no HTTP library sends: its `n`th connection reads a
+/// request head, gets the bytes `answer(n)` and is held open until ssegate closes it, or closed
+/// by the app when the answer ends in [`CLOSE`].
+async fn scripted_app(
+    answer: fn(usize) -> Vec<u8>,
+) -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<AppSaw>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        for n in 1.. {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut chunk = [0u8; 1024];
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => head.extend_from_slice(&chunk[..k]),
+                    }
+                }
+                let _ = tx.send(AppSaw::Request(n, String::from_utf8_lossy(&head).into_owned()));
+                let answer = answer(n);
+                let (answer, close) = match answer.strip_suffix(CLOSE) {
+                    Some(before) => (before, true),
+                    None => (&answer[..], false),
+                };
+                if stream.write_all(answer).await.is_err() || close {
+                    let _ = tx.send(AppSaw::Closed(n));
+                    return;
+                }
+                let mut rest = [0u8; 1024];
+                while matches!(stream.read(&mut rest).await, Ok(k) if k > 0) {}
+                let _ = tx.send(AppSaw::Closed(n));
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Ends a [`scripted_app`]'s answer: the app closes the connection after it.
+const CLOSE: &[u8] = b"<close>";
+
+const STREAM_HEAD: &str = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n";
+
+/// A chunked event stream's head, then `events` as one chunk each.
+fn chunked(events: &[&str]) -> Vec<u8> {
+    let mut out = format!("{STREAM_HEAD}transfer-encoding: chunked\r\n\r\n");
+    for event in events {
+        out.push_str(&format!("{:x}\r\n{event}\r\n", event.len()));
+    }
+    out.into_bytes()
+}
+
+/// Waits until the app has seen the requests and closes of `connections` (in any order);
+/// returns the request heads, in the order of their connections.
+async fn saw(rx: &mut tokio::sync::mpsc::UnboundedReceiver<AppSaw>, connections: usize) -> Vec<String> {
+    let (mut heads, mut closed) = (vec![String::new(); connections], vec![false; connections]);
+    within(&format!("{connections} requests and closes at the app"), async {
+        while heads.iter().any(String::is_empty) || closed.iter().any(|c| !c) {
+            match rx.recv().await.expect("the app runs") {
+                AppSaw::Request(n, head) if n <= connections => heads[n - 1] = head,
+                AppSaw::Closed(n) if n <= connections => closed[n - 1] = true,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    heads
+}
+
+// A chunked body the app breaks mid-stream is its fault: ssegate drops that connection at once
+// (without waiting for the app to close it) and asks again with the last id, while its clients
+// stay connected and miss nothing the app sent well.
+#[tokio::test]
+async fn a_malformed_chunked_body_mid_stream_is_reopened_and_clients_stay() {
+    let (addr, mut app) = scripted_app(|n| match n {
+        1 => [
+            chunked(&["id: 1\ndata: first\n\n"]),
+            b"zz\r\nnot a chunk\r\n".to_vec(),
+        ]
+        .concat(),
+        // Then the app closes its connection in the middle of a chunk.
+        2 => [
+            chunked(&["id: 2\ndata: second\n\n"]),
+            b"5\r\nab".to_vec(),
+            CLOSE.to_vec(),
+        ]
+        .concat(),
+        _ => chunked(&["id: 3\ndata: third\n\n"]),
+    })
+    .await;
+    let proxy = Sidecar::route(
+        "/events",
+        addr,
+        "ids = \"passthrough\"\nreconnect_initial = \"20ms\"\nreconnect_max = \"100ms\"",
+    )
+    .await;
+    let mut client = SseClient::connect(&proxy.url("/events"), &[]).await;
+    assert_eq!(client.next_event().await.data, "first");
+    assert_eq!(client.next_event().await.data, "second");
+    assert_eq!(client.next_event().await.data, "third");
+    // ssegate closed the first connection itself; the second asked for what followed id 1.
+    let heads = saw(&mut app, 2).await;
+    assert!(heads[1].contains("last-event-id: 1\r\n"), "{}", heads[1]);
+    assert!(
+        proxy
+            .metric("ssegate_upstream_reconnects_total{route=\"/events\"}")
+            .await
+            >= 2.0
+    );
+}
+
+// An app's response head past ssegate's limits (64 KiB, 100 fields) is a failure like an app
+// that is down: subscribers get 200 and heartbeats while ssegate drops the connection and asks
+// again, and get the events once the app answers within the limits.
+#[tokio::test]
+async fn a_response_head_over_the_limits_is_retried_and_clients_stay() {
+    let (addr, mut app) = scripted_app(|n| match n {
+        1 => format!("{STREAM_HEAD}x-big: {}\r\n\r\n", "b".repeat(70 * 1024)).into_bytes(),
+        2 => format!("{STREAM_HEAD}{}\r\n", "x-many: 1\r\n".repeat(100)).into_bytes(),
+        _ => chunked(&["data: within the limits\n\n"]),
+    })
+    .await;
+    let proxy = Sidecar::route(
+        "/events",
+        addr,
+        "heartbeat = \"50ms\"\nreconnect_initial = \"100ms\"\nreconnect_max = \"200ms\"",
+    )
+    .await;
+    let mut client = SseClient::connect(&proxy.url("/events"), &[]).await;
+    assert_eq!(client.status, StatusCode::OK, "never an error status");
+    assert_eq!(client.next_event().await.data, "within the limits");
+    assert!(
+        client.text().contains("\n:\n"),
+        "heartbeats meanwhile: {:?}",
+        client.text()
+    );
+    saw(&mut app, 2).await;
+    assert!(
+        proxy
+            .metric("ssegate_upstream_failures_total{route=\"/events\"}")
+            .await
+            >= 2.0
+    );
+}

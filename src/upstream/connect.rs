@@ -229,6 +229,7 @@ async fn connect_unix(_: &Path) -> io::Result<Io> {
 }
 
 /// A connection to an app, of whichever transport.
+#[derive(Debug)]
 pub(crate) enum Io {
     /// Plain TCP.
     Tcp(TokioIo<TcpStream>),
@@ -313,5 +314,32 @@ impl Write for Io {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         each!(self, io => Pin::new(io).poll_write_vectored(cx, bufs))
+    }
+}
+
+// tokio's traits too, for a stream's own exchange (`stream.rs`), which reads and writes the
+// connection without hyper.
+
+impl tokio::io::AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        each!(self, io => Pin::new(io.inner_mut()).poll_read(cx, buf))
+    }
+}
+
+impl tokio::io::AsyncWrite for Io {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        each!(self, io => Pin::new(io.inner_mut()).poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, io => Pin::new(io.inner_mut()).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        each!(self, io => Pin::new(io.inner_mut()).poll_shutdown(cx))
     }
 }

@@ -1,5 +1,6 @@
 //! The app over HTTP: the stream's request (the template, with `Last-Event-ID` on reconnect)
-//! sent on the route's pooled client, and its response body read chunk by chunk.
+//! sent on a connection of its own ([`crate::upstream::stream`]: HTTP/1.1 without hyper), and
+//! its response body read chunk by chunk by the stream's task itself.
 
 use std::fmt;
 use std::future::Future;
@@ -9,12 +10,12 @@ use std::sync::Arc;
 use http::header::{HeaderMap, ORIGIN};
 use http::{Response, StatusCode, Uri};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use super::{Answer, Source, Step};
 use crate::route::RouteEntry;
 use crate::upstream::headers::{header_bytes, is_event_stream};
-use crate::upstream::{subscription_request, UpstreamError};
+use crate::upstream::stream::{request_head, StreamBody};
+use crate::upstream::UpstreamError;
 
 /// The request a stream sends upstream (and again on every reconnect).
 #[derive(Debug, Clone)]
@@ -34,7 +35,7 @@ impl Template {
     }
 }
 
-type Head = Pin<Box<dyn Future<Output = Result<Response<Incoming>, UpstreamError>> + Send>>;
+type Head = Pin<Box<dyn Future<Output = Result<Response<StreamBody>, UpstreamError>> + Send>>;
 
 /// The app's SSE endpoint, asked with the request of the subscription that opened the stream.
 pub(crate) struct HttpSource {
@@ -43,11 +44,14 @@ pub(crate) struct HttpSource {
     exchange: Exchange,
 }
 
-/// Where the exchange with the app stands.
+/// Where the exchange with the app stands. Reading (an idle stream, most of the time), it holds
+/// the connection and a body decoder, no buffer.
 enum Exchange {
     Idle,
+    /// Connecting, sending the request, reading the response head.
     Asking(Head),
-    Reading(Incoming),
+    /// Reading the event stream.
+    Reading(StreamBody),
 }
 
 impl HttpSource {
@@ -61,7 +65,7 @@ impl HttpSource {
     }
 
     /// The answer to a response head: a stream is read on, anything else ends the request.
-    fn answer(&mut self, response: Response<Incoming>) -> Answer {
+    fn answer(&mut self, response: Response<StreamBody>) -> Answer {
         match response.status() {
             StatusCode::OK if is_event_stream(response.headers()) => {
                 let (head, body) = response.into_parts();
@@ -73,20 +77,21 @@ impl HttpSource {
             status @ (StatusCode::BAD_GATEWAY
             | StatusCode::SERVICE_UNAVAILABLE
             | StatusCode::GATEWAY_TIMEOUT) => Answer::Transient(format!("upstream answered {status}")),
-            _ => Answer::Definitive(response.map(|body| body.map_err(Into::into).boxed_unsync())),
+            // Its body streams from the app to the subscription that asked.
+            _ => Answer::Definitive(response.map(|body| body.boxed_unsync())),
         }
     }
 }
 
 impl Source for HttpSource {
     fn open(&mut self, last_event_id: Option<&str>) {
-        let request = subscription_request(&self.template.uri, &self.template.headers, last_event_id);
-        let client = self.route.client.clone();
+        let head = request_head(&self.template.uri, &self.template.headers, last_event_id);
+        let asking = self.route.client.send_stream(head);
         // The connect timeout also bounds the wait for the response head: an SSE endpoint
         // answers at once, and a subscription must not hang on one that does not.
         let limit = self.route.config.settings.upstream_connect_timeout;
         self.exchange = Exchange::Asking(Box::pin(async move {
-            match tokio::time::timeout(limit, client.send_stream(request)).await {
+            match tokio::time::timeout(limit, asking).await {
                 Ok(result) => result,
                 Err(_) => Err(UpstreamError::ResponseTimeout(limit)),
             }
@@ -108,21 +113,17 @@ impl Source for HttpSource {
                     Err(error) => Answer::Transient(error.to_string()),
                 })
             }
-            Exchange::Reading(body) => loop {
-                match body.frame().await {
-                    Some(Ok(frame)) => {
-                        if let Ok(data) = frame.into_data() {
-                            return Step::Chunk(data);
-                        }
-                    }
-                    Some(Err(error)) => {
-                        self.exchange = Exchange::Idle;
-                        return Step::End(Some(error.into()));
-                    }
-                    None => {
-                        self.exchange = Exchange::Idle;
-                        return Step::End(None);
-                    }
+            // A poll reads and decodes what the connection has, whole: dropped between polls,
+            // nothing is lost.
+            Exchange::Reading(body) => match std::future::poll_fn(|cx| body.poll_data(cx)).await {
+                Some(Ok(data)) => Step::Chunk(data),
+                Some(Err(error)) => {
+                    self.exchange = Exchange::Idle;
+                    Step::End(Some(error))
+                }
+                None => {
+                    self.exchange = Exchange::Idle;
+                    Step::End(None)
                 }
             },
         }
