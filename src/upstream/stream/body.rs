@@ -3,10 +3,13 @@
 //! body holds its connection and its decoder, nothing else.
 //!
 //! The app's chunks are handed out one at a time (what a read holds past the first is kept
-//! until the next polls), and the task reading yields to the others after each: the stream's
-//! subscribers, woken by the chunk, write it before the next one is appended, as they did when
-//! hyper's connection task handed the chunks over one by one. Otherwise a burst in one read
-//! could push events out of a small buffer before any subscriber, however fast, had sent them.
+//! until the next polls), and when the next is already at hand the task reading yields to the
+//! others first: the stream's subscribers, woken by the chunk, write it before the next one is
+//! appended, as they did when hyper's connection task handed the chunks over one by one.
+//! Otherwise a burst could push events out of a small buffer before any subscriber, however
+//! fast, had sent them. When nothing more has come, there is nothing to yield for: the task
+//! waits on the socket (a yield reschedules the task and wakes an idle worker thread, which
+//! for a stream of one event at a time was a thread wake-up per event).
 
 use std::cell::RefCell;
 use std::io;
@@ -46,8 +49,11 @@ pub(crate) struct StreamBody<IO = Io> {
     /// Bytes read and not decoded yet: what came with the response head, or the chunks after
     /// the first of one read. Empty (no allocation) when nothing is in hand.
     pending: Bytes,
-    /// Data was just handed out: yield before the next (see the module's docs).
+    /// Data was just handed out: yield before handing out more (see the module's docs).
     handed: bool,
+    /// What came next right after data was handed out, kept over the yield (boxed: a burst's
+    /// rare case costs an idle body nothing).
+    next: Option<Box<Option<Result<Bytes, BoxError>>>>,
 }
 
 impl<IO: AsyncRead + Unpin> StreamBody<IO> {
@@ -58,6 +64,7 @@ impl<IO: AsyncRead + Unpin> StreamBody<IO> {
             decoder,
             pending: rest,
             handed: false,
+            next: None,
         }
     }
 
@@ -66,10 +73,17 @@ impl<IO: AsyncRead + Unpin> StreamBody<IO> {
     /// between polls.
     pub(crate) fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BoxError>>> {
         if std::mem::take(&mut self.handed) {
+            // Only what is at hand already waits for the yield; otherwise the socket's waker
+            // is registered and the task sleeps.
+            let next = ready!(self.poll_next(cx));
+            self.next = Some(Box::new(next));
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        let next = ready!(self.poll_next(cx));
+        let next = match self.next.take() {
+            Some(next) => *next,
+            None => ready!(self.poll_next(cx)),
+        };
         self.handed = matches!(next, Some(Ok(_)));
         Poll::Ready(next)
     }
@@ -164,6 +178,7 @@ mod tests {
     use crate::upstream::stream::decode::Framing;
     use crate::upstream::stream::testing::Reads;
     use http_body_util::BodyExt;
+    use std::sync::Arc;
 
     /// The data of a body whose head came with `first`, then `reads`; and how it ended.
     async fn collect(framing: Framing, first: &[u8], reads: &[&[u8]]) -> (Vec<u8>, Option<String>) {
@@ -247,9 +262,48 @@ mod tests {
         assert_eq!(poll().as_deref(), Some(&b"de"[..]));
     }
 
+    #[tokio::test]
+    async fn with_nothing_more_at_hand_the_body_waits_on_its_connection_without_a_yield() {
+        // A stream of one event at a time: after each, the task sleeps until the app writes
+        // again, rather than being woken to find nothing (which woke an idle thread per event).
+        let (mut app, ours) = tokio::io::duplex(1024);
+        let mut body = StreamBody::new(ours, Decoder::new(Framing::Chunked), Bytes::new());
+        let woken = Arc::new(Woken::default());
+        let waker = std::task::Waker::from(woken.clone());
+        let mut cx = Context::from_waker(&waker);
+        tokio::io::AsyncWriteExt::write_all(&mut app, b"3\r\nabc\r\n").await.expect("write");
+        match body.poll_data(&mut cx) {
+            Poll::Ready(Some(Ok(data))) => assert_eq!(&data[..], b"abc"),
+            other => panic!("{other:?}"),
+        }
+        assert!(body.poll_data(&mut cx).is_pending());
+        assert_eq!(woken.count(), 0, "no yield: nothing more had come");
+        tokio::io::AsyncWriteExt::write_all(&mut app, b"2\r\nde\r\n").await.expect("write");
+        assert_eq!(woken.count(), 1, "the app's next bytes wake it");
+        match body.poll_data(&mut cx) {
+            Poll::Ready(Some(Ok(data))) => assert_eq!(&data[..], b"de"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[derive(Default)]
+    struct Woken(std::sync::atomic::AtomicUsize);
+
+    impl Woken {
+        fn count(&self) -> usize {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    impl std::task::Wake for Woken {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
     #[test]
     fn an_idle_body_holds_its_connection_and_a_few_words() {
         let size = size_of::<StreamBody>();
-        assert!(size <= size_of::<Io>() + 64, "{size}");
+        assert!(size <= size_of::<Io>() + 72, "{size}");
     }
 }
