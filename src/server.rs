@@ -237,6 +237,7 @@ impl<S> Server<S> {
                 }
             };
             let connection = Connection {
+                deadlines: (limits.header_read_timeout, limits.keepalive_timeout),
                 service: service.clone(),
                 is_lean: is_lean.clone().filter(|_| limits.lean_http1),
                 peer: Peer {
@@ -278,18 +279,12 @@ impl<S> Server<S> {
                     })
                 }
             };
-            let task = async move {
-                tokio::select! {
-                    () = serving => {}
-                    why = state.expired(limits.header_read_timeout, limits.keepalive_timeout) => {
-                        match why {
-                            Expiry::Head => tracing::debug!(%remote, fault = %Fault::Client, "request head not complete within header_read_timeout; closing"),
-                            Expiry::Idle => tracing::debug!(%remote, "keep-alive connection idle past keepalive_timeout; closing"),
-                        }
-                    }
-                }
-            };
-            tokio::spawn(task);
+            tokio::spawn(watched(
+                serving,
+                state,
+                (limits.header_read_timeout, limits.keepalive_timeout),
+                remote,
+            ));
         }
         drop(listener);
         stop.cancel();
@@ -316,8 +311,29 @@ impl<S> Server<S> {
     }
 }
 
+/// Serves a connection while its watchdog allows (see `conn`): `deadlines` are
+/// `header_read_timeout` and `keepalive_timeout`.
+async fn watched(
+    serving: impl Future<Output = ()>,
+    state: Arc<ConnState>,
+    deadlines: (Duration, Duration),
+    remote: SocketAddr,
+) {
+    tokio::select! {
+        () = serving => {}
+        why = state.expired(deadlines.0, deadlines.1) => {
+            match why {
+                Expiry::Head => tracing::debug!(%remote, fault = %Fault::Client, "request head not complete within header_read_timeout; closing"),
+                Expiry::Idle => tracing::debug!(%remote, "keep-alive connection idle past keepalive_timeout; closing"),
+            }
+        }
+    }
+}
+
 /// What one connection's task needs.
 struct Connection<S> {
+    /// `header_read_timeout` and `keepalive_timeout` when the connection was accepted.
+    deadlines: (Duration, Duration),
     service: S,
     is_lean: Option<IsLean>,
     peer: Peer,
@@ -344,7 +360,7 @@ impl<S> Connection<S> {
     {
         let remote = self.remote;
         let Some(is_lean) = self.is_lean.clone() else {
-            return self.hyper(Bytes::new(), io, state, guard).await;
+            return self.hand_to_hyper(Bytes::new(), io, state, guard);
         };
         let counted = self.lean.token();
         let sniffing = async {
@@ -358,7 +374,7 @@ impl<S> Connection<S> {
             Some(Ok(Sniffed::Subscription(request))) => request,
             Some(Ok(Sniffed::Other(prefix))) => {
                 drop(counted);
-                return self.hyper(prefix, io, state, guard).await;
+                return self.hand_to_hyper(prefix, io, state, guard);
             }
             Some(Ok(Sniffed::Closed)) | None => return,
             Some(Err(error)) => return log_connection_error(remote, &error),
@@ -380,6 +396,28 @@ impl<S> Connection<S> {
                 log_connection_error(remote, &error);
             }
         });
+    }
+
+    /// Hands the connection to hyper in a task of its own, under its watchdog: the task that
+    /// accepted it (with room for a TLS handshake and the first head) ends, so a connection
+    /// that stays (HTTP/2, keep-alive) costs only hyper's state.
+    fn hand_to_hyper<IO, B, RB>(
+        self,
+        prefix: bytes::Bytes,
+        io: IO,
+        state: Arc<ConnState>,
+        guard: Option<Slot>,
+    ) where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: Service<Request<B>, Response = Response<RB>, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        B: From<Incoming> + Default + Send + 'static,
+        RB: Body<Data = Bytes> + Send + 'static,
+        RB::Error: Into<BoxError>,
+    {
+        let (deadlines, remote) = (self.deadlines, self.remote);
+        let serving = self.hyper(prefix, io, state.clone(), guard);
+        tokio::spawn(watched(serving, state, deadlines, remote));
     }
 
     /// Hands the connection to hyper, with the bytes already read replayed first.
