@@ -369,9 +369,20 @@ fn failed(totals: &Totals, what: String) -> Ended {
 }
 
 /// One connection: connect (TLS if https://), subscribe, read until told to stop or to leave.
-async fn session(index: usize, ctx: &Ctx, life: &mut Life, resuming: bool, leave_at: Option<Instant>) -> Ended {
+async fn session(
+    index: usize,
+    ctx: &Ctx,
+    life: &mut Life,
+    resuming: bool,
+    leave_at: Option<Instant>,
+) -> Ended {
     let totals = &ctx.totals;
-    let source = Ipv4Addr::new(127, 0, 0, 1 + (index % usize::from(ctx.args.sources.max(1))) as u8);
+    let source = Ipv4Addr::new(
+        127,
+        0,
+        0,
+        1 + (index % usize::from(ctx.args.sources.max(1))) as u8,
+    );
     let socket = match TcpSocket::new_v4() {
         Ok(socket) => socket,
         Err(e) => return failed(totals, format!("socket: {e}")),
@@ -394,11 +405,12 @@ async fn session(index: usize, ctx: &Ctx, life: &mut Life, resuming: bool, leave
     let Some((connector, name)) = &ctx.tls else {
         return h1(ctx, life, stream, &head, leave_at).await;
     };
-    let tls = match tokio::time::timeout(Duration::from_secs(10), connector.connect(name.clone(), stream)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return failed(totals, format!("TLS: {e}")),
-        Err(_) => return failed(totals, "TLS: timed out".to_owned()),
-    };
+    let tls =
+        match tokio::time::timeout(Duration::from_secs(10), connector.connect(name.clone(), stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return failed(totals, format!("TLS: {e}")),
+            Err(_) => return failed(totals, "TLS: timed out".to_owned()),
+        };
     if ctx.args.h2 {
         h2(ctx, life, tls, &head, leave_at).await
     } else {
@@ -435,7 +447,13 @@ fn broken(ctx: &Ctx, failure: String) -> Ended {
     }
 }
 
-async fn h1<S>(ctx: &Ctx, life: &mut Life, mut stream: S, head: &[(&str, String)], leave_at: Option<Instant>) -> Ended
+async fn h1<S>(
+    ctx: &Ctx,
+    life: &mut Life,
+    mut stream: S,
+    head: &[(&str, String)],
+    leave_at: Option<Instant>,
+) -> Ended
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -467,7 +485,10 @@ where
     };
     let head_text = String::from_utf8_lossy(&head[..body_start]).to_ascii_lowercase();
     if !head_text.starts_with("http/1.1 200") {
-        return failed(totals, format!("status: {}", head_text.lines().next().unwrap_or("")));
+        return failed(
+            totals,
+            format!("status: {}", head_text.lines().next().unwrap_or("")),
+        );
     }
     totals.established.fetch_add(1, Ordering::Relaxed);
     let mut reader = Reader {
@@ -478,7 +499,12 @@ where
         in_size_line: true,
         skip: 0,
     };
-    let Life { last_id, seen, started, .. } = life;
+    let Life {
+        last_id,
+        seen,
+        started,
+        ..
+    } = life;
     let started = *started;
     let mut on_line = |line: &[u8]| seen.line(ctx, line, last_id, started);
     if let Err(failure) = reader.feed(&head[body_start..], &mut on_line) {
@@ -504,7 +530,13 @@ where
     }
 }
 
-async fn h2<S>(ctx: &Ctx, life: &mut Life, stream: S, head: &[(&str, String)], leave_at: Option<Instant>) -> Ended
+async fn h2<S>(
+    ctx: &Ctx,
+    life: &mut Life,
+    stream: S,
+    head: &[(&str, String)],
+    leave_at: Option<Instant>,
+) -> Ended
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -564,7 +596,12 @@ where
         in_size_line: false,
         skip: 0,
     };
-    let Life { last_id, seen, started, .. } = life;
+    let Life {
+        last_id,
+        seen,
+        started,
+        ..
+    } = life;
     let started = *started;
     let mut on_line = |line: &[u8]| seen.line(ctx, line, last_id, started);
     loop {
@@ -634,13 +671,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca)? {
             roots.add(cert?)?;
         }
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        config.alpn_protocols = vec![if args.h2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        config.alpn_protocols = vec![if args.h2 {
+            b"h2".to_vec()
+        } else {
+            b"http/1.1".to_vec()
+        }];
         let name = rustls::pki_types::ServerName::try_from(args.server_name.clone())?;
         Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
     } else {

@@ -271,14 +271,18 @@ mod tests {
         let woken = Arc::new(Woken::default());
         let waker = std::task::Waker::from(woken.clone());
         let mut cx = Context::from_waker(&waker);
-        tokio::io::AsyncWriteExt::write_all(&mut app, b"3\r\nabc\r\n").await.expect("write");
+        tokio::io::AsyncWriteExt::write_all(&mut app, b"3\r\nabc\r\n")
+            .await
+            .expect("write");
         match body.poll_data(&mut cx) {
             Poll::Ready(Some(Ok(data))) => assert_eq!(&data[..], b"abc"),
             other => panic!("{other:?}"),
         }
         assert!(body.poll_data(&mut cx).is_pending());
         assert_eq!(woken.count(), 0, "no yield: nothing more had come");
-        tokio::io::AsyncWriteExt::write_all(&mut app, b"2\r\nde\r\n").await.expect("write");
+        tokio::io::AsyncWriteExt::write_all(&mut app, b"2\r\nde\r\n")
+            .await
+            .expect("write");
         assert_eq!(woken.count(), 1, "the app's next bytes wake it");
         match body.poll_data(&mut cx) {
             Poll::Ready(Some(Ok(data))) => assert_eq!(&data[..], b"de"),
