@@ -78,6 +78,19 @@ def rss_kib(pid):
     return total
 
 
+def user_seconds(pid):
+    """utime alone of `pid`'s tree: the share of CPU spent in the process's own code."""
+    total = 0
+    for p in children(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11])
+        except OSError:
+            pass
+    return total / TICK
+
+
 def cpu_seconds(pid):
     total = 0
     for p in children(pid):
@@ -618,9 +631,11 @@ def fanout_once(args, name):
 
     def measure():
         marks["cpu0"] = cpu_seconds(subject.pid)
+        marks["user0"] = user_seconds(subject.pid)
         marks["t0"] = time.time()
         time.sleep(args.window - 0.2)
         marks["cpu1"] = cpu_seconds(subject.pid)
+        marks["user1"] = user_seconds(subject.pid)
         marks["t1"] = time.time()
         marks["upstream"] = app_stats(app)["open_streams"] if app else "–"
 
@@ -638,7 +653,8 @@ def fanout_once(args, name):
         if p:
             p.stop()
     cpu = (marks["cpu1"] - marks["cpu0"]) / (marks["t1"] - marks["t0"])
-    return {"cpu_cores": cpu, "upstream_connections": marks["upstream"],
+    user = (marks["user1"] - marks["user0"]) / max(marks["cpu1"] - marks["cpu0"], 1e-9)
+    return {"cpu_cores": cpu, "user_share": user, "upstream_connections": marks["upstream"],
             "events_per_s": report["events_per_s"], "latency_us": report["latency_us"],
             "gaps": report["gaps"], "duplicates": report["duplicates"],
             "errors": report["errors"], "established": report["established"]}
@@ -648,6 +664,7 @@ def combine(rounds):
     """Per figure, the median over the rounds; losses added up; every round kept."""
     latency = {key: median([r["latency_us"][key] for r in rounds]) for key in ("p50", "p99", "p999", "max")}
     return {"cpu_cores": median([r["cpu_cores"] for r in rounds]),
+            "user_share": median([r.get("user_share", 0) for r in rounds]),
             "upstream_connections": rounds[-1]["upstream_connections"],
             "events_per_s": median([r["events_per_s"] for r in rounds]), "latency_us": latency,
             "gaps": sum(r["gaps"] for r in rounds), "duplicates": sum(r["duplicates"] for r in rounds),
@@ -1355,7 +1372,10 @@ def render(args, started, seconds):
         lines.append("")
         lines.append(f"The floor row is a C loop that does nothing but one send() per event per client: "
                      f"{fl['cpu_cores']:.3f} cores, {fl['cpu_cores'] / n['cpu_cores']:.0%} of Nginx's; "
-                     f"ssegate uses {s['cpu_cores'] / fl['cpu_cores']:.2f}× the floor.")
+                     f"ssegate uses {s['cpu_cores'] / fl['cpu_cores']:.2f}× the floor (target ≤ 1.1×: "
+                     f"{verdict(s['cpu_cores'] <= 1.1 * fl['cpu_cores'])}). Share of the CPU spent in "
+                     f"user space: ssegate {s['user_share']:.0%}, Nginx {n['user_share']:.0%}, the floor "
+                     f"{fl['user_share']:.0%}.")
         lines.append(f"The `{HELD}` row lets the stream hold events (20 ms at first, up to 80 ms while it stays busy), so that several share a write: CPU "
                      f"{h['cpu_cores'] / n['cpu_cores']:.0%} of Nginx's, p99 "
                      f"{h['latency_us']['p99'] / 1000:.2f} ms against direct's "
