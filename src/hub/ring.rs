@@ -6,7 +6,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// The clock of timers, so that an aged event leaves when its timer says (and under paused time
+// in tests, as the timers do).
+use tokio::time::Instant;
 
 use bytes::Bytes;
 

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::header::HeaderMap;
 use http::StatusCode;
@@ -234,7 +234,7 @@ impl Stream {
                     state.route_changed = true;
                     state
                         .ring
-                        .set_limits(limits(&new.config.settings), Instant::now())
+                        .set_limits(limits(&new.config.settings), tokio::time::Instant::now())
                 }
                 _ => {
                     state.retire = true;

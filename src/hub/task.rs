@@ -63,7 +63,7 @@ pub(super) fn push_event(
     event: &Event,
     retry: Option<u64>,
     inject: bool,
-    now: std::time::Instant,
+    now: Instant,
 ) -> (usize, usize) {
     let bytes = encode_at(ring, ring.next_seq(), encoded, event, retry, inject);
     let app_id = event.id.as_deref().filter(|id| !id.is_empty());
@@ -437,7 +437,7 @@ impl<S: Source> Task<S> {
         let settings = &self.route.config.settings;
         let aged = settings.buffer_age.and_then(|age| {
             let oldest = self.stream.lock().ring.oldest_at()?;
-            Some(Instant::from_std(oldest) + age + UPKEEP_SLACK)
+            Some(oldest + age + UPKEEP_SLACK)
         });
         let down = self
             .down_since
@@ -454,7 +454,7 @@ impl<S: Source> Task<S> {
     /// is armed again for the next deadline when the loop goes round.
     fn on_upkeep(&mut self) -> ControlFlow<End> {
         self.upkeep = None;
-        let freed = self.stream.lock().ring.evict_expired(std::time::Instant::now());
+        let freed = self.stream.lock().ring.evict_expired(tokio::time::Instant::now());
         self.stream.shared.account(0, freed);
         if let (Some(since), Some(grace)) = (self.down_since, self.route.config.settings.upstream_down_grace)
         {
@@ -640,7 +640,7 @@ impl<S: Source> Task<S> {
         let settings = &self.route.config.settings;
         let inject = settings.ids == IdMode::Inject;
         let mut outbox = self.cluster.as_mut().and_then(|c| c.outbox());
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         let (mut added, mut freed, mut events, mut dropped, mut repeats) = (0, 0, 0u64, 0u64, 0u64);
         let mut unsendable = 0u64;
         let subscribers = {

@@ -347,7 +347,7 @@ impl<S: Source> Task<S> {
                 encode_event(&event, id.as_deref(), &mut self.scratch.encoded);
                 let bytes = self.scratch.encoded.split().freeze();
                 let added = bytes.len();
-                let freed_more = state.ring.push(None, bytes, std::time::Instant::now()).1;
+                let freed_more = state.ring.push(None, bytes, tokio::time::Instant::now()).1;
                 (freed + freed_more, added, true)
             }
         };
@@ -424,7 +424,7 @@ impl<S: Source> Task<S> {
             return;
         }
         let inject = self.route.config.settings.ids == IdMode::Inject;
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         let (mut added, mut freed) = (0, 0);
         {
             let mut state = self.stream.lock();

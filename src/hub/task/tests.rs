@@ -521,3 +521,66 @@ async fn shutdown_ends_every_subscriber_after_what_it_was_sent() {
     assert_eq!(s.route.metrics.upstream_streams.get(), 0);
     assert_eq!(s.metrics.stream_task_panics.get(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn aged_events_leave_the_buffer_on_time_with_no_periodic_timer() {
+    let s = setup(
+        "buffer_age = \"2s\"",
+        vec![vec![
+            Stream,
+            Chunk("data: a\n\n"),
+            Wait(ms(1000)),
+            Chunk("data: b\n\n"),
+            Wait(ms(60_000)),
+        ]],
+    );
+    let mut body = s.subscribe().await;
+    until(&mut body, "data: b").await;
+    // The gauge also counts the request head the stream keeps for reconnects.
+    let with_both = s.metrics.buffer_bytes.get();
+    // "a" is 2 s old 1 s after "b" came, "b" 1 s later: each leaves within the upkeep's slack.
+    sleep(ms(1300)).await;
+    let without_a = s.metrics.buffer_bytes.get();
+    assert!(without_a < with_both, "a aged out");
+    sleep(ms(1000)).await;
+    let empty = s.metrics.buffer_bytes.get();
+    assert!(empty < without_a, "b aged out");
+    // With nothing buffered and the upstream up, nothing is due: the gauge stays.
+    sleep(ms(30_000)).await;
+    assert_eq!(s.metrics.buffer_bytes.get(), empty);
+}
+
+#[test]
+fn an_event_is_encoded_the_same_whether_it_gets_an_allocation_of_its_own_or_a_block() {
+    use crate::hub::ring::{Bounds, Ring};
+    use crate::sse::{encode_event, Event};
+    let event = Event {
+        event: Some("tick".to_owned()),
+        data: "x".repeat(200),
+        id: None,
+    };
+    let mut ring = Ring::new(
+        Bounds {
+            events: 100_000,
+            bytes: 64 << 20,
+            age: None,
+        },
+        true,
+    );
+    let mut block = bytes::BytesMut::new();
+    let now = tokio::time::Instant::now();
+    for _ in 0..2000 {
+        let seq = ring.next_seq();
+        let bytes = super::encode_at(&ring, seq, &mut block, &event, None, true);
+        let mut expected = bytes::BytesMut::new();
+        encode_event(&event, Some(&ring.injected_id(seq)), &mut expected);
+        assert_eq!(bytes, expected.freeze(), "event {seq}");
+        ring.push(None, bytes, now);
+        if seq == 10 {
+            // A quiet stream's first events each get an allocation of their own size.
+            assert_eq!(block.capacity(), 0, "no block while the history is small");
+        }
+    }
+    // A long history is carved out of blocks.
+    assert!(block.capacity() > 0, "a block in use");
+}

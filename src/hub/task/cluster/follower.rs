@@ -61,7 +61,7 @@ impl<S: Source> Task<S> {
 
     /// New entries of the log: into the ring as they are.
     pub(super) fn on_entries(&mut self, entries: Vec<Logged>) {
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         let (mut added, mut freed, mut any) = (0, 0, false);
         let mut missed = None;
         {
