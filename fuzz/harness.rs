@@ -183,3 +183,19 @@ pub fn config(data: &[u8]) {
         }
     });
 }
+
+/// A stream's reading of an app's response (its head, then its body: chunked, sized or until the
+/// close), the bytes arriving in reads of a size the first byte chooses: whatever the split, the
+/// same status, data and ending as in one read; never more data than bytes came.
+pub fn upstream(data: &[u8]) {
+    let step = 1 + usize::from(data.first().copied().unwrap_or(0));
+    let input = data.get(1..).unwrap_or_default();
+    bounded(256 * 1024, || {
+        let split = ssegate::fuzzing::read_response(input, step);
+        let whole = ssegate::fuzzing::read_response(input, input.len().max(1));
+        if let Ok((_, body, _)) = &split {
+            assert!(body.len() <= input.len(), "more data than bytes");
+        }
+        assert_eq!(split, whole, "the split into reads changed the outcome");
+    });
+}

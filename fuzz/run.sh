@@ -2,17 +2,18 @@
 # Runs one fuzz target under AFL++ (through `cargo afl`, on the stable toolchain) for a while:
 #
 #   fuzz/run.sh head 600      # target: head (the lean HTTP/1.1 head reader and the target
-#                             # checks), sse (the event-stream parser and encoder) or config
-#                             # (the TOML loader); then seconds
+#                             # checks), sse (the event-stream parser and encoder), config
+#                             # (the TOML loader) or upstream (a stream's reading of an app's
+#                             # response head and body); then seconds
 #
 # Installs cargo-afl (and builds its AFL++) if missing. Starts from fuzz/corpus/<target>,
 # writes to fuzz/out/<target>; prints executions, paths found, crashes and hangs at the end.
 # A crash or hang input, once fixed, goes into fuzz/corpus/<target>/ so that `cargo test`
 # (tests/fuzz_seeds.rs) replays it for good.
 set -euo pipefail
-target=${1:?usage: fuzz/run.sh head|sse|config [seconds]}
+target=${1:?usage: fuzz/run.sh head|sse|config|upstream [seconds]}
 seconds=${2:-600}
-case "$target" in head|sse|config) ;; *) echo "unknown target $target" >&2; exit 2;; esac
+case "$target" in head|sse|config|upstream) ;; *) echo "unknown target $target" >&2; exit 2;; esac
 cd "$(dirname "$0")"
 
 command -v cargo-afl >/dev/null || cargo install --locked cargo-afl

@@ -74,7 +74,8 @@ pub use tls::{load as load_certificate, Loaded as LoadedCertificate, TlsError};
 pub use upstream::tls::{system_roots, SystemRoots};
 
 /// What the fuzz targets (`fuzz/`) and their seed test drive directly: the lean path's head
-/// reader, the request-target checks, and a proxy to ask them. Not an API.
+/// reader, the request-target checks, a proxy to ask them, and a stream's reading of an app's
+/// response. Not an API.
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::hub::Hub;
@@ -82,4 +83,5 @@ pub mod fuzzing {
     pub use crate::proxy::target::{normalise_path, Target};
     pub use crate::proxy::Proxy;
     pub use crate::server::{sniff, Sniffed};
+    pub use crate::upstream::stream::fuzzing::read_response;
 }

@@ -43,3 +43,8 @@ fn sse_parser_seeds() {
 fn config_seeds() {
     replay("config", harness::config);
 }
+
+#[test]
+fn upstream_response_seeds() {
+    replay("upstream", harness::upstream);
+}

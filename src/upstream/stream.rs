@@ -23,10 +23,13 @@
 //! - `stream/head.rs` reads and parses the response head (at most 64 KiB and 100 fields,
 //!   1xx skipped) and judges the body's framing;
 //! - `stream/decode.rs` decodes a body: a length, chunked, or until the close;
-//! - `stream/body.rs` reads it, as the stream's chunks or as a definitive answer's body.
+//! - `stream/body.rs` reads it, as the stream's chunks or as a definitive answer's body;
+//! - `stream/fuzzing.rs` reads a whole response from bytes, for the fuzz target.
 
 mod body;
 mod decode;
+#[doc(hidden)]
+pub(crate) mod fuzzing;
 mod head;
 
 use std::future::Future;
