@@ -306,19 +306,24 @@ def cpu_slices(pid, seconds):
     return out or [0.0]
 
 
+def users_setup(name):
+    """The app with a ticker per stream, and `name` in front of it (ssegate with its per-client
+    limits off and an admin port): (app, proxy or None, port to load, admin port or None)."""
+    app = start_app("1s", 200, stagger=True)
+    if name != "ssegate":
+        proxy, port = with_proxy(name, app)
+        return app, proxy, port, None
+    admin = free_port()
+    proxy = start_ssegate(app.port, "", PER_USER_TOP + f'admin_listen = "127.0.0.1:{admin}"\n')
+    wait_port(admin)
+    return app, proxy, proxy.port, admin
+
+
 def per_user_once(args, name):
     """One measurement of `args.per_user_clients` clients each on its own stream, on fresh
     processes: RSS per client at the end of the window, CPU over it, latency, upstream
     connections; for ssegate also the buffered history (`buffer_bytes`)."""
-    app = start_app("1s", 200, stagger=True)
-    admin = None
-    if name == "ssegate":
-        admin = free_port()
-        proxy = start_ssegate(app.port, "", PER_USER_TOP + f'admin_listen = "127.0.0.1:{admin}"\n')
-        wait_port(admin)
-        port = proxy.port
-    else:
-        proxy, port = with_proxy(name, app)
+    app, proxy, port, admin = users_setup(name)
     subject = proxy or app
     time.sleep(0.5)
     before = rss_kib(subject.pid)
@@ -491,15 +496,7 @@ def churn_once(args, name):
     """`args.churn_clients` clients on 500 streams while `args.churn_rate` a second leave and
     as many join (half resuming with Last-Event-ID): latency, CPU, resumes, RSS at the start and
     the end of the window."""
-    app = start_app("1s", 200, stagger=True)
-    admin = None
-    if name == "ssegate":
-        admin = free_port()
-        proxy = start_ssegate(app.port, "", PER_USER_TOP + f'admin_listen = "127.0.0.1:{admin}"\n')
-        wait_port(admin)
-        port = proxy.port
-    else:
-        proxy, port = with_proxy(name, app)
+    app, proxy, port, admin = users_setup(name)
     subject = proxy or app
     marks = {}
 
