@@ -12,7 +12,7 @@ mod lean;
 mod limit;
 mod tracked;
 
-pub(crate) use conn::{ConnState, Expiry, InFlight};
+pub(crate) use conn::{watched, ConnState, InFlight};
 pub(crate) use io::ConnIo;
 pub use lean::{sniff, Sniffed};
 pub(crate) use limit::ConnectionLimit;
@@ -307,25 +307,6 @@ impl<S> Server<S> {
                 "grace period over; closing the connections still open"
             );
             tunnels_closed.cancel();
-        }
-    }
-}
-
-/// Serves a connection while its watchdog allows (see `conn`): `deadlines` are
-/// `header_read_timeout` and `keepalive_timeout`.
-async fn watched(
-    serving: impl Future<Output = ()>,
-    state: Arc<ConnState>,
-    deadlines: (Duration, Duration),
-    remote: SocketAddr,
-) {
-    tokio::select! {
-        () = serving => {}
-        why = state.expired(deadlines.0, deadlines.1) => {
-            match why {
-                Expiry::Head => tracing::debug!(%remote, fault = %Fault::Client, "request head not complete within header_read_timeout; closing"),
-                Expiry::Idle => tracing::debug!(%remote, "keep-alive connection idle past keepalive_timeout; closing"),
-            }
         }
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::Waker;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::header::HeaderMap;
 use tokio::sync::oneshot;
 use tokio::time::{sleep, Instant, Sleep};
@@ -18,22 +18,23 @@ use tokio::time::{sleep, Instant, Sleep};
 use super::key::is_resumable;
 use super::pacer::{coalesce_window, fire, Pacer};
 use super::replay::Replay;
-use super::ring::Ring;
 use super::source::{Answer, Source, Step};
 use super::stream::{End, Phase, Stream};
 use crate::config::{format_duration, IdMode, OnGap};
 use crate::error::{chain, Fault};
 use crate::route::RouteEntry;
-use crate::sse::{encode_event, encode_retry, Event, Item, Parser};
+use crate::sse::{Item, Parser};
 use crate::upstream::backoff::Backoff;
 use crate::upstream::headers::{header_bytes, stream_headers, MAX_STREAM_HEADER_BYTES};
 use crate::upstream::BoxError;
 
 mod cluster;
+mod encode;
 #[cfg(test)]
 mod tests;
 
 pub(super) use cluster::{Clustered, Outgoing};
+pub(super) use encode::{encode_at, push_event};
 
 /// An upstream stream that lasted this long and gave an event is reopened at once when it ends
 /// cleanly, and resets the backoff.
@@ -41,77 +42,6 @@ const SETTLED: Duration = Duration::from_secs(1);
 /// Aged events are evicted at most this long after they pass `buffer_age` (the events of one
 /// such interval go together, so a steady stream's upkeep runs at most once per interval).
 const UPKEEP_SLACK: Duration = Duration::from_millis(250);
-/// Encoded events are carved out of blocks of up to this size, so most events cost no
-/// allocation on a busy stream.
-const ENCODE_BLOCK: usize = 16 * 1024;
-/// A block holds at least this many events; a stream whose history is too small for that (a
-/// user's own, one event a second) gives each event an allocation of its exact size instead,
-/// rather than 16 KiB from its first event on.
-const EVENTS_PER_BLOCK: usize = 4;
-
-thread_local! {
-    /// Where an event is encoded before it is copied to its place: one per thread, not per
-    /// stream.
-    static ENCODING: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
-}
-
-/// Encodes `event` (after the app's `retry`, if any) with the id it gets here and appends it to
-/// `ring`. Returns the bytes added and the bytes evicted.
-pub(super) fn push_event(
-    ring: &mut Ring,
-    encoded: &mut BytesMut,
-    event: &Event,
-    retry: Option<u64>,
-    inject: bool,
-    now: Instant,
-) -> (usize, usize) {
-    let bytes = encode_at(ring, ring.next_seq(), encoded, event, retry, inject);
-    let app_id = event.id.as_deref().filter(|id| !id.is_empty());
-    let added = bytes.len();
-    (added, ring.push(app_id.map(Box::from), bytes, now).1)
-}
-
-/// Encodes `event` as the event at `seq` of `ring` (its id: the app's, or in inject mode
-/// ssegate's for that position).
-pub(super) fn encode_at(
-    ring: &Ring,
-    seq: u64,
-    encoded: &mut BytesMut,
-    event: &Event,
-    retry: Option<u64>,
-    inject: bool,
-) -> Bytes {
-    let app_id = event.id.as_deref().filter(|id| !id.is_empty());
-    let injected = (inject && app_id.is_none()).then(|| ring.injected_id(seq));
-    ENCODING.with(|scratch| {
-        let mut scratch = scratch.borrow_mut();
-        scratch.clear();
-        if let Some(ms) = retry {
-            encode_retry(ms, &mut scratch);
-        }
-        encode_event(event, injected.as_deref(), &mut scratch);
-        let len = scratch.len();
-        if scratch.capacity() > ENCODE_BLOCK * 4 {
-            // A large event: the thread does not keep its room.
-            let bytes = Bytes::copy_from_slice(&scratch);
-            *scratch = BytesMut::new();
-            return bytes;
-        }
-        // A block grows with what the ring holds (an eighth of it), so its unused tail stays a
-        // small share of the history; events carved out keep their block alive until they
-        // leave the ring.
-        let block = (ring.bytes() / 8).min(ENCODE_BLOCK);
-        if block < len * EVENTS_PER_BLOCK {
-            return Bytes::copy_from_slice(&scratch);
-        }
-        if encoded.capacity() < len {
-            *encoded = BytesMut::with_capacity(block);
-        }
-        encoded.extend_from_slice(&scratch);
-        encoded.split().freeze()
-    })
-}
-
 /// Starts the task that feeds the stream from `source`. `opener` receives the answer to
 /// the first request when it is the stream (its headers, for the cookies) or definitive
 /// (a transient failure never reaches it: the stream serves then); it is dropped

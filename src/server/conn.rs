@@ -4,8 +4,11 @@
 //! between requests (keep-alive), or receiving a request head. Each has its own deadline:
 //! `header_read_timeout` from the accept or from the first byte of a head, `keepalive_timeout`
 //! from the end of the last response. A watchdog beside the connection closes it when the one in
-//! force passes. While a request is in flight (an SSE response lasts for hours) none applies.
+//! force passes (`watched` serves a connection under it). While a request is in flight (an SSE
+//! response lasts for hours) none applies.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,6 +16,8 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+use crate::error::Fault;
 
 /// What the watchdog, the I/O wrapper and the requests of one connection share.
 #[derive(Debug)]
@@ -135,6 +140,25 @@ impl ConnState {
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Serves a connection while its watchdog allows (see `conn`): `deadlines` are
+/// `header_read_timeout` and `keepalive_timeout`.
+pub(crate) async fn watched(
+    serving: impl Future<Output = ()>,
+    state: Arc<ConnState>,
+    deadlines: (Duration, Duration),
+    remote: SocketAddr,
+) {
+    tokio::select! {
+        () = serving => {}
+        why = state.expired(deadlines.0, deadlines.1) => {
+            match why {
+                Expiry::Head => tracing::debug!(%remote, fault = %Fault::Client, "request head not complete within header_read_timeout; closing"),
+                Expiry::Idle => tracing::debug!(%remote, "keep-alive connection idle past keepalive_timeout; closing"),
             }
         }
     }

@@ -549,38 +549,3 @@ async fn aged_events_leave_the_buffer_on_time_with_no_periodic_timer() {
     sleep(ms(30_000)).await;
     assert_eq!(s.metrics.buffer_bytes.get(), empty);
 }
-
-#[test]
-fn an_event_is_encoded_the_same_whether_it_gets_an_allocation_of_its_own_or_a_block() {
-    use crate::hub::ring::{Bounds, Ring};
-    use crate::sse::{encode_event, Event};
-    let event = Event {
-        event: Some("tick".to_owned()),
-        data: "x".repeat(200),
-        id: None,
-    };
-    let mut ring = Ring::new(
-        Bounds {
-            events: 100_000,
-            bytes: 64 << 20,
-            age: None,
-        },
-        true,
-    );
-    let mut block = bytes::BytesMut::new();
-    let now = tokio::time::Instant::now();
-    for _ in 0..2000 {
-        let seq = ring.next_seq();
-        let bytes = super::encode_at(&ring, seq, &mut block, &event, None, true);
-        let mut expected = bytes::BytesMut::new();
-        encode_event(&event, Some(&ring.injected_id(seq)), &mut expected);
-        assert_eq!(bytes, expected.freeze(), "event {seq}");
-        ring.push(None, bytes, now);
-        if seq == 10 {
-            // A quiet stream's first events each get an allocation of their own size.
-            assert_eq!(block.capacity(), 0, "no block while the history is small");
-        }
-    }
-    // A long history is carved out of blocks.
-    assert!(block.capacity() > 0, "a block in use");
-}
