@@ -9,11 +9,7 @@
 //! install a counting allocator; the test does not).
 
 use std::cell::Cell;
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
-
-use tokio::io::{AsyncRead, ReadBuf};
 
 /// Largest SSE event the parser target accepts.
 pub const SSE_MAX_EVENT: usize = 4096;
@@ -34,26 +30,6 @@ fn bounded<T>(limit: usize, f: impl FnOnce() -> T) -> T {
     let out = f();
     LIMIT.with(|l| l.set(0));
     out
-}
-
-/// Serves `data` in reads of a size the first byte chooses, so heads split everywhere.
-struct Chunked<'a> {
-    data: &'a [u8],
-    step: usize,
-}
-
-impl AsyncRead for Chunked<'_> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let n = self.step.min(self.data.len()).min(buf.remaining());
-        let (now, rest) = self.data.split_at(n);
-        buf.put_slice(now);
-        self.data = rest;
-        Poll::Ready(Ok(()))
-    }
 }
 
 fn proxy() -> &'static (tokio::runtime::Runtime, ssegate::fuzzing::Proxy) {
@@ -83,7 +59,7 @@ pub fn head(data: &[u8]) {
     let step = 1 + usize::from(data.first().copied().unwrap_or(0));
     let input = data.get(1..).unwrap_or_default();
     bounded(256 * 1024, || {
-        let mut io = Chunked { data: input, step };
+        let mut io = ssegate::fuzzing::Pieces::new(input, step);
         let is_lean = |head: &http::Request<()>| proxy.is_subscription_head(head);
         let sniffed = runtime.block_on(ssegate::fuzzing::sniff(&mut io, &is_lean));
         let Ok(ssegate::fuzzing::Sniffed::Subscription(request)) = sniffed else {

@@ -83,5 +83,5 @@ pub mod fuzzing {
     pub use crate::proxy::target::{normalise_path, Target};
     pub use crate::proxy::Proxy;
     pub use crate::server::{sniff, Sniffed};
-    pub use crate::upstream::stream::fuzzing::read_response;
+    pub use crate::upstream::stream::fuzzing::{read_response, Pieces};
 }

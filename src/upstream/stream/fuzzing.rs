@@ -11,9 +11,20 @@ use super::body::StreamBody;
 use super::head::read_head;
 
 /// A connection whose reads give `data` `step` bytes at a time, then its close; never waits.
-struct Pieces<'a> {
+/// The fuzz targets read their input through it, so that every split gets tried. Not an API.
+pub struct Pieces<'a> {
     data: &'a [u8],
     step: usize,
+}
+
+impl<'a> Pieces<'a> {
+    /// `data` in reads of `step` bytes (at least one).
+    pub fn new(data: &'a [u8], step: usize) -> Pieces<'a> {
+        Pieces {
+            data,
+            step: step.max(1),
+        }
+    }
 }
 
 impl AsyncRead for Pieces<'_> {
@@ -33,10 +44,7 @@ impl AsyncRead for Pieces<'_> {
 /// The app's response `input`, read in reads of `step` bytes: its status, its body's data, and
 /// the error that ended the body, if one did; or why the head was refused. Not an API.
 pub fn read_response(input: &[u8], step: usize) -> Result<(u16, Vec<u8>, Option<String>), String> {
-    let mut io = Pieces {
-        data: input,
-        step: step.max(1),
-    };
+    let mut io = Pieces::new(input, step);
     let mut cx = Context::from_waker(std::task::Waker::noop());
     let head = {
         let mut reading = std::pin::pin!(read_head(&mut io));
